@@ -1,0 +1,88 @@
+"""`ipt` command line: thin wrappers that load a config and call one driver.
+
+    ipt pt  --config configs/demo.yaml [--out DIR] [--set pt.lr=0.3 ...]
+    ipt msf --config configs/demo.yaml
+    ipt ist --config configs/demo.yaml
+    ipt demo-data DIR
+    ipt save-tiny tiny-t5 DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config (see configs/); defaults apply when omitted")
+    p.add_argument("--out", help="output directory (overrides output_dir)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set pt.lr=0.3 (repeatable)")
+
+
+def load_cli_config(args):
+    from ipt_dist.config import load_config
+
+    overrides = list(args.set)
+    if args.out:
+        overrides.append(f"output_dir={args.out}")
+    return load_config(args.config, overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ipt", description="Intrinsic Prompt Tuning at cluster scale")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    for name, help_ in [("pt", "stage 0: prompt tuning per task (single process)"),
+                        ("msf", "stage 1: multi-task subspace finding (single process)"),
+                        ("ist", "stage 2: intrinsic subspace tuning (single process)")]:
+        _common(sub.add_parser(name, help=help_))
+    p = sub.add_parser("demo-data", help="write the built-in demo tasks (JSONL layout + tasks.json)")
+    p.add_argument("dir")
+    p = sub.add_parser("save-tiny", help="save a tiny random backbone as an HF checkpoint directory")
+    p.add_argument("kind", choices=["tiny-t5", "tiny-bart", "tiny-llama", "tiny-gpt2"])
+    p.add_argument("dir")
+    args = parser.parse_args(argv)
+
+    from ipt_dist.stages.common import setup_logging
+
+    setup_logging()
+    if args.cmd == "demo-data":
+        from ipt_dist.data.tasks import write_demo_tasks
+
+        print("\n".join(write_demo_tasks(args.dir)))
+        return 0
+    if args.cmd == "save-tiny":
+        from ipt_dist.modeling.tiny import save_tiny_backbone
+
+        print(save_tiny_backbone(args.kind, args.dir))
+        return 0
+    cfg = load_cli_config(args)
+    from ipt_dist.config import save_config
+    from ipt_dist.tracking import make_tracker
+
+    save_config(cfg, f"{cfg.output_dir}/{args.cmd}_config.yaml")
+    tracker = make_tracker(cfg, run_name=f"{args.cmd}", tags={"stage": args.cmd, "backbone": cfg.backbone.name_or_path})
+    status = "FAILED"
+    try:
+        if args.cmd == "pt":
+            from ipt_dist.stages.pt import run_pt
+
+            result = run_pt(cfg, tracker=tracker)
+        elif args.cmd == "msf":
+            from ipt_dist.stages.msf import run_msf
+
+            result = run_msf(cfg, tracker=tracker)
+        else:
+            from ipt_dist.stages.ist import run_ist
+
+            result = run_ist(cfg, tracker=tracker)
+        status = "FINISHED"
+    finally:
+        tracker.end(status)
+    print(json.dumps(result, indent=1, default=str)[:4000])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

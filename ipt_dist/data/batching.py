@@ -1,0 +1,116 @@
+"""Tokenise each task once (cached in memory and optionally on disk); the training loops
+only index token-id lists, never call the tokenizer."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+from ipt_dist.data.tasks import Example, TaskData, TaskInfo
+
+TokenizeFn = Callable[[list[str], list[str]], tuple[list[list[int]], list[list[int]]]]
+
+
+@dataclass
+class TokenizedSplit:
+    inputs: list[list[int]]
+    targets: list[list[int]]
+    references: list[list[str]]  # all acceptable answers, for the metric
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+
+@dataclass
+class TokenizedTask:
+    info: TaskInfo
+    train: TokenizedSplit
+    dev: TokenizedSplit
+    test: TokenizedSplit
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    def split(self, name: str) -> TokenizedSplit:
+        return {"train": self.train, "dev": self.dev, "test": self.test}[name]
+
+
+def prefixed_input(task: str, text: str, prefix: bool = True) -> str:
+    """The reference's input form: " [task_name] " + input."""
+    return f" [{task}] {text}" if prefix else text
+
+
+def subsample_task(task: TaskData, train_size: int | None, seed: int | None) -> TaskData:
+    """A few-shot draw: `train_size` train and dev examples chosen with `seed` (None: all)."""
+    if train_size is None:
+        return task
+    rng = random.Random(seed)
+
+    def pick(xs: list[Example]) -> list[Example]:
+        return rng.sample(xs, train_size) if len(xs) > train_size else list(xs)
+
+    return replace(task, train=pick(task.train), dev=pick(task.dev))
+
+
+def _tokenize_split(name: str, examples: list[Example], tokenize: TokenizeFn, prefix: bool) -> TokenizedSplit:
+    inputs = [prefixed_input(name, ex.input, prefix) for ex in examples]
+    ids, tgt = tokenize(inputs, [ex.target for ex in examples]) if examples else ([], [])
+    return TokenizedSplit(ids, tgt, [list(ex.outputs) for ex in examples])
+
+
+def _fingerprint(task: TaskData, tag: str, prefix: bool) -> str:
+    h = hashlib.sha1(f"{tag}|{prefix}".encode())
+    for split in (task.train, task.dev, task.test):
+        for ex in split:
+            h.update(json.dumps([ex.input, ex.outputs]).encode())
+        h.update(b"|")
+    return h.hexdigest()[:16]
+
+
+_MEMORY: dict[str, TokenizedTask] = {}
+
+
+def tokenize_task(task: TaskData, tokenize: TokenizeFn, *, tag: str = "", prefix: bool = True,
+                  cache_dir: str | Path | None = None) -> TokenizedTask:
+    """Token ids of a task's three splits, computed once per (task content, tokenizer tag).
+
+    `tag` must identify the tokenizer and truncation lengths (see `tokenizer_tag`).
+    """
+    key = f"{task.name}-{_fingerprint(task, tag, prefix)}"
+    if key in _MEMORY:
+        return _MEMORY[key]
+    path = Path(cache_dir) / f"{key}.json" if cache_dir else None
+    if path is not None and path.is_file():
+        raw = json.loads(path.read_text())
+        tok = TokenizedTask(task.info, *(TokenizedSplit(**raw[s]) for s in ("train", "dev", "test")))
+    else:
+        tok = TokenizedTask(
+            task.info,
+            _tokenize_split(task.name, task.train, tokenize, prefix),
+            _tokenize_split(task.name, task.dev, tokenize, prefix),
+            _tokenize_split(task.name, task.test, tokenize, prefix),
+        )
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({s: vars(tok.split(s)) for s in ("train", "dev", "test")}))
+            tmp.replace(path)
+    _MEMORY[key] = tok
+    return tok
+
+
+def tokenizer_tag(backbone) -> str:
+    """Identifies what changes token ids: model name, vocabulary size, truncation lengths."""
+    return f"{backbone.name}|{len(backbone.tokenizer)}|{backbone.cfg.max_input_len}|{backbone.cfg.max_target_len}"
+
+
+def tokenize_tasks(tasks: dict[str, TaskData], backbone, *, prefix: bool = True,
+                   cache_dir: str | Path | None = None) -> dict[str, TokenizedTask]:
+    tag = tokenizer_tag(backbone)
+    return {n: tokenize_task(t, backbone.tokenize, tag=tag, prefix=prefix, cache_dir=cache_dir)
+            for n, t in tasks.items()}

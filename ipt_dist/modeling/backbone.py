@@ -1,0 +1,286 @@
+"""Frozen backbones with a soft prompt injected through ``inputs_embeds``.
+
+Encoder-decoders (BART, T5) get the prompt on the encoder side only; decoder-only LMs
+(GPT-2, LLaMA/Qwen/SmolLM2 family) get it as a prefix whose positions carry no loss.
+Every batch row may carry its *own* prompt (``prompts`` is (B, L, H)), which is what lets
+one backbone pass train many jobs at once (packed PT/IST) or many tasks (MSF).
+
+Plain PyTorch + transformers: no ray, mlflow or deepspeed imports here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ipt_dist.config import BackboneConfig
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class Backbone:
+    """A frozen HF model + tokenizer and the prompt-injection logic around them."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    cfg: BackboneConfig
+    name: str
+
+    def __post_init__(self) -> None:
+        self.is_encoder_decoder = bool(getattr(self.model.config, "is_encoder_decoder", False))
+        self.model.requires_grad_(False)
+        self.set_train_mode(True)
+        tok = self.tokenizer
+        if tok.pad_token_id is None:
+            if tok.eos_token is None:
+                raise ValueError(
+                    f"backbone {self.name}: the tokenizer has neither a pad nor an eos token; "
+                    "add a pad token to the tokenizer (tokenizer.add_special_tokens({'pad_token': ...}))"
+                )
+            # Decoder-only LMs often ship without a pad token; padding positions are masked
+            # out of attention and loss, so reusing eos is safe.
+            tok.pad_token = tok.eos_token
+        if tok.eos_token_id is None:
+            raise ValueError(f"backbone {self.name}: the tokenizer has no eos token; targets need one to stop")
+
+    # ---------------------------------------------------------------- properties
+    @property
+    def hidden_size(self) -> int:
+        c = self.model.config
+        return int(getattr(c, "d_model", None) or getattr(c, "hidden_size", None) or c.n_embd)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return _DTYPES[self.cfg.dtype]
+
+    @property
+    def pad_id(self) -> int:
+        return int(self.tokenizer.pad_token_id)
+
+    @property
+    def eos_id(self) -> int:
+        return int(self.tokenizer.eos_token_id)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    def set_train_mode(self, training: bool) -> None:
+        """Dropout on only while training and only if the config asks for it."""
+        self.model.train(training and self.cfg.dropout)
+
+    # ---------------------------------------------------------------- tokenisation
+    def tokenize(self, inputs: list[str], targets: list[str]) -> tuple[list[list[int]], list[list[int]]]:
+        """Token ids of inputs and targets. Called once per task (cached by the data layer).
+
+        Truncation policy: inputs keep their first `max_input_len` tokens (the task prefix
+        sits at the start); targets keep their first `max_target_len - 1` tokens plus eos.
+        """
+        tok = self.tokenizer
+        max_in, max_tgt = self.cfg.max_input_len, self.cfg.max_target_len
+        if self.is_encoder_decoder:
+            enc = tok(inputs, add_special_tokens=True, truncation=True, max_length=max_in)["input_ids"]
+            tgt = tok(targets, add_special_tokens=False)["input_ids"]
+        else:
+            enc = tok(inputs, add_special_tokens=True, truncation=True, max_length=max_in)["input_ids"]
+            # The answer follows the input after a space, as continuous text.
+            tgt = tok([" " + t for t in targets], add_special_tokens=False)["input_ids"]
+        tgt = [t[: max_tgt - 1] + [self.eos_id] for t in tgt]
+        return [list(x) for x in enc], tgt
+
+    # ---------------------------------------------------------------- batching
+    def collate_train(self, inputs: list[list[int]], targets: list[list[int]]) -> dict[str, torch.Tensor]:
+        """Right-padded training batch. Labels are -100 on positions without loss."""
+        pad = self.pad_id
+        if self.is_encoder_decoder:
+            S = max(len(x) for x in inputs)
+            T = max(len(t) for t in targets)
+            ids = torch.full((len(inputs), S), pad, dtype=torch.long)
+            mask = torch.zeros((len(inputs), S), dtype=torch.long)
+            labels = torch.full((len(inputs), T), -100, dtype=torch.long)
+            for i, (x, t) in enumerate(zip(inputs, targets)):
+                ids[i, : len(x)] = torch.tensor(x)
+                mask[i, : len(x)] = 1
+                labels[i, : len(t)] = torch.tensor(t)
+            return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        # decoder-only: one sequence [input, target]; loss on target tokens only
+        N = max(len(x) + len(t) for x, t in zip(inputs, targets))
+        ids = torch.full((len(inputs), N), pad, dtype=torch.long)
+        mask = torch.zeros((len(inputs), N), dtype=torch.long)
+        labels = torch.full((len(inputs), N), -100, dtype=torch.long)
+        for i, (x, t) in enumerate(zip(inputs, targets)):
+            seq = x + t
+            ids[i, : len(seq)] = torch.tensor(seq)
+            mask[i, : len(seq)] = 1
+            labels[i, len(x) : len(seq)] = torch.tensor(t)
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+    def collate_generate(self, inputs: list[list[int]]) -> dict[str, torch.Tensor]:
+        """Generation batch: right-padded for encoder-decoders, left-padded for decoder-only."""
+        S = max(len(x) for x in inputs)
+        ids = torch.full((len(inputs), S), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(inputs), S), dtype=torch.long)
+        for i, x in enumerate(inputs):
+            if self.is_encoder_decoder:
+                ids[i, : len(x)] = torch.tensor(x)
+                mask[i, : len(x)] = 1
+            else:
+                ids[i, S - len(x) :] = torch.tensor(x)
+                mask[i, S - len(x) :] = 1
+        return {"input_ids": ids, "attention_mask": mask}
+
+    # ---------------------------------------------------------------- prompt injection
+    def embed_with_prompt(
+        self, prompts: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, left_padded: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """[prompt; embed(input_ids)] and the extended attention mask.
+
+        Must run inside the forward of the module DeepSpeed wraps when ZeRO-3 partitions
+        the embedding (its hooks gather the weight there).
+        """
+        B, L, _ = prompts.shape
+        embeds = self.model.get_input_embeddings()(input_ids)  # (B, S, H)
+        prompts = prompts.to(embeds.dtype)
+        ones = attention_mask.new_ones((B, L))
+        if left_padded:
+            # Left padding for decoder-only generation: [pads, prompt, input] keeps the prompt
+            # at position 0 (position ids come from the mask), as in training.
+            S = input_ids.shape[1]
+            pad_len = (attention_mask == 0).sum(1)  # (B,)
+            out = torch.empty((B, L + S, embeds.shape[-1]), dtype=embeds.dtype, device=embeds.device)
+            mask = torch.zeros((B, L + S), dtype=attention_mask.dtype, device=attention_mask.device)
+            for i in range(B):
+                p = int(pad_len[i])
+                out[i, :p] = embeds[i, :p]
+                out[i, p : p + L] = prompts[i]
+                out[i, p + L :] = embeds[i, p:]
+                mask[i, p:] = 1
+            return out, mask
+        return torch.cat([prompts, embeds], dim=1), torch.cat([ones, attention_mask], dim=1)  # (B, L+S, H)
+
+    def token_losses(self, prompts: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token loss of every target token in the batch.
+
+        Args:
+            prompts: (B, L, H), row i's prompt.
+            batch: from `collate_train`, on the model's device.
+        Returns:
+            (losses (M,), rows (M,)): label-smoothed NLL in fp32 of the M target tokens and
+            the batch row each belongs to. A mean over all M equals HF's token-mean loss.
+        """
+        labels = batch["labels"]
+        embeds, mask = self.embed_with_prompt(prompts, batch["input_ids"], batch["attention_mask"])
+        eps = self.cfg.label_smoothing
+        if self.is_encoder_decoder:
+            decoder_input_ids = self.model.prepare_decoder_input_ids_from_labels(labels=labels)
+            logits = self.model(inputs_embeds=embeds, attention_mask=mask, decoder_input_ids=decoder_input_ids,
+                                use_cache=False).logits  # (B, T, V)
+            sel = labels != -100
+            rows = sel.nonzero()[:, 0]
+            losses = F.cross_entropy(logits[sel].float(), labels[sel], label_smoothing=eps, reduction="none")
+            return losses, rows
+        # Decoder-only: run the body, then the LM head only where a target token is predicted
+        # (position t predicts token t+1), so the (B, N, V) logits are never materialised.
+        L = prompts.shape[1]
+        body = getattr(self.model, self.model.base_model_prefix)
+        hidden = body(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state  # (B, L+N, H)
+        full_labels = F.pad(labels, (L, 0), value=-100)  # (B, L+N): prompt positions carry no loss
+        shifted = full_labels[:, 1:]
+        sel = shifted != -100
+        rows = sel.nonzero()[:, 0]
+        logits = self.model.get_output_embeddings()(hidden[:, :-1][sel])  # (M, V)
+        losses = F.cross_entropy(logits.float(), shifted[sel], label_smoothing=eps, reduction="none")
+        return losses, rows
+
+    @torch.no_grad()
+    def generate(self, prompts: torch.Tensor, batch: dict[str, torch.Tensor]) -> list[str]:
+        """Decode with the prompt (beam search, `num_beams`, `max_new_tokens`); one string per row."""
+        left = not self.is_encoder_decoder
+        embeds, mask = self.embed_with_prompt(prompts, batch["input_ids"], batch["attention_mask"], left_padded=left)
+        out = self.model.generate(
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            num_beams=self.cfg.num_beams,
+            max_new_tokens=self.cfg.max_new_tokens,
+            early_stopping=True,
+            do_sample=False,
+            pad_token_id=self.pad_id,
+            eos_token_id=self.eos_id,
+        )
+        # With inputs_embeds only, generate returns the new tokens alone for both families.
+        return [s.strip() for s in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+
+# -------------------------------------------------------------------- loading
+
+
+def _looks_like_path(name: str) -> bool:
+    # Hub names are "name" or "org/name"; anything else with a slash is meant as a local path.
+    return name.startswith(("/", "./", "../", "~")) or name.count("/") >= 2
+
+
+def load_model_and_tokenizer(cfg: BackboneConfig):
+    """Resolve `cfg.name_or_path` / `cfg.arch` to (model, tokenizer, name) without freezing.
+
+    Raises:
+        FileNotFoundError: a local path that does not exist.
+        ValueError: an unknown tiny kind or architecture.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from ipt_dist.modeling import tiny
+
+    dtype = _DTYPES[cfg.dtype]
+    if cfg.arch:
+        config = tiny.arch_config(cfg.arch)
+        cls = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            model = cls.from_config(config, dtype=dtype)
+        return model, tiny.build_tiny_tokenizer(), f"arch:{cfg.arch}"
+    name = cfg.name_or_path
+    if name in tiny.TINY_KINDS:
+        model, tok = tiny.build_tiny_model(name)
+        return model.to(dtype), tok, name
+    if name.lower() in ("smollm2-135m", "smollm2-135m-instruct"):
+        from ipt_dist.modeling.smollm2 import smollm2_checkpoint
+
+        name = smollm2_checkpoint(cfg.cache_dir)
+    path = Path(name).expanduser()
+    if _looks_like_path(name) and not path.exists():
+        raise FileNotFoundError(
+            f"backbone.name_or_path: {name} does not exist. Fix: give an existing local model directory, "
+            f"a hub model name (e.g. facebook/bart-base), 'smollm2-135m', or one of {tiny.TINY_KINDS}"
+        )
+    src = str(path) if path.exists() else name
+    config = AutoConfig.from_pretrained(src)
+    cls = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+    model = cls.from_pretrained(src, dtype=dtype)
+    tok = AutoTokenizer.from_pretrained(src)
+    return model, tok, name
+
+
+def build_backbone(cfg: BackboneConfig, device: str | torch.device | None = None) -> Backbone:
+    """Load, freeze and place the backbone.
+
+    Raises:
+        FileNotFoundError: the model path does not exist.
+        ValueError: the tokenizer lacks both pad and eos tokens.
+    """
+    model, tok, name = load_model_and_tokenizer(cfg)
+    if device is not None:
+        model.to(device)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return Backbone(model=model, tokenizer=tok, cfg=cfg, name=name)

@@ -1,0 +1,92 @@
+"""What every stage driver needs: resolved task lists, loaded + tokenised data, the backbone."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ipt_dist.config import IPTConfig
+from ipt_dist.data.batching import TokenizedTask, subsample_task, tokenize_tasks
+from ipt_dist.data.tasks import DataError, TaskData, list_tasks, load_hf_task, load_split, load_tasks, \
+    write_demo_tasks
+
+log = logging.getLogger(__name__)
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def data_dir(cfg: IPTConfig) -> Path:
+    """The configured data directory, or the project's own demo tasks (written on first use)."""
+    if cfg.data.data_dir:
+        return Path(cfg.data.data_dir).expanduser()
+    demo = Path(cfg.output_dir) / "demo_data"
+    if not (demo / "tasks.json").is_file():
+        write_demo_tasks(demo)
+        log.info("no data.data_dir given: wrote the demo tasks to %s", demo)
+    return demo
+
+
+@dataclass
+class TaskSplit:
+    train: list[str]  # MSF training ("seen") tasks
+    unseen: list[str]  # held out: settings 2 and 5
+
+    @property
+    def all(self) -> list[str]:
+        return self.train + [t for t in self.unseen if t not in self.train]
+
+
+def resolve_tasks(cfg: IPTConfig) -> TaskSplit:
+    """Training and unseen tasks from the split file, or the config lists, or all tasks present.
+
+    Raises:
+        DataError: a split naming tasks that do not exist, or no tasks at all.
+    """
+    if cfg.data.format == "hf":
+        if not cfg.data.tasks:
+            raise DataError("data.tasks: list the task names to load from the HF dataset source")
+        return TaskSplit(list(cfg.data.tasks), list(cfg.data.unseen_tasks))
+    root = data_dir(cfg)
+    available = list_tasks(root)
+    if cfg.data.split_file:
+        split = load_split(cfg.data.split_file, available)
+        return TaskSplit(split["train"], split["test"])
+    train = list(cfg.data.tasks) or [t for t in available if t not in cfg.data.unseen_tasks]
+    missing = [t for t in train + list(cfg.data.unseen_tasks) if t not in available]
+    if missing:
+        raise DataError(f"data.tasks / data.unseen_tasks: no such task in {root}: {', '.join(missing)}. "
+                        f"Fix: use names of folders in {root}")
+    if not train:
+        raise DataError(f"no training tasks: {root} holds no tasks and data.tasks is empty")
+    return TaskSplit(train, list(cfg.data.unseen_tasks))
+
+
+def load_raw(cfg: IPTConfig, names: list[str], data_seed: int | None = None) -> dict[str, TaskData]:
+    """Raw examples of `names`, subsampled to `data.train_size` with `data_seed` when set."""
+    seed = cfg.data.data_seed if data_seed is None else data_seed
+    if cfg.data.format == "hf":
+        raw = {n: load_hf_task(cfg.data.data_dir, n, input_column=cfg.data.hf_input_column,
+                               output_column=cfg.data.hf_output_column) for n in names}
+    else:
+        crossfit_seed = seed if cfg.data.k is not None else None
+        raw = load_tasks(data_dir(cfg), names, fmt=cfg.data.format, k=cfg.data.k, seed=crossfit_seed,
+                         tasks_file=cfg.data.tasks_file, max_examples=cfg.data.max_examples)
+    return {n: subsample_task(t, cfg.data.train_size, seed) for n, t in raw.items()}
+
+
+def load_tokenized(cfg: IPTConfig, backbone, names: list[str], data_seed: int | None = None
+                   ) -> dict[str, TokenizedTask]:
+    raw = load_raw(cfg, names, data_seed)
+    return tokenize_tasks(raw, backbone, prefix=cfg.data.task_prefix,
+                          cache_dir=Path(cfg.output_dir) / "cache" / "tokens")
+
+
+def pick_device(use_gpu: bool | None = None) -> torch.device:
+    if use_gpu is None:
+        use_gpu = torch.cuda.is_available()
+    return torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")

@@ -1,0 +1,73 @@
+"""Stage 2, single process: train only z in R^d per task through the frozen MSF decoder.
+
+    ipt ist --config configs/demo.yaml
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from safetensors.torch import save_file
+
+from ipt_dist.artifacts import append_jsonl, load_decoder, read_jsonl
+from ipt_dist.config import IPTConfig
+from ipt_dist.modeling.autoencoder import random_decoder
+from ipt_dist.modeling.backbone import build_backbone
+from ipt_dist.stages.common import load_tokenized, pick_device, resolve_tasks
+from ipt_dist.train.packed import Job, PackSettings, train_pack
+
+log = logging.getLogger(__name__)
+
+
+def ist_settings(cfg: IPTConfig) -> PackSettings:
+    i = cfg.ist
+    return PackSettings(steps=i.steps, batch_size=i.batch_size, warmup_ratio=i.warmup_ratio,
+                        eval_every=i.eval_every, init_std=i.init_std, adam_eps=i.adam_eps,
+                        weight_decay=i.weight_decay, eval_batch_size=cfg.backbone.eval_batch_size)
+
+
+def msf_checkpoint_dir(cfg: IPTConfig) -> Path:
+    return Path(cfg.ist.msf_checkpoint) if cfg.ist.msf_checkpoint else Path(cfg.output_dir) / "msf"
+
+
+def run_ist(cfg: IPTConfig, tracker=None) -> list[dict]:
+    """IST on every task of the config (seen and unseen); results in `<output_dir>/ist/results.jsonl`.
+
+    Raises:
+        FileNotFoundError / ArtifactError: MSF checkpoint missing or not matching the backbone.
+    """
+    out = Path(cfg.output_dir) / "ist"
+    split = resolve_tasks(cfg)
+    backbone = build_backbone(cfg.backbone, pick_device())
+    decoder, meta = load_decoder(msf_checkpoint_dir(cfg), backbone=backbone.name, hidden=backbone.hidden_size,
+                                 prompt_len=cfg.pt.prompt_len)
+    if cfg.ist.random_decoder:
+        decoder = random_decoder(meta["d"], meta["prompt_len"], meta["hidden"], meta["mid_dim"], seed=cfg.ist.seed)
+    tag = "random" if cfg.ist.random_decoder else "msf"
+    results_file = out / "results.jsonl"
+    done = {r["job_id"]: r for r in read_jsonl(results_file)}
+    jobs = []
+    for t in split.all:
+        job_id = f"ist-{tag}-d{meta['d']}-{t}-lr{cfg.ist.lr}-s{cfg.ist.seed}-ds{cfg.data.data_seed}"
+        if job_id not in done:
+            jobs.append(Job(job_id=job_id, task=t, kind="ist", lr=cfg.ist.lr, seed=cfg.ist.seed,
+                            grad_clip=cfg.ist.grad_clip,
+                            params={"d": meta["d"], "decoder": tag, "data_seed": cfg.data.data_seed,
+                                    "seen": t in split.train}))
+    data = load_tokenized(cfg, backbone, sorted({j.task for j in jobs})) if jobs else {}
+    K = cfg.sweep.pack_size
+    for s in range(0, len(jobs), K):
+        pack = jobs[s : s + K]
+        results = train_pack(backbone, pack, {j.job_id: data[j.task] for j in pack}, ist_settings(cfg),
+                             decoder=decoder, progress=True)
+        for r in results:
+            (out / "z").mkdir(parents=True, exist_ok=True)
+            save_file({"z": r.best_param.contiguous()}, str(out / "z" / f"{r.job.job_id}.safetensors"))
+            rec = r.record()
+            append_jsonl(results_file, rec)
+            done[r.job.job_id] = rec
+            if tracker is not None:
+                tracker.log_metrics({f"ist/{r.job.task}/dev": r.best_dev, f"ist/{r.job.task}/test": r.test})
+            log.info("IST %s (d=%d): best dev %.4f, test %.4f", r.job.task, meta["d"], r.best_dev, r.test)
+    return list(done.values())

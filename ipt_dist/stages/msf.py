@@ -1,0 +1,112 @@
+"""Stage 1, single process: train the prompt autoencoder over the stage-0 prompts.
+
+    ipt msf --config configs/demo.yaml
+
+The distributed version (Ray Train + DeepSpeed) is `ipt_dist.distributed.msf`; both use the
+same `MSFModel`, sampler and evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from ipt_dist.artifacts import append_jsonl, load_task_prompts, save_msf_checkpoint
+from ipt_dist.config import IPTConfig
+from ipt_dist.data.batching import TokenizedTask
+from ipt_dist.data.sampling import TaskBalancedSampler
+from ipt_dist.modeling.autoencoder import PromptAutoencoder
+from ipt_dist.modeling.backbone import Backbone, build_backbone
+from ipt_dist.stages.common import load_tokenized, pick_device, resolve_tasks
+from ipt_dist.train.optim import linear_warmup_decay, warmup_steps_for
+from ipt_dist.train.steps import MSFModel, evaluate_groups, msf_step
+
+log = logging.getLogger(__name__)
+
+
+def msf_prompts_dir(cfg: IPTConfig) -> Path:
+    return Path(cfg.msf.prompts_dir) if cfg.msf.prompts_dir else Path(cfg.output_dir) / "prompts"
+
+
+def build_autoencoder(cfg: IPTConfig, hidden: int) -> PromptAutoencoder:
+    with torch.random.fork_rng():
+        torch.manual_seed(cfg.msf.seed)
+        return PromptAutoencoder(cfg.msf.d, cfg.pt.prompt_len, hidden, cfg.msf.mid_dim)
+
+
+def collate_msf(backbone: Backbone, data: list[TokenizedTask], pairs: list[tuple[int, int]]) -> dict:
+    """Rows of a mixed-task batch; `group` is the task index (which prompt the row uses)."""
+    batch = backbone.collate_train([data[t].train.inputs[i] for t, i in pairs],
+                                   [data[t].train.targets[i] for t, i in pairs])
+    batch["group"] = torch.tensor([t for t, _ in pairs])
+    return batch
+
+
+@torch.no_grad()
+def evaluate_reconstructed(backbone: Backbone, ae: PromptAutoencoder, task_prompts: torch.Tensor,
+                           data: list[TokenizedTask], split: str, batch_size: int,
+                           max_examples: int | None = None) -> list[float]:
+    """Settings 1/2: score each task with its reconstructed prompt Dec(Enc(P_i))."""
+    recon = ae(task_prompts.to(next(ae.parameters()).device).float())
+    scores, _ = evaluate_groups(backbone, recon, [t.split(split) for t in data], [t.info.metric for t in data],
+                                batch_size, max_examples)
+    return scores
+
+
+def run_msf(cfg: IPTConfig, tracker=None) -> dict:
+    """Train MSF; keep the best mean-dev checkpoint in `<output_dir>/msf`. Returns a summary.
+
+    Raises:
+        ArtifactError: a training task without a usable stage-0 prompt (checked before training).
+    """
+    out = Path(cfg.output_dir) / "msf"
+    split = resolve_tasks(cfg)
+    device = pick_device()
+    backbone = build_backbone(cfg.backbone, device)
+    H, L = backbone.hidden_size, cfg.pt.prompt_len
+    prompts = load_task_prompts(msf_prompts_dir(cfg), split.train, L, H, backbone.name).to(device)
+    tok = load_tokenized(cfg, backbone, split.train)
+    data = [tok[t] for t in split.train]
+    ae = build_autoencoder(cfg, H).to(device)
+    model = MSFModel(backbone, ae, prompts, cfg.msf.alpha)
+    m = cfg.msf
+    opt = torch.optim.AdamW(ae.parameters(), lr=m.lr, eps=m.adam_eps, weight_decay=m.weight_decay)
+    warmup = warmup_steps_for(m.steps, m.warmup_ratio)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: linear_warmup_decay(s, m.steps, warmup))
+    sampler = TaskBalancedSampler([len(d.train) for d in data], m.batch_size, temperature=m.temperature,
+                                  seed=m.seed)
+    history = out / "history.jsonl"
+    if history.exists():
+        history.unlink()
+    best, best_step, t0 = -math.inf, 0, time.time()
+    from tqdm.auto import tqdm
+
+    for step in tqdm(range(m.steps), desc="msf", leave=False):
+        backbone.set_train_mode(True)
+        batch = {k: v.to(device) for k, v in collate_msf(backbone, data, sampler.next_batch()).items()}
+        stats = msf_step(model, opt, sched, batch, m.grad_clip)
+        done = step + 1
+        row = {"step": done, **{k: float(v) for k, v in stats.items()}, "lr": sched.get_last_lr()[0]}
+        if done % m.eval_every == 0 or done == m.steps:
+            scores = evaluate_reconstructed(backbone, ae, prompts, data, "dev", cfg.backbone.eval_batch_size,
+                                            m.eval_max_examples)
+            row["dev_mean"] = sum(scores) / len(scores)
+            row.update({f"dev/{t}": s for t, s in zip(split.train, scores)})
+            if row["dev_mean"] > best:
+                best, best_step = row["dev_mean"], done
+                save_msf_checkpoint(out, ae, {"backbone": backbone.name, "tasks": split.train, "alpha": m.alpha,
+                                              "best_dev": best, "step": done, "temperature": m.temperature})
+            log.info("MSF step %d: loss %.4f (lm %.4f, rec %.6f), mean dev %.4f", done, row["loss"],
+                     row["lm_loss"], row["rec_loss"], row["dev_mean"])
+        append_jsonl(history, row)
+        if tracker is not None:
+            tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, step=done)
+    summary = {"best_dev": best, "best_step": best_step, "steps": m.steps, "seconds": time.time() - t0,
+               "checkpoint": str(out), "d": m.d, "tasks": split.train}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

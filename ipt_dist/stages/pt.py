@@ -1,0 +1,67 @@
+"""Stage 0, single process: prompt tuning of every task -> prompt files + PT baseline scores.
+
+    ipt pt --config configs/demo.yaml
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from ipt_dist.artifacts import append_jsonl, load_prompt, prompt_path, read_jsonl, save_prompt
+from ipt_dist.config import IPTConfig
+from ipt_dist.modeling.backbone import build_backbone
+from ipt_dist.stages.common import load_tokenized, pick_device, resolve_tasks
+from ipt_dist.train.packed import Job, PackSettings, train_pack
+
+log = logging.getLogger(__name__)
+
+
+def pt_settings(cfg: IPTConfig) -> PackSettings:
+    p = cfg.pt
+    return PackSettings(steps=p.steps, batch_size=p.batch_size, warmup_ratio=p.warmup_ratio,
+                        eval_every=p.eval_every, init_std=p.init_std, adam_eps=p.adam_eps,
+                        weight_decay=p.weight_decay, eval_batch_size=cfg.backbone.eval_batch_size)
+
+
+def run_pt(cfg: IPTConfig, tasks: list[str] | None = None, tracker=None) -> list[dict]:
+    """Train one prompt per task (packed `sweep.pack_size` at a time); skip tasks already done.
+
+    Writes `<output_dir>/prompts/<task>.safetensors` and `<output_dir>/pt/results.jsonl`.
+    Returns the result records of all requested tasks (earlier ones read back from disk).
+    """
+    out = Path(cfg.output_dir)
+    prompts_dir, results_file = out / "prompts", out / "pt" / "results.jsonl"
+    tasks = tasks or resolve_tasks(cfg).all
+    done = {r["task"]: r for r in read_jsonl(results_file) if prompt_path(prompts_dir, r["task"]).is_file()}
+    todo = [t for t in tasks if t not in done]
+    if not todo:
+        log.info("stage 0: all %d prompts already exist in %s", len(tasks), prompts_dir)
+        return [done[t] for t in tasks]
+    backbone = build_backbone(cfg.backbone, pick_device())
+    data = load_tokenized(cfg, backbone, todo)  # fails on bad data before any training
+    init = None
+    if cfg.pt.init_from:
+        init = torch.stack([load_prompt(prompt_path(cfg.pt.init_from, t))[0] for t in todo])
+    jobs = [Job(job_id=f"pt-{t}", task=t, kind="pt", lr=cfg.pt.lr, seed=cfg.pt.seed, grad_clip=cfg.pt.grad_clip,
+                params={"data_seed": cfg.data.data_seed}) for t in todo]
+    K = cfg.sweep.pack_size
+    for s in range(0, len(jobs), K):
+        pack = jobs[s : s + K]
+        log.info("stage 0: training prompts %d-%d of %d", s + 1, s + len(pack), len(jobs))
+        results = train_pack(backbone, pack, {j.job_id: data[j.task] for j in pack}, pt_settings(cfg),
+                             prompt_len=cfg.pt.prompt_len, init=None if init is None else init[s : s + K],
+                             progress=True)
+        for r in results:
+            save_prompt(prompt_path(prompts_dir, r.job.task), r.best_param, backbone=backbone.name,
+                        task=r.job.task, metric=r.metric, dev_score=r.best_dev, test_score=r.test, lr=r.job.lr,
+                        seed=r.job.seed)
+            rec = r.record()
+            append_jsonl(results_file, rec)
+            done[r.job.task] = rec
+            if tracker is not None:
+                tracker.log_metrics({f"pt/{r.job.task}/dev": r.best_dev, f"pt/{r.job.task}/test": r.test})
+            log.info("PT %s: best dev %.4f at step %d, test %.4f", r.job.task, r.best_dev, r.best_step, r.test)
+    return [done[t] for t in tasks]

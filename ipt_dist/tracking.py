@@ -1,0 +1,159 @@
+"""Experiment tracking behind a small interface; MLflow is imported only when used.
+
+Only rank 0 of a Ray Train run, or the sweep driver, holds a real tracker. Logging errors
+never stop training: a failed call is queued and retried (the results files stay the
+source of truth).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from ipt_dist.config import IPTConfig, flatten_config
+
+log = logging.getLogger(__name__)
+
+
+def resolve_tracking_uri(cfg: IPTConfig) -> str:
+    """Config > $MLFLOW_TRACKING_URI > sqlite:///<output_dir>/mlflow.db (absolute path)."""
+    if cfg.tracking.tracking_uri:
+        return cfg.tracking.tracking_uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    db = Path(cfg.output_dir).expanduser().resolve() / "mlflow.db"
+    db.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{db}"
+
+
+class NullTracker:
+    """Does nothing; used on non-zero ranks and when tracking is disabled."""
+
+    run_id: str | None = None
+
+    def log_params(self, params: dict[str, Any]) -> None: ...
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
+    def set_tags(self, tags: dict[str, Any]) -> None: ...
+    def flush(self) -> None: ...
+    def end(self, status: str = "FINISHED") -> None: ...
+
+
+class MLflowTracker:
+    """One MLflow run. Calls that fail (server down, DB locked) are kept and retried later."""
+
+    def __init__(self, tracking_uri: str, experiment: str, run_name: str | None = None,
+                 parent_run_id: str | None = None, run_id: str | None = None, tags: dict | None = None) -> None:
+        from mlflow import MlflowClient
+
+        self.client = MlflowClient(tracking_uri)
+        self.tracking_uri = tracking_uri
+        if run_id is not None:
+            self.run_id = run_id
+        else:
+            exp_id = get_or_create_experiment(self.client, experiment)
+            all_tags = dict(tags or {})
+            if parent_run_id:
+                all_tags["mlflow.parentRunId"] = parent_run_id
+            if run_name:
+                all_tags["mlflow.runName"] = run_name
+            self.run_id = self.client.create_run(exp_id, run_name=run_name,
+                                                 tags={k: str(v) for k, v in all_tags.items()}).info.run_id
+        self._pending: list[tuple[str, tuple, dict]] = []
+
+    def _call(self, name: str, *args, **kwargs) -> None:
+        self._pending.append((name, args, kwargs))
+        self.flush()
+
+    def flush(self, retries: int = 1, wait: float = 0.0) -> bool:
+        """Send queued calls in order; returns True when nothing is left pending."""
+        for attempt in range(retries):
+            while self._pending:
+                name, args, kwargs = self._pending[0]
+                try:
+                    getattr(self, "_do_" + name)(*args, **kwargs)
+                except Exception as exc:  # noqa: BLE001 - tracking must never kill training
+                    log.warning("MLflow %s failed (%s); will retry", name, exc)
+                    break
+                self._pending.pop(0)
+            if not self._pending:
+                return True
+            if wait:
+                time.sleep(wait)
+        return not self._pending
+
+    def _do_params(self, params: dict) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
+
+    def _do_metrics(self, metrics: dict, step: int | None) -> None:
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        items = [Metric(_metric_key(k), float(v), ts, step or 0) for k, v in metrics.items() if v == v]
+        for i in range(0, len(items), 500):
+            self.client.log_batch(self.run_id, metrics=items[i : i + 500])
+
+    def _do_artifact(self, path: str, artifact_path: str | None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def _do_tags(self, tags: dict) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(self.run_id, k, str(v))
+
+    def _do_end(self, status: str) -> None:
+        self.client.set_terminated(self.run_id, status)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        self._call("params", params)
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self._call("metrics", metrics, step)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self._call("artifact", str(path), artifact_path)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        self._call("tags", tags)
+
+    def end(self, status: str = "FINISHED") -> None:
+        self._call("end", status)
+        if not self.flush(retries=5, wait=2.0):
+            log.error("MLflow run %s: %d logging calls could not be sent", self.run_id, len(self._pending))
+
+
+def _metric_key(k: str) -> str:
+    # MLflow keys allow alphanumerics, _ - . space / ; task names may hold other characters.
+    return "".join(c if c.isalnum() or c in "_-. /" else "_" for c in k)
+
+
+def get_or_create_experiment(client, name: str) -> str:
+    """Create the experiment once (from one process) and return its id; safe against races."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name)
+    except Exception:  # noqa: BLE001 - another process created it first
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def make_tracker(cfg: IPTConfig, run_name: str, *, enabled: bool = True, tags: dict | None = None,
+                 parent_run_id: str | None = None, log_config: bool = True):
+    """A tracker for this process: MLflow when enabled in config, else NullTracker."""
+    if not (enabled and cfg.tracking.enabled):
+        return NullTracker()
+    tracker = MLflowTracker(resolve_tracking_uri(cfg), cfg.tracking.experiment,
+                            cfg.tracking.run_name or run_name, parent_run_id=parent_run_id, tags=tags)
+    if log_config:
+        tracker.log_params(flatten_config(cfg))
+    return tracker

@@ -1,0 +1,203 @@
+"""Train K prompt-tuning jobs (PT or IST) at once on one frozen backbone.
+
+Each batch row carries its own job's prompt (`P_k` for PT, `Dec(z_k)` for IST); the loss,
+the optimiser state, the learning rate, the gradient clipping, the schedule, the data order
+and the best-dev tracking are all per job. K = 1 is the plain one-job mode, and a pack of K
+gives the same results as K separate runs with the same seeds (dropout off).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from ipt_dist.data.batching import TokenizedTask
+from ipt_dist.modeling.autoencoder import PromptDecoder
+from ipt_dist.modeling.backbone import Backbone
+from ipt_dist.train.optim import BatchedAdamW, linear_warmup_decay, warmup_steps_for
+from ipt_dist.train.steps import evaluate_groups, packed_step
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Job:
+    """One PT or IST run: a task, a learning rate, a seed (init and data order)."""
+
+    job_id: str
+    task: str
+    kind: str = "pt"  # "pt" | "ist"
+    lr: float = 1e-4
+    seed: int = 42
+    grad_clip: float = 0.1
+    params: dict = field(default_factory=dict)  # extra fields recorded with the result (d, data_seed, ...)
+
+
+@dataclass
+class PackSettings:
+    """What all jobs of one pack share (the sweep groups jobs by these)."""
+
+    steps: int = 1000
+    batch_size: int = 8
+    warmup_ratio: float = 0.06
+    eval_every: int = 100
+    init_std: float = 0.02
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.0
+    max_rows: int | None = None  # split the packed batch into forward chunks of this many rows
+    eval_batch_size: int = 32
+    eval_max_examples: int | None = None
+
+
+@dataclass
+class JobResult:
+    job: Job
+    metric: str
+    best_dev: float
+    best_step: int
+    test: float
+    dev_curve: list[tuple[int, float]]
+    loss_curve: list[tuple[int, float]]
+    best_param: torch.Tensor  # (L, H) prompt for PT, (d,) z for IST
+    seconds: float = 0.0
+
+    def record(self) -> dict:
+        """The JSON-able result line (without the tensor)."""
+        j = self.job
+        return {"job_id": j.job_id, "task": j.task, "kind": j.kind, "lr": j.lr, "seed": j.seed, **j.params,
+                "metric": self.metric, "best_dev": self.best_dev, "best_step": self.best_step, "test": self.test,
+                "dev_curve": self.dev_curve, "loss_curve": self.loss_curve, "seconds": self.seconds}
+
+
+class _JobStream:
+    """Endless epoch-shuffled indices of one job's training split, seeded by the job alone."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.gen = n, torch.Generator().manual_seed(seed)
+        self.order: list[int] = []
+
+    def take(self, k: int) -> list[int]:
+        out = []
+        while len(out) < k:
+            if not self.order:
+                self.order = torch.randperm(self.n, generator=self.gen).tolist()
+            out.append(self.order.pop(0))
+        return out
+
+
+def init_params(jobs: list[Job], shape: tuple[int, ...], std: float) -> torch.Tensor:
+    """N(0, std) per job from the job's own seed: independent of what else is in the pack."""
+    rows = []
+    for j in jobs:
+        g = torch.Generator().manual_seed(j.seed)
+        rows.append(torch.randn(shape, generator=g) * std)
+    return torch.stack(rows)  # (K, *shape)
+
+
+def train_pack(backbone: Backbone, jobs: list[Job], data: dict[str, TokenizedTask], settings: PackSettings, *,
+               decoder: PromptDecoder | None = None, prompt_len: int | None = None,
+               init: torch.Tensor | None = None, progress: bool = False) -> list[JobResult]:
+    """Train every job of the pack; evaluate dev every `eval_every` steps; score test at best dev.
+
+    Args:
+        data: job_id -> the tokenized task that job trains on (jobs may use different draws).
+        decoder: frozen Dec for IST jobs (all jobs of a pack share kind).
+        prompt_len: L for PT jobs.
+        init: (K, ...) starting parameters instead of N(0, init_std), e.g. Dec(z*) for IPT-init PT.
+    Raises:
+        ValueError: mixed kinds in one pack, a job without data, or an empty training split.
+    """
+    kinds = {j.kind for j in jobs}
+    if len(kinds) != 1:
+        raise ValueError(f"a pack holds jobs of one kind, got {sorted(kinds)}")
+    kind = kinds.pop()
+    for j in jobs:
+        if j.job_id not in data:
+            raise ValueError(f"job {j.job_id} (task {j.task}) has no data")
+        if len(data[j.job_id].train) == 0:
+            raise ValueError(f"task {j.task}: the training split is empty")
+    device = backbone.device
+    K, H = len(jobs), backbone.hidden_size
+    if kind == "ist":
+        if decoder is None:
+            raise ValueError("IST jobs need the frozen MSF decoder")
+        decoder = decoder.to(device).requires_grad_(False)
+        shape: tuple[int, ...] = (decoder.d,)
+        prompt_fn = decoder
+    else:
+        if prompt_len is None:
+            raise ValueError("PT jobs need prompt_len")
+        shape = (prompt_len, H)
+        prompt_fn = lambda p: p  # noqa: E731
+    param = (init.clone().float() if init is not None else init_params(jobs, shape, settings.init_std)).to(device)
+    param.requires_grad_(True)
+    opt = BatchedAdamW(param, [j.lr for j in jobs], [j.grad_clip for j in jobs], eps=settings.adam_eps,
+                       weight_decay=settings.weight_decay)
+    streams = [_JobStream(len(data[j.job_id].train), j.seed) for j in jobs]
+    warmup = warmup_steps_for(settings.steps, settings.warmup_ratio)
+    metrics = [data[j.job_id].info.metric for j in jobs]
+    best = torch.full((K,), -math.inf)
+    best_step = [0] * K
+    best_param = param.detach().clone()
+    dev_curves: list[list[tuple[int, float]]] = [[] for _ in jobs]
+    loss_curves: list[list[tuple[int, float]]] = [[] for _ in jobs]
+    t0 = time.time()
+
+    def evaluate(split: str, p: torch.Tensor) -> list[float]:
+        with torch.no_grad():
+            prompts = prompt_fn(p)
+        scores, _ = evaluate_groups(backbone, prompts, [data[j.job_id].split(split) for j in jobs], metrics,
+                                    settings.eval_batch_size, settings.eval_max_examples)
+        return scores
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=settings.steps, desc=f"{kind} x{K}", leave=False)
+    running = torch.zeros(K)
+    for step in range(settings.steps):
+        backbone.set_train_mode(True)
+        inputs, targets, groups = [], [], []
+        for k, j in enumerate(jobs):
+            split = data[j.job_id].train
+            for i in streams[k].take(settings.batch_size):
+                inputs.append(split.inputs[i])
+                targets.append(split.targets[i])
+                groups.append(k)
+        batch = backbone.collate_train(inputs, targets)
+        batch["group"] = torch.tensor(groups)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        lr_mult = linear_warmup_decay(step, settings.steps, warmup)
+        losses = packed_step(backbone, param, prompt_fn, opt, batch, lr_mult, settings.max_rows)
+        running += losses.cpu()
+        if bar is not None:
+            bar.update(1)
+        done = step + 1
+        if done % settings.eval_every == 0 or done == settings.steps:
+            n = settings.eval_every if done % settings.eval_every == 0 else done % settings.eval_every
+            for k in range(K):
+                loss_curves[k].append((done, float(running[k]) / n))
+            running.zero_()
+            scores = evaluate("dev", param.detach())
+            for k, s in enumerate(scores):
+                dev_curves[k].append((done, s))
+                if s > best[k]:  # strictly better: the earliest best step wins ties
+                    best[k], best_step[k] = s, done
+                    best_param[k] = param.detach()[k]
+            log.info("%s pack of %d: step %d/%d, mean dev %.4f", kind, K, done, settings.steps,
+                     sum(scores) / len(scores))
+    if bar is not None:
+        bar.close()
+    tests = evaluate("test", best_param)
+    secs = time.time() - t0
+    return [
+        JobResult(job=j, metric=metrics[k], best_dev=float(best[k]), best_step=best_step[k], test=tests[k],
+                  dev_curve=dev_curves[k], loss_curve=loss_curves[k], best_param=best_param[k].cpu(),
+                  seconds=secs / K)
+        for k, j in enumerate(jobs)
+    ]

@@ -1,0 +1,174 @@
+"""Pure training and evaluation steps: plain PyTorch, no ray, mlflow or deepspeed.
+
+Shapes: K jobs (or T tasks), B batch rows, L prompt length, H hidden size, d intrinsic dim.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ipt_dist.metrics import compute_metric
+from ipt_dist.modeling.autoencoder import PromptAutoencoder, PromptDecoder
+from ipt_dist.modeling.backbone import Backbone
+from ipt_dist.train.optim import BatchedAdamW
+
+
+def group_mean(losses: torch.Tensor, rows: torch.Tensor, row_group: torch.Tensor, num_groups: int,
+               counts: torch.Tensor | None = None) -> torch.Tensor:
+    """Token-mean loss per group (job or task): (M,) token losses -> (G,).
+
+    `counts` (G,) overrides the token count of each group (used when a batch is split into
+    chunks: each chunk divides by the whole batch's count so the chunks sum to the mean).
+    """
+    groups = row_group[rows]  # (M,)
+    sums = torch.zeros(num_groups, dtype=losses.dtype, device=losses.device).index_add_(0, groups, losses)
+    if counts is None:
+        counts = torch.zeros(num_groups, dtype=losses.dtype, device=losses.device).index_add_(
+            0, groups, torch.ones_like(losses))
+    return sums / counts.clamp(min=1)
+
+
+def target_token_counts(batch: dict[str, torch.Tensor], num_groups: int) -> torch.Tensor:
+    """Number of loss-bearing target tokens per group in a collated batch."""
+    per_row = (batch["labels"] != -100).sum(1).float()  # (B,)
+    return torch.zeros(num_groups, device=per_row.device).index_add_(0, batch["group"], per_row)
+
+
+def _chunks(batch: dict[str, torch.Tensor], max_rows: int | None):
+    B = batch["input_ids"].shape[0]
+    step = max_rows or B
+    for s in range(0, B, step):
+        yield {k: v[s : s + step] for k, v in batch.items()}
+
+
+def packed_step(backbone: Backbone, param: torch.Tensor, prompt_fn, optimizer: BatchedAdamW,
+                batch: dict[str, torch.Tensor], lr_mult: float, max_rows: int | None = None) -> torch.Tensor:
+    """One optimiser step of K jobs packed in `param` (K, ...); returns per-job losses (K,).
+
+    `batch["group"]` (B,) says which job each row belongs to; `prompt_fn(param)` gives the
+    (K, L, H) prompts. sum_k loss_k is back-propagated: row k of the gradient is job k's own.
+    """
+    K = param.shape[0]
+    counts = target_token_counts(batch, K)
+    total = torch.zeros(K, device=param.device)
+    optimizer.zero_grad()
+    for chunk in _chunks(batch, max_rows):
+        prompts = prompt_fn(param)  # (K, L, H)
+        losses, rows = backbone.token_losses(prompts[chunk["group"]], chunk)
+        per_job = group_mean(losses, rows, chunk["group"], K, counts)  # (K,)
+        per_job.sum().backward()
+        total += per_job.detach()
+    optimizer.step(lr_mult)
+    return total
+
+
+def pt_step(backbone: Backbone, prompts: torch.Tensor, optimizer: BatchedAdamW, batch, lr_mult: float,
+            max_rows: int | None = None) -> torch.Tensor:
+    """PT: the prompts (K, L, H) themselves train."""
+    return packed_step(backbone, prompts, lambda p: p, optimizer, batch, lr_mult, max_rows)
+
+
+def ist_step(backbone: Backbone, decoder: PromptDecoder, z: torch.Tensor, optimizer: BatchedAdamW, batch,
+             lr_mult: float, max_rows: int | None = None) -> torch.Tensor:
+    """IST: only z (K, d) trains; the prompt is Dec(z) with the decoder frozen."""
+    return packed_step(backbone, z, decoder, optimizer, batch, lr_mult, max_rows)
+
+
+class MSFModel(nn.Module):
+    """Frozen backbone + trainable prompt autoencoder + the stage-0 prompts of the training tasks.
+
+    `forward(batch)` builds the prompts and `inputs_embeds` itself, so under DeepSpeed ZeRO-3
+    the engine's hooks gather the partitioned embedding where it is used.
+    """
+
+    def __init__(self, backbone: Backbone, autoencoder: PromptAutoencoder, task_prompts: torch.Tensor,
+                 alpha: float) -> None:
+        super().__init__()
+        self.backbone_model = backbone.model  # registered so DeepSpeed sees (and may shard) it
+        self.autoencoder = autoencoder
+        self.register_buffer("task_prompts", task_prompts, persistent=False)  # (T, L, H)
+        self.alpha = alpha
+        object.__setattr__(self, "_backbone", backbone)  # not a Module: no double registration
+
+    @property
+    def backbone(self) -> Backbone:
+        return self._backbone
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns (loss, lm_loss, reconstruction_loss) for a batch whose rows carry `group` = task index."""
+        tasks, inverse = torch.unique(batch["group"], return_inverse=True)
+        originals = self.task_prompts[tasks]  # (U, L, H)
+        recon = self.autoencoder(originals.float())  # (U, L, H): P* = Dec(Enc(P))
+        losses, _ = self.backbone.token_losses(recon[inverse], batch)
+        lm = losses.mean()
+        # MSE per example as in the reference: each row's P*_i against its P_i.
+        rec = F.mse_loss(recon[inverse], originals[inverse].float())
+        return lm + self.alpha * rec, lm.detach(), rec.detach()
+
+
+def msf_step(model: MSFModel, optimizer: torch.optim.Optimizer, scheduler, batch, grad_clip: float) -> dict:
+    """One single-process MSF step (the distributed path lets DeepSpeed do clip/step)."""
+    optimizer.zero_grad(set_to_none=True)
+    loss, lm, rec = model(batch)
+    loss.backward()
+    params = [p for p in model.autoencoder.parameters()]
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+    scheduler.step()
+    return {"loss": loss.detach(), "lm_loss": lm, "rec_loss": rec}
+
+
+# ------------------------------------------------------------------ evaluation
+
+
+@dataclass
+class EvalItem:
+    group: int  # which prompt (job or task) this row uses
+    input_ids: list[int]
+
+
+@torch.no_grad()
+def predict(backbone: Backbone, prompts: torch.Tensor, items: list[EvalItem], batch_size: int) -> list[str]:
+    """Generate for every item with its group's prompt (prompts: (G, L, H)); batched, length-sorted."""
+    was_training = backbone.model.training
+    backbone.set_train_mode(False)
+    order = sorted(range(len(items)), key=lambda i: len(items[i].input_ids))
+    preds: list[str] = [""] * len(items)
+    device = backbone.device
+    for s in range(0, len(order), batch_size):
+        idx = order[s : s + batch_size]
+        batch = backbone.collate_generate([items[i].input_ids for i in idx])
+        batch = {k: v.to(device) for k, v in batch.items()}
+        groups = torch.tensor([items[i].group for i in idx], device=prompts.device)
+        outs = backbone.generate(prompts[groups].to(device), batch)
+        for i, o in zip(idx, outs):
+            preds[i] = o
+    backbone.model.train(was_training)
+    return preds
+
+
+def evaluate_groups(backbone: Backbone, prompts: torch.Tensor, splits: list, metrics: list[str],
+                    batch_size: int, max_examples: int | None = None) -> tuple[list[float], list[list[str]]]:
+    """Score group g's prompt on splits[g] (a TokenizedSplit) with metrics[g].
+
+    Returns (scores (G,), predictions per group).
+    """
+    items, owner = [], []
+    for g, split in enumerate(splits):
+        n = len(split) if max_examples is None else min(len(split), max_examples)
+        items.extend(EvalItem(g, split.inputs[i]) for i in range(n))
+        owner.extend([g] * n)
+    preds = predict(backbone, prompts, items, batch_size)
+    per_group: list[list[str]] = [[] for _ in splits]
+    for g, p in zip(owner, preds):
+        per_group[g].append(p)
+    scores = []
+    for g, split in enumerate(splits):
+        n = len(per_group[g])
+        scores.append(compute_metric(metrics[g], per_group[g], split.references[:n]) if n else float("nan"))
+    return scores, per_group
