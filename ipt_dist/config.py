@@ -406,7 +406,11 @@ def _from_dict(cls: type, data: dict, prefix: str, errors: list[str]) -> Any:
             hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(names)}"
             errors.append(f"{where}: unknown key{hint}")
             continue
-        kwargs[key] = _coerce(value, hints[key], where, errors)
+        n_errors = len(errors)
+        coerced = _coerce(value, hints[key], where, errors)
+        # A mistyped leaf keeps its default so the value checks of its section still run.
+        if len(errors) == n_errors or dataclasses.is_dataclass(hints[key]):
+            kwargs[key] = coerced
     try:
         return cls(**kwargs)
     except TypeError as exc:  # only reachable through bad types already reported
@@ -418,8 +422,13 @@ def config_from_dict(data: dict | None, source: str = "config") -> IPTConfig:
     """Build and validate an IPTConfig. Raises ConfigError naming every bad field."""
     errors: list[str] = []
     cfg = _from_dict(IPTConfig, data or {}, "", errors)
-    if not errors:
-        errors = cfg.problems()
+    for f in dataclasses.fields(cfg):
+        section = getattr(cfg, f.name)
+        if hasattr(section, "problems"):
+            try:
+                errors.extend(section.problems())
+            except TypeError:  # a field of the wrong type, already reported above
+                pass
     if errors:
         raise ConfigError(f"{source}: invalid config:\n  - " + "\n  - ".join(errors))
     return cfg

@@ -1,0 +1,99 @@
+import pytest
+import torch
+
+from ipt_dist.config import BackboneConfig
+from ipt_dist.modeling.backbone import build_backbone
+from ipt_dist.modeling.tiny import TINY_KINDS, save_tiny_backbone
+
+INPUTS = [" [demo] a great movie", " [demo] bad"]
+TARGETS = ["positive", "negative"]
+
+
+def _bb(kind, **kw):
+    return build_backbone(BackboneConfig(name_or_path=kind, dropout=False, num_beams=2, max_new_tokens=4, **kw))
+
+
+@pytest.mark.parametrize("kind", TINY_KINDS)
+def test_prompt_gets_gradients_backbone_does_not(kind):
+    bb = _bb(kind)
+    x, y = bb.tokenize(INPUTS, TARGETS)
+    batch = bb.collate_train(x, y)
+    prompts = torch.randn(2, 3, bb.hidden_size, requires_grad=True)
+    losses, rows = bb.token_losses(prompts, batch)
+    assert losses.shape == rows.shape and losses.dtype == torch.float32
+    # every target token (and nothing else, prompt and input positions included) has a loss
+    assert rows.tolist() == sum(([i] * len(t) for i, t in enumerate(y)), [])
+    losses.mean().backward()
+    assert prompts.grad is not None and prompts.grad.abs().sum() > 0
+    assert all(p.grad is None and not p.requires_grad for p in bb.model.parameters())
+
+
+@pytest.mark.parametrize("kind", TINY_KINDS)
+def test_batched_generation_uses_each_rows_prompt(kind):
+    bb = _bb(kind)
+    x, _ = bb.tokenize(INPUTS, TARGETS)
+    prompts = torch.randn(2, 3, bb.hidden_size)
+    out = bb.generate(prompts, bb.collate_generate(x))
+    assert len(out) == 2 and all(isinstance(s, str) for s in out)
+    # row-wise: generating row 1 alone with its prompt gives the same text as in the batch
+    alone = bb.generate(prompts[1:], bb.collate_generate(x[1:]))
+    assert alone[0] == out[1]
+
+
+def test_decoder_only_prompt_positions_carry_no_loss():
+    bb = _bb("tiny-llama")
+    x, y = bb.tokenize(INPUTS, TARGETS)
+    batch = bb.collate_train(x, y)
+    l4, _ = bb.token_losses(torch.zeros(2, 4, bb.hidden_size), batch)
+    l9, _ = bb.token_losses(torch.zeros(2, 9, bb.hidden_size), batch)
+    assert l4.shape == l9.shape  # prompt length changes nothing in how many tokens are scored
+
+
+def test_padding_does_not_change_a_rows_loss():
+    bb = _bb("tiny-t5")
+    x, y = bb.tokenize(INPUTS, TARGETS)
+    P = torch.randn(2, 3, bb.hidden_size)
+    both, rows = bb.token_losses(P, bb.collate_train(x, y))
+    one, _ = bb.token_losses(P[1:], bb.collate_train(x[1:], y[1:]))
+    torch.testing.assert_close(both[rows == 1], one, rtol=1e-5, atol=1e-5)
+
+
+def test_truncation_policy():
+    bb = _bb("tiny-t5", max_input_len=5, max_target_len=3)
+    x, y = bb.tokenize(["one two three four five six seven eight nine ten"], ["a b c d e f g"])
+    assert len(x[0]) == 5 and len(y[0]) == 3 and y[0][-1] == bb.eos_id
+
+
+def test_load_local_directory_and_bf16(tmp_path):
+    path = save_tiny_backbone("tiny-llama", tmp_path / "m")
+    a = _bb("tiny-llama")
+    b = build_backbone(BackboneConfig(name_or_path=str(path), dropout=False))
+    x, y = a.tokenize(INPUTS, TARGETS)
+    assert x == b.tokenize(INPUTS, TARGETS)[0]
+    P = torch.randn(2, 3, a.hidden_size)
+    torch.testing.assert_close(a.token_losses(P, a.collate_train(x, y))[0], b.token_losses(P, b.collate_train(x, y))[0])
+    c = build_backbone(BackboneConfig(name_or_path=str(path), dtype="bfloat16"))
+    assert next(c.model.parameters()).dtype == torch.bfloat16
+    losses, _ = c.token_losses(P, c.collate_train(x, y))
+    assert losses.dtype == torch.float32 and torch.isfinite(losses).all()
+
+
+def test_missing_model_path_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="backbone.name_or_path.*does not exist"):
+        build_backbone(BackboneConfig(name_or_path=str(tmp_path / "no_such_model")))
+
+
+def test_tokenizer_without_pad_uses_eos(tmp_path):
+    from transformers import AutoTokenizer
+
+    path = save_tiny_backbone("tiny-gpt2", tmp_path / "g")
+    tok = AutoTokenizer.from_pretrained(path)
+    tok.pad_token = None
+    tok.save_pretrained(path)
+    bb = build_backbone(BackboneConfig(name_or_path=str(path)))
+    assert bb.pad_id == bb.eos_id
+
+
+def test_unknown_arch_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown architecture"):
+        build_backbone(BackboneConfig(arch="gpt-17"))
