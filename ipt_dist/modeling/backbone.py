@@ -249,8 +249,10 @@ def load_model_and_tokenizer(cfg: BackboneConfig):
             torch.manual_seed(0)
             model = cls.from_config(config, dtype=dtype)
         return model, tiny.build_tiny_tokenizer(), f"arch:{cfg.arch}"
-    name = cfg.name_or_path
-    if name in tiny.TINY_KINDS:
+    name = alias = cfg.name_or_path
+    if name in tiny.DEMO_KINDS:
+        name = tiny.demo_backbone_path(name, cfg.cache_dir)
+    elif name in tiny.TINY_KINDS:
         model, tok = tiny.build_tiny_model(name)
         return model.to(dtype), tok, name
     if name.lower() in ("smollm2-135m", "smollm2-135m-instruct"):
@@ -268,7 +270,7 @@ def load_model_and_tokenizer(cfg: BackboneConfig):
     cls = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
     model = cls.from_pretrained(src, dtype=dtype)
     tok = AutoTokenizer.from_pretrained(src)
-    return model, tok, name
+    return model, tok, alias
 
 
 def build_backbone(cfg: BackboneConfig, device: str | torch.device | None = None) -> Backbone:
