@@ -65,6 +65,9 @@ class BackboneConfig:
     max_new_tokens: int = 64  # reference: max 64 generated tokens
     eval_batch_size: int = 32
     gradient_checkpointing: bool = False
+    # Decoder-only instruct models: wrap each input in the tokenizer's chat template as a user
+    # turn; the target is the assistant's answer. Off: input and target are plain continuous text.
+    chat_template: bool = False
     # Where converted checkpoints (e.g. SmolLM2 from GGUF) are cached; default ~/.cache/ipt_dist.
     cache_dir: str | None = None
 

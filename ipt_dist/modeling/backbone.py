@@ -85,13 +85,24 @@ class Backbone:
         """Token ids of inputs and targets. Called once per task (cached by the data layer).
 
         Truncation policy: inputs keep their first `max_input_len` tokens (the task prefix
-        sits at the start); targets keep their first `max_target_len - 1` tokens plus eos.
+        sits at the start; with `chat_template`, the first and last halves, so that the
+        assistant turn survives); targets keep their first `max_target_len - 1` tokens plus eos.
         """
         tok = self.tokenizer
         max_in, max_tgt = self.cfg.max_input_len, self.cfg.max_target_len
         if self.is_encoder_decoder:
             enc = tok(inputs, add_special_tokens=True, truncation=True, max_length=max_in)["input_ids"]
             tgt = tok(targets, add_special_tokens=False)["input_ids"]
+        elif self.cfg.chat_template:
+            if not getattr(tok, "chat_template", None):
+                raise ValueError(f"backbone.chat_template: the tokenizer of {self.name} has no chat template; "
+                                 "set backbone.chat_template: false")
+            texts = [tok.apply_chat_template([{"role": "user", "content": x}], add_generation_prompt=True,
+                                             tokenize=False) for x in inputs]
+            # Keep the end of the template (the assistant turn) when truncating the user text.
+            enc = [ids if len(ids) <= max_in else ids[: max_in // 2] + ids[len(ids) - (max_in - max_in // 2):]
+                   for ids in tok(texts, add_special_tokens=False)["input_ids"]]
+            tgt = tok(list(targets), add_special_tokens=False)["input_ids"]
         else:
             enc = tok(inputs, add_special_tokens=True, truncation=True, max_length=max_in)["input_ids"]
             # The answer follows the input after a space, as continuous text.
