@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -97,7 +98,9 @@ def tokenize_task(task: TaskData, tokenize: TokenizeFn, *, tag: str = "", prefix
         )
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
+            # A unique temp name: concurrent workers (on several nodes of a shared file system)
+            # tokenising the same task must not write into one file.
+            tmp = path.with_name(f"{path.stem}.{uuid.uuid4().hex}.tmp")
             tmp.write_text(json.dumps({s: vars(tok.split(s)) for s in ("train", "dev", "test")}))
             tmp.replace(path)
     _MEMORY[key] = tok

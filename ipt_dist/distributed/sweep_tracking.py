@@ -1,0 +1,327 @@
+"""Sweep tracking in MLflow, written from ONE process (the sweep driver).
+
+One parent run per sweep, found again by its tag `ipt.sweep_key` (stage + absolute sweep
+directory) so a re-submission reuses it; one child run per finished job, tagged `ipt.job_id`
+and looked up by that tag before anything is created, so re-runs never duplicate children.
+A child is written as create -> one `log_batch` (params, dev curve, scores) -> the learned z /
+prompt as an artifact -> tag `ipt.logged=1`; a child without that tag is incomplete, deleted
+and written again.
+
+The results JSONL is the source of truth: a child that cannot be written (database locked,
+server down) stays queued and is retried, and at the next start `catch_up` writes every
+finished job that still lacks a complete child run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from ipt_dist.config import IPTConfig, flatten_config
+
+log = logging.getLogger(__name__)
+
+__all__ = ["NullSweepTracker", "SweepTracker", "make_sweep_tracker", "metric_key", "sweep_key"]
+
+JOB_TAG, KEY_TAG, ROLE_TAG, DONE_TAG = "ipt.job_id", "ipt.sweep_key", "ipt.role", "ipt.logged"
+SUMMARY_FILES = ("summary.md", "summary.csv", "summary_settings.csv", "summary.json", "config.yaml")
+# Record fields logged as child-run params (None values are left out).
+PARAM_FIELDS = ("task", "seed", "data_seed", "lr", "d", "msf_run_id", "setting", "decoder", "role", "kind",
+                "seen", "metric", "z_source", "backbone", "job_id")
+
+
+def sweep_key(stage: str, sweep_dir: str | Path) -> str:
+    """Identity of a sweep: its stage and absolute results directory."""
+    return hashlib.sha1(f"{stage}|{Path(sweep_dir).resolve()}".encode()).hexdigest()[:16]
+
+
+def metric_key(k: str) -> str:
+    """MLflow keys allow alphanumerics and `_ - . space /`; column names hold `@` and `:`."""
+    return "".join(c if c.isalnum() or c in "_-. /" else "_" for c in k)
+
+
+def _finite(v: Any) -> float | None:
+    if isinstance(v, bool):
+        return float(v)
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+class NullSweepTracker:
+    """Tracking disabled: the results files alone."""
+
+    parent_run_id: str | None = None
+
+    def start(self, cfg: IPTConfig) -> None: ...
+
+    def catch_up(self, records: list[dict], params_dir: Path, pt_scores: dict | None = None) -> int:
+        return 0
+
+    def log_job(self, record: dict, param_path: Path | None, pt_score: float | None = None) -> bool:
+        return True
+
+    def retry_pending(self, attempts: int = 1, wait: float = 0.0) -> bool:
+        return True
+
+    def log_progress(self, done: int, failed: int, total: int) -> None: ...
+
+    def finish(self, status: str, summary, sweep_dir: Path, counts: dict) -> None: ...
+
+
+class SweepTracker:
+    """Parent + child runs of one sweep through an `MlflowClient` (one writer: the driver)."""
+
+    def __init__(self, tracking_uri: str, experiment: str, key: str, run_name: str, stage: str,
+                 sweep_dir: Path) -> None:
+        from mlflow import MlflowClient
+
+        self.client = MlflowClient(tracking_uri)
+        self.tracking_uri, self.experiment, self.key = tracking_uri, experiment, key
+        self.run_name, self.stage, self.sweep_dir = run_name, stage, Path(sweep_dir)
+        self.experiment_id: str | None = None
+        self.parent_run_id: str | None = None
+        self.children: dict[str, str] = {}  # job_id -> run_id of a complete child run
+        self._pending: dict[str, tuple[dict, Path | None, float | None]] = {}
+        self._uncertain: set[str] = set()  # a create may have happened: search by tag before creating again
+
+    # ------------------------------------------------------------------ parent
+    def start(self, cfg: IPTConfig, attempts: int = 3, wait: float = 2.0) -> None:
+        """Find or create the experiment and the parent run; load the existing children.
+
+        If MLflow stays unreachable the sweep goes on without it (an error says so); the next
+        start catches up from the results file.
+        """
+        for attempt in range(attempts):
+            try:
+                self._start(cfg)
+                return
+            except Exception as exc:  # noqa: BLE001 - tracking must never stop the sweep
+                log.warning("MLflow start failed (attempt %d/%d): %s", attempt + 1, attempts, exc)
+                if attempt + 1 < attempts:
+                    time.sleep(wait)
+        log.error("MLflow at %s unreachable: the sweep runs without tracking; results.jsonl keeps everything "
+                  "and the next submission catches MLflow up", self.tracking_uri)
+        self.parent_run_id = None
+
+    def _experiment_id(self) -> str:
+        exp = self.client.get_experiment_by_name(self.experiment)
+        if exp is not None:
+            if exp.lifecycle_stage == "deleted":
+                self.client.restore_experiment(exp.experiment_id)
+            return exp.experiment_id
+        location = None
+        if self.tracking_uri.startswith("sqlite:///"):
+            # Next to the database, not MLflow's default ./mlruns under whatever the cwd is
+            # (a temporary directory under `ray job submit`).
+            db = Path(self.tracking_uri[len("sqlite:///"):])
+            location = (db.resolve().parent / "mlartifacts").as_uri()
+        try:
+            return self.client.create_experiment(self.experiment, artifact_location=location)
+        except Exception:
+            exp = self.client.get_experiment_by_name(self.experiment)
+            if exp is None:
+                raise
+            return exp.experiment_id
+
+    def _search(self, filter_string: str) -> list:
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs([self.experiment_id], filter_string=filter_string,
+                                           max_results=1000, order_by=["attributes.start_time ASC"],
+                                           page_token=token)
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
+
+    def _start(self, cfg: IPTConfig) -> None:
+        self.experiment_id = self._experiment_id()
+        parents = self._search(f"tags.`{KEY_TAG}` = '{self.key}' and tags.`{ROLE_TAG}` = 'sweep'")
+        if parents:
+            self.parent_run_id = parents[0].info.run_id
+            self.client.update_run(self.parent_run_id, status="RUNNING")
+            log.info("MLflow: resuming parent run %s of this sweep", self.parent_run_id)
+        else:
+            from mlflow.entities import Param
+
+            run = self.client.create_run(self.experiment_id, run_name=self.run_name,
+                                         tags={KEY_TAG: self.key, ROLE_TAG: "sweep", "ipt.stage": self.stage,
+                                               "ipt.sweep_dir": str(self.sweep_dir)})
+            self.parent_run_id = run.info.run_id
+            params = [Param(k, str(v)[:6000]) for k, v in flatten_config(cfg).items()]
+            for i in range(0, len(params), 100):
+                self.client.log_batch(self.parent_run_id, params=params[i : i + 100])
+            log.info("MLflow: parent run %s in experiment %r (%s)", self.parent_run_id, self.experiment,
+                     self.tracking_uri)
+        self._load_children()
+
+    def _load_children(self) -> None:
+        self.children = {}
+        for run in self._search(f"tags.`{KEY_TAG}` = '{self.key}' and tags.`{ROLE_TAG}` = 'job'"):
+            job_id = run.data.tags.get(JOB_TAG)
+            if job_id is None:
+                continue
+            if run.data.tags.get(DONE_TAG) == "1" and job_id not in self.children:
+                self.children[job_id] = run.info.run_id
+            else:  # incomplete (logging died half-way) or a duplicate: removed, written again
+                self.client.delete_run(run.info.run_id)
+
+    # ------------------------------------------------------------------ children
+    def catch_up(self, records: list[dict], params_dir: Path, pt_scores: dict | None = None) -> int:
+        """Write a child for every finished job that has none; returns how many were written."""
+        if self.parent_run_id is None:
+            return 0
+        missing = [r for r in records if r["job_id"] not in self.children]
+        written = sum(self.log_job(r, Path(params_dir) / f"{r['job_id']}.safetensors",
+                                   (pt_scores or {}).get(r["task"])) for r in missing)
+        if missing:
+            log.info("MLflow: caught up %d of %d finished jobs that had no child run", written, len(missing))
+        return written
+
+    def log_job(self, record: dict, param_path: Path | None, pt_score: float | None = None) -> bool:
+        """Write the child run of a finished job (once); on failure keep it queued for a retry."""
+        if self.parent_run_id is None:
+            return False
+        job_id = record["job_id"]
+        if job_id in self.children:
+            return True
+        try:
+            self._write_child(record, param_path, pt_score)
+        except Exception as exc:  # noqa: BLE001 - results.jsonl holds it; retried and caught up later
+            log.warning("MLflow: child run of %s not written (%s); will retry", job_id, exc)
+            self._pending[job_id] = (record, param_path, pt_score)
+            return False
+        self._pending.pop(job_id, None)
+        return True
+
+    def _child_name(self, rec: dict) -> str:
+        parts = [rec.get("role"), rec.get("task"), f"s{rec.get('data_seed', rec.get('seed'))}",
+                 f"lr{rec['lr']}" if rec.get("lr") is not None else None,
+                 f"d{rec['d']}" if rec.get("d") is not None else None,
+                 "random" if rec.get("decoder") == "random" else None]
+        return ":".join(str(p) for p in parts if p)
+
+    def _write_child(self, rec: dict, param_path: Path | None, pt_score: float | None) -> None:
+        from mlflow.entities import Metric, Param
+
+        job_id = rec["job_id"]
+        if job_id in self._uncertain:  # an earlier create may have gone through: look it up by tag
+            for run in self._search(f"tags.`{KEY_TAG}` = '{self.key}' and tags.`{JOB_TAG}` = '{job_id}'"):
+                if run.data.tags.get(DONE_TAG) == "1" and job_id not in self.children:
+                    self.children[job_id] = run.info.run_id
+                else:
+                    self.client.delete_run(run.info.run_id)
+            self._uncertain.discard(job_id)
+            if job_id in self.children:
+                return
+        self._uncertain.add(job_id)
+        run_id = self.client.create_run(
+            self.experiment_id, run_name=self._child_name(rec),
+            tags={"mlflow.parentRunId": self.parent_run_id, KEY_TAG: self.key, ROLE_TAG: "job",
+                  JOB_TAG: job_id, "ipt.job_role": str(rec.get("role")), "ipt.task": str(rec.get("task"))},
+        ).info.run_id
+        self._uncertain.discard(job_id)
+        try:
+            ts = int(time.time() * 1000)
+            params = [Param(k, str(rec[k])) for k in PARAM_FIELDS if rec.get(k) is not None]
+            metrics = [Metric("dev", float(v), ts, int(step)) for step, v in rec.get("dev_curve") or []
+                       if _finite(v) is not None]
+            metrics += [Metric("train_loss", float(v), ts, int(step))
+                        for step, v in rec.get("loss_curve") or [] if _finite(v) is not None]
+            scalars = {"best_dev": rec.get("best_dev"), "test": rec.get("test"),
+                       "best_step": rec.get("best_step"), "seconds": rec.get("seconds")}
+            if pt_score is not None:
+                scalars["pt_test"] = pt_score
+                if pt_score and _finite(rec.get("test")) is not None:
+                    scalars["relative"] = float(rec["test"]) / pt_score
+            metrics += [Metric(k, float(v), ts, 0) for k, v in scalars.items() if _finite(v) is not None]
+            for i in range(0, max(len(metrics), 1), 1000):
+                self.client.log_batch(run_id, metrics=metrics[i : i + 1000], params=params if i == 0 else [])
+            if param_path is not None and Path(param_path).is_file():
+                self.client.log_artifact(run_id, str(param_path), "params")
+            self.client.set_tag(run_id, DONE_TAG, "1")
+            self.client.set_terminated(run_id, "FINISHED")
+        except Exception:
+            try:
+                self.client.delete_run(run_id)  # never leave a half-written child behind
+            except Exception:  # noqa: BLE001
+                self._uncertain.add(job_id)  # found by tag and cleaned before the next attempt
+            raise
+        self.children[job_id] = run_id
+
+    def retry_pending(self, attempts: int = 1, wait: float = 0.0) -> bool:
+        """Retry queued children; True when none is left."""
+        for attempt in range(attempts):
+            for rec, path, pt in list(self._pending.values()):
+                if not self.log_job(rec, path, pt):
+                    break
+            if not self._pending:
+                return True
+            if attempt + 1 < attempts:
+                time.sleep(wait)
+        return not self._pending
+
+    def log_progress(self, done: int, failed: int, total: int) -> None:
+        if self.parent_run_id is None:
+            return
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        try:
+            self.client.log_batch(self.parent_run_id, metrics=[Metric("jobs_done", done, ts, done),
+                                                               Metric("jobs_failed", failed, ts, done),
+                                                               Metric("jobs_total", total, ts, done)])
+        except Exception as exc:  # noqa: BLE001 - progress metrics are best effort
+            log.warning("MLflow: progress not logged (%s)", exc)
+
+    def finish(self, status: str, summary, sweep_dir: Path, counts: dict) -> None:
+        """Summary files and aggregate metrics to the parent run, then close it."""
+        if self.parent_run_id is None:
+            return
+        if not self.retry_pending(attempts=3, wait=2.0):
+            log.error("MLflow: %d child runs could not be written now; the next submission catches them up "
+                      "from results.jsonl", len(self._pending))
+        from mlflow.entities import Metric
+
+        metrics = dict(counts)
+        for row in getattr(summary, "settings", None) or []:
+            for name in ("mean_relative", "ratio_of_means", "mean_score", "mean_test", "mean_std_over_seeds"):
+                if _finite(row.get(name)) is not None:
+                    metrics[metric_key(f"{row['column']}/{name}")] = row[name]
+        sdir = Path(sweep_dir)
+        for attempt in range(3):
+            try:
+                ts = int(time.time() * 1000)
+                items = [Metric(k, float(v), ts, 0) for k, v in metrics.items() if _finite(v) is not None]
+                for i in range(0, len(items), 1000):
+                    self.client.log_batch(self.parent_run_id, metrics=items[i : i + 1000])
+                for name in SUMMARY_FILES:
+                    if (sdir / name).is_file():
+                        self.client.log_artifact(self.parent_run_id, str(sdir / name), "summary")
+                self.client.set_terminated(self.parent_run_id, status)
+                return
+            except Exception as exc:  # noqa: BLE001
+                log.warning("MLflow: closing the parent run failed (attempt %d/3): %s", attempt + 1, exc)
+                if attempt < 2:
+                    time.sleep(2.0)
+
+
+def make_sweep_tracker(cfg: IPTConfig, stage: str, sweep_dir: Path):
+    """The driver's tracker: MLflow when `tracking.enabled`, else a no-op one."""
+    if not cfg.tracking.enabled:
+        return NullSweepTracker()
+    from ipt_dist.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(cfg)
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        log.warning("tracking URI %s is relative to the current directory; under `ray job submit` that is a "
+                    "temporary copy. Use sqlite:////abs/path/mlflow.db or a server URL", uri)
+    return SweepTracker(uri, cfg.tracking.experiment, sweep_key(stage, sweep_dir),
+                        cfg.tracking.run_name or f"{stage}-sweep", stage, sweep_dir)

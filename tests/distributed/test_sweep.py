@@ -1,0 +1,408 @@
+"""PT/IST sweeps on a real local Ray with a real MLflow SQLite store (tiny T5, demo tasks).
+
+The stage-0 prompts and MSF checkpoint are trained once per module with the single-process
+stages; one 28-job IST sweep (one pack's worker is killed on its first attempt) is shared by
+the tests that inspect its results, MLflow runs, retries and resumption.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from ipt_dist.config import ConfigError, load_config
+from ipt_dist.data.tasks import DataError
+from tests.conftest import tiny_overrides
+
+# Tests that start Ray carry both marks; the planning and MLflow tests below need no Ray.
+distributed = pytest.mark.distributed
+slow = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+# Ray workers inherit the environment of the process that starts Ray: make the (not necessarily
+# pip-installed) package importable before the session's Ray fixture starts it.
+if str(ROOT) not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+SEEN = ["demo_sentiment", "demo_topic", "demo_parity"]
+UNSEEN = ["demo_copy_first"]
+LRS = [0.1, 0.3, 1.0]
+# 3 msf_seen + 1 msf_unseen + 3x3 ist_seen_same + 3x1x3 ist_seen_new + 1x2x3 ist_unseen
+N_JOBS = 3 + 1 + 9 + 9 + 6
+
+
+def base_overrides(out: Path, demo_dir: Path) -> list[str]:
+    return tiny_overrides(out, demo_dir) + [
+        f"data.tasks=[{', '.join(SEEN)}]",
+        f"data.unseen_tasks=[{', '.join(UNSEEN)}]",
+        "data.max_examples=8",
+        "data.train_size=6",  # each data seed draws its own 6 training examples
+        "data.data_seed=42",
+        "backbone.max_new_tokens=4",
+        "pt.steps=10", "pt.eval_every=5",
+        "ist.steps=10", "ist.eval_every=5",
+        "msf.steps=6", "msf.eval_every=6",
+        "sweep.data_seeds=[42, 13]",
+        f"sweep.lrs=[{', '.join(map(str, LRS))}]",
+        "sweep.pack_size=8",
+        "sweep.max_in_flight=2",
+        "sweep.max_retries=2",
+        "sweep.num_cpus=1",
+    ]
+
+
+@pytest.fixture(scope="module")
+def stage0(tmp_path_factory, demo_dir):
+    """Stage-0 prompts of all tasks and one MSF checkpoint (d=4), single process."""
+    from ipt_dist.stages.common import resolve_tasks
+    from ipt_dist.stages.msf import run_msf
+    from ipt_dist.stages.pt import run_pt
+
+    out = tmp_path_factory.mktemp("stage0")
+    cfg = load_config(None, base_overrides(out, demo_dir))
+    run_pt(cfg, tasks=resolve_tasks(cfg).all)
+    run_msf(cfg)
+    return {"out": out, "ckpt": out / "msf", "prompts": out / "prompts", "demo_dir": demo_dir}
+
+
+def sweep_cfg(stage0, out: Path, *extra: str, tracking: bool = True):
+    over = base_overrides(out, stage0["demo_dir"]) + [
+        f"msf.prompts_dir={stage0['prompts']}",
+        f"sweep.dims={{4: {stage0['ckpt']}}}",
+    ]
+    if tracking:
+        over += ["tracking.enabled=true", f"tracking.tracking_uri=sqlite:///{out}/mlflow.db",
+                 "tracking.experiment=sweep-test"]
+    return load_config(None, over + list(extra))
+
+
+def mlflow_runs(cfg) -> list:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(cfg.tracking.tracking_uri)
+    exp = client.get_experiment_by_name(cfg.tracking.experiment)
+    return client.search_runs([exp.experiment_id], max_results=5000)
+
+
+@pytest.fixture(scope="module")
+def main_sweep(stage0, ray_local, tmp_path_factory):
+    """The 28-job IST sweep, K=8, with the worker of one pack killed on its first attempt."""
+    from ipt_dist.distributed.sweep import CRASH_ENV, run_sweep
+
+    out = tmp_path_factory.mktemp("ist")
+    marker = out / "crashed.marker"
+    cfg = sweep_cfg(stage0, out)
+    os.environ[CRASH_ENV] = f"demo_parity:{marker}"
+    try:
+        result = run_sweep(cfg, stage="ist")
+    finally:
+        os.environ.pop(CRASH_ENV)
+    return {"cfg": cfg, "result": result, "out": out, "marker": marker}
+
+
+def results(sweep_dir: Path) -> list[dict]:
+    from ipt_dist.artifacts import read_jsonl
+
+    return read_jsonl(sweep_dir / "results.jsonl")
+
+
+# ----------------------------------------------------------------------------- the 28-job sweep
+
+
+@distributed
+@slow
+def test_sweep_completes_with_mlflow_parent_children_and_summary(main_sweep):
+    result, cfg = main_sweep["result"], main_sweep["cfg"]
+    assert (result.jobs_total, result.jobs_started, result.jobs_failed) == (N_JOBS, N_JOBS, 0)
+    recs = results(result.sweep_dir)
+    assert len(recs) == N_JOBS == len({r["job_id"] for r in recs})
+    assert Counter(r["setting"] for r in recs) == {"msf_seen": 3, "msf_unseen": 1, "ist_seen_same": 9,
+                                                  "ist_seen_new": 9, "ist_unseen": 6}
+    for r in recs:
+        assert (result.sweep_dir / r["param_file"]).is_file()
+
+    runs = mlflow_runs(cfg)
+    parents = [r for r in runs if r.data.tags.get("ipt.role") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == result.parent_run_id]
+    assert len(parents) == 1 and parents[0].info.run_id == result.parent_run_id
+    assert len(children) == N_JOBS == len(runs) - 1
+    assert {c.data.tags["ipt.job_id"] for c in children} == {r["job_id"] for r in recs}
+    by_id = {r["job_id"]: r for r in recs}
+    from mlflow import MlflowClient
+
+    client = MlflowClient(cfg.tracking.tracking_uri)
+    for c in children:
+        rec = by_id[c.data.tags["ipt.job_id"]]
+        p, m = c.data.params, c.data.metrics
+        assert p["task"] == rec["task"] and int(p["seed"]) == rec["data_seed"] and int(p["d"]) == 4
+        assert p["setting"] == rec["setting"]
+        assert m["test"] == pytest.approx(rec["test"]) and m["best_dev"] == pytest.approx(rec["best_dev"])
+        assert c.info.status == "FINISHED"
+        if rec["role"] == "ist":
+            assert float(p["lr"]) == rec["lr"] and float(p["lr"]) in LRS
+            curve = client.get_metric_history(c.info.run_id, "dev")
+            expected = [(s, pytest.approx(v)) for s, v in rec["dev_curve"]]
+            assert sorted((h.step, h.value) for h in curve) == expected
+            assert [s for s, _ in rec["dev_curve"]] == [5, 10]
+    art = client.list_artifacts(children[0].info.run_id, "params")
+    assert [a.path for a in art] == [f"params/{children[0].data.tags['ipt.job_id']}.safetensors"]
+    assert "summary/summary.md" in [a.path for a in client.list_artifacts(result.parent_run_id, "summary")]
+    assert parents[0].info.status == "FINISHED"
+
+    s = result.summary
+    assert [r["task"] for r in s.rows] == SEEN + UNSEEN  # one row per task
+    unseen = s.row("demo_copy_first")
+    assert unseen["split"] == "unseen" and unseen.get("ist_seen_same@d4") is None
+    assert s.row("demo_topic")["ist_seen_new@d4/lr"] in LRS
+    assert {r["column"] for r in s.settings} == {"msf_seen@d4", "msf_unseen@d4", "ist_seen_same@d4",
+                                                  "ist_seen_new@d4", "ist_unseen@d4"}
+    for name in ("summary.md", "summary.csv", "summary_settings.csv", "summary.json"):
+        assert (result.sweep_dir / name).is_file()
+    assert len((result.sweep_dir / "summary.csv").read_text().strip().splitlines()) == 1 + len(SEEN + UNSEEN)
+
+
+@distributed
+@slow
+def test_dead_worker_is_retried_and_the_sweep_completes(main_sweep):
+    assert main_sweep["marker"].is_file(), "the crash hook never fired: the retry path was not exercised"
+    recs = results(main_sweep["result"].sweep_dir)
+    parity = [r for r in recs if r["task"] == "demo_parity"]
+    assert len(parity) == 1 + 3 + 3  # msf_seen + ist_seen_same + ist_seen_new
+    assert not (main_sweep["result"].sweep_dir / "failures.jsonl").exists()
+    assert main_sweep["result"].jobs_failed == 0
+
+
+@distributed
+@slow
+def test_rerunning_the_finished_sweep_starts_nothing(main_sweep):
+    from ipt_dist.distributed.sweep import run_sweep
+
+    again = run_sweep(main_sweep["cfg"], stage="ist")
+    assert (again.jobs_started, again.jobs_skipped, again.jobs_total) == (0, N_JOBS, N_JOBS)
+    assert again.parent_run_id == main_sweep["result"].parent_run_id
+    assert len(results(again.sweep_dir)) == N_JOBS
+    assert len(mlflow_runs(main_sweep["cfg"])) == 1 + N_JOBS  # no duplicate parent or children
+
+
+@distributed
+@slow
+def test_killed_sweep_resumes_and_mlflow_catches_up(main_sweep):
+    """Results lost at the end of the file (a driver killed mid-write) rerun; a child run lost
+    in MLflow is rewritten from the results file; nothing is duplicated."""
+    from mlflow import MlflowClient
+
+    from ipt_dist.distributed.sweep import run_sweep
+
+    cfg, sdir = main_sweep["cfg"], main_sweep["result"].sweep_dir
+    lines = (sdir / "results.jsonl").read_text().splitlines()
+    lost = [json.loads(x)["job_id"] for x in lines[-3:]]
+    (sdir / "results.jsonl").write_text("\n".join(lines[:-3]) + "\n" + lines[-1][:40])  # + a torn line
+    client = MlflowClient(cfg.tracking.tracking_uri)
+    victim = json.loads(lines[0])["job_id"]
+    [run] = [r for r in mlflow_runs(cfg) if r.data.tags.get("ipt.job_id") == victim]
+    client.delete_run(run.info.run_id)
+    assert len(mlflow_runs(cfg)) == N_JOBS
+
+    resumed = run_sweep(cfg, stage="ist")
+    assert resumed.jobs_started == 3 and resumed.jobs_failed == 0
+    recs = results(sdir)
+    assert len(recs) == N_JOBS and {r["job_id"] for r in recs} >= set(lost)
+    runs = mlflow_runs(cfg)
+    assert len(runs) == 1 + N_JOBS
+    assert Counter(r.data.tags.get("ipt.job_id") for r in runs if r.data.tags.get("ipt.role") == "job") == \
+        {r["job_id"]: 1 for r in recs}
+    [rewritten] = [r for r in runs if r.data.tags.get("ipt.job_id") == victim]
+    assert rewritten.data.tags["ipt.logged"] == "1" and "test" in rewritten.data.metrics
+
+
+@distributed
+@slow
+def test_packed_sweep_equals_one_job_per_task(main_sweep, stage0, tmp_path):
+    """K=1 (one Ray task per job) gives the same ids, scores, curves and z as the K=8 packs."""
+    from ipt_dist.distributed.sweep import run_sweep
+
+    cfg = sweep_cfg(stage0, tmp_path, "sweep.pack_size=1", "sweep.lrs=[0.3]",
+                    "sweep.settings=[ist_seen_same, ist_unseen]", tracking=False)
+    single = run_sweep(cfg, stage="ist")
+    assert single.jobs_started == 3 + 2 and single.jobs_failed == 0
+    packed = {r["job_id"]: r for r in results(main_sweep["result"].sweep_dir)}
+    for r in results(single.sweep_dir):
+        p = packed[r["job_id"]]  # same content-derived id, whatever the output dir or pack size
+        assert (r["task"], r["data_seed"], r["lr"]) == (p["task"], p["data_seed"], p["lr"])
+        assert r["best_dev"] == pytest.approx(p["best_dev"], abs=1e-6) and r["test"] == pytest.approx(p["test"])
+        assert [s for s, _ in r["loss_curve"]] == [s for s, _ in p["loss_curve"]]
+        assert [v for _, v in r["loss_curve"]] == pytest.approx([v for _, v in p["loss_curve"]], abs=1e-4)
+        z1 = _load(single.sweep_dir / r["param_file"])
+        z8 = _load(main_sweep["result"].sweep_dir / p["param_file"])
+        assert z1.shape == (4,) and torch.allclose(z1, z8, atol=1e-4)
+
+
+@distributed
+@slow
+def test_a_failing_pack_is_recorded_and_the_rest_of_the_sweep_completes(stage0, ray_local, tmp_path):
+    """A Python error in a worker is not retried (it would fail again): its jobs are reported as
+    failed, stay out of results.jsonl, and every other pack still finishes."""
+    from ipt_dist.artifacts import read_msf_meta, save_msf_checkpoint
+    from ipt_dist.distributed.sweep import run_sweep
+    from ipt_dist.modeling.autoencoder import PromptAutoencoder
+
+    meta = read_msf_meta(stage0["ckpt"])
+    wrong = PromptAutoencoder(5, 4, 32, 16)  # prompts of hidden size 32: tiny-t5 has 64
+    save_msf_checkpoint(tmp_path / "msf_d5", wrong, {"backbone": "tiny-t5", "tasks": meta["tasks"]})
+    cfg = sweep_cfg(stage0, tmp_path, f"sweep.dims={{4: {stage0['ckpt']}, 5: {tmp_path / 'msf_d5'}}}",
+                    "sweep.lrs=[0.3]", "sweep.settings=[ist_seen_same]", tracking=False)
+    res = run_sweep(cfg, stage="ist")
+    assert (res.jobs_total, res.jobs_failed) == (6, 3)
+    assert {r["d"] for r in results(res.sweep_dir)} == {4}
+    [failure] = [json.loads(x) for x in (res.sweep_dir / "failures.jsonl").read_text().splitlines()]
+    assert sorted(failure["job_ids"]) == sorted(res.failed_job_ids)
+    assert "hidden size 32" in failure["error"] and "backbone tiny-t5 has 64" in failure["error"]
+
+
+def _load(path: Path) -> torch.Tensor:
+    from safetensors.torch import load_file
+
+    return next(iter(load_file(str(path)).values()))
+
+
+# ----------------------------------------------------------------------------- PT sweep, smoke test
+
+
+@distributed
+@slow
+def test_pt_sweep_writes_stage0_prompts_and_reruns_nothing(stage0, ray_local, tmp_path):
+    from ipt_dist.artifacts import load_prompt
+    from ipt_dist.distributed.sweep import run_sweep
+    from ipt_dist.summary import select_best_lr
+
+    cfg = sweep_cfg(stage0, tmp_path, "data.tasks=[demo_sentiment, demo_topic]", "data.unseen_tasks=[]",
+                    "sweep.data_seeds=[42]", "sweep.lrs=[0.1, 0.3]", "sweep.pack_size=4", "msf.prompts_dir=null")
+    res = run_sweep(cfg, stage="pt")
+    assert (res.jobs_total, res.jobs_started, res.jobs_failed) == (4, 4, 0)
+    recs = results(res.sweep_dir)
+    assert [r["task"] for r in res.summary.rows] == ["demo_sentiment", "demo_topic"]
+    for task in ("demo_sentiment", "demo_topic"):
+        best = select_best_lr([r for r in recs if r["task"] == task])
+        prompt, meta = load_prompt(tmp_path / "prompts" / f"{task}.safetensors")
+        assert meta["job_id"] == best.job_ids[0] and prompt.shape == (4, 64)
+        assert res.summary.row(task)["best_lr"] == best.lr
+    again = run_sweep(cfg, stage="pt")
+    assert again.jobs_started == 0 and len(mlflow_runs(cfg)) == 1 + 4
+
+
+@distributed
+@slow
+def test_smoke_entry_point_twice_runs_nothing_the_second_time(ray_local, tmp_path, capsys, monkeypatch):
+    """`ray_jobs/ist_sweep.py --smoke-test`: trains its own stage-0 prompts and MSF, runs IST with
+    the random-decoder baseline and IPT-initialised PT; the second submission runs nothing."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ist_sweep_entry", ROOT / "ray_jobs" / "ist_sweep.py")
+    entry = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(entry)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    argv = ["--smoke-test", "--out", str(tmp_path), "--set", "backbone.name_or_path=tiny-t5",
+            "--set", "sweep.lrs=[0.3]", "--set", "pt.steps=6",
+            "--set", "ist.steps=6", "--set", "msf.steps=4", "--set", "data.max_examples=8",
+            "--set", "data.train_size=6"]
+    assert entry.main(argv) == 0
+    first = capsys.readouterr().out
+    # 12 MSF-decoder jobs + 8 random-decoder + 8 plain PT + 8 IPT-initialised PT
+    assert "36 jobs: 36 run now, 0 already done, 0 failed" in first
+    recs = results(tmp_path / "ist_sweep")
+    ipt = [r for r in recs if r["role"] == "ipt_pt"]
+    assert len(ipt) == 8 and all(r["z_source"] in {x["job_id"] for x in recs} for r in ipt)
+    assert "ipt_pt@d4/std" in (tmp_path / "ist_sweep" / "summary.csv").read_text().splitlines()[0]
+    assert entry.main(argv) == 0
+    assert "36 jobs: 0 run now, 36 already done, 0 failed" in capsys.readouterr().out
+    cfg = load_config(ROOT / "configs" / "sweep_smoke.yaml",
+                      [f"output_dir={tmp_path}", f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db"])
+    assert len(mlflow_runs(cfg)) == 1 + 36
+
+
+# ----------------------------------------------------------------------------- MLflow resilience (no Ray)
+
+
+def test_child_run_failing_for_a_moment_is_retried_without_duplicates(tmp_path):
+    """A real failure of the artifact store (its directory is blocked by a file) loses nothing:
+    the half-written child is removed, queued, and written once when the store is back."""
+    from ipt_dist.distributed.sweep_tracking import SweepTracker, sweep_key
+
+    cfg = load_config(None, [f"output_dir={tmp_path}"])
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = SweepTracker(uri, "resilience", sweep_key("ist", tmp_path), "ist-sweep", "ist", tmp_path)
+    tracker.start(cfg)
+    param = tmp_path / "z.safetensors"
+    param.write_bytes(b"not really a tensor, but a file to upload")
+    (tmp_path / "mlartifacts").write_text("a file where the artifact directory should be")
+    rec = {"job_id": "ist-abc", "task": "t", "role": "ist", "data_seed": 42, "seed": 42, "lr": 0.1, "d": 4,
+           "best_dev": 0.5, "test": 0.25, "dev_curve": [[5, 0.4], [10, 0.5]], "loss_curve": []}
+    assert tracker.log_job(rec, param) is False
+    assert not tracker.retry_pending()
+    (tmp_path / "mlartifacts").unlink()
+    assert tracker.retry_pending()
+    tracker.log_job(rec, param)  # already written: a no-op
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("resilience")
+    children = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("ipt.role") == "job"]
+    assert len(children) == 1 and children[0].data.metrics["test"] == 0.25
+    # A new tracker (the next submission) finds it by tag and writes nothing more.
+    again = SweepTracker(uri, "resilience", sweep_key("ist", tmp_path), "ist-sweep", "ist", tmp_path)
+    again.start(cfg)
+    assert again.catch_up([rec], tmp_path) == 0 and again.parent_run_id == tracker.parent_run_id
+
+
+# ----------------------------------------------------------------------------- planning (no Ray)
+
+
+def test_job_ids_are_stable_and_content_derived(stage0, tmp_path):
+    from ipt_dist.distributed.sweep import group_packs, plan_sweep
+
+    a = plan_sweep(sweep_cfg(stage0, tmp_path / "a", tracking=False), "ist")
+    b = plan_sweep(sweep_cfg(stage0, tmp_path / "b", "sweep.pack_size=1", tracking=False), "ist")
+    assert len(a.jobs) == N_JOBS and [j.job_id for j in a.jobs] == [j.job_id for j in b.jobs]
+    c = plan_sweep(sweep_cfg(stage0, tmp_path / "a", "sweep.lrs=[0.3, 2.0]", tracking=False), "ist")
+    ids_a = {j.job_id: j for j in a.jobs}
+    for j in c.jobs:
+        assert (j.job_id in ids_a) == (j.lr in (None, 0.3))
+    d = plan_sweep(sweep_cfg(stage0, tmp_path / "a", "ist.steps=12", tracking=False), "ist")
+    changed = {j.role for j in d.jobs if j.job_id not in ids_a}
+    assert changed == {"ist"}  # settings 1-2 do not train: their ids do not depend on ist.steps
+    packs = group_packs(a.jobs, 8)
+    assert sorted(len(p) for p in packs) == [4, 8, 8, 8]
+    for p in packs:
+        assert len({j.pack_key() for j in p}) == 1
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["data.tasks=[demo_sentiment, no_such_task]"], "no_such_task"),
+    (["sweep.dims={4: CKPT, 8: /nonexistent/msf_d8}"], r"sweep.dims\[8\]: no MSF checkpoint"),
+    (["sweep.dims={8: CKPT}"], "has d=4, not 8"),
+    (["pt.prompt_len=6"], "prompt length 4 != pt.prompt_len 6"),
+    (["sweep.data_seeds=[42]"], "ist_seen_new"),
+    (["sweep.data_seeds=[13, 42]"], r"data_seeds\[0\] \(13\) must be the data seed"),
+    (["data.unseen_tasks=[]"], "no unseen tasks"),
+    (["msf.prompts_dir=/nonexistent/prompts"], "need stage-0 prompts"),
+    (["sweep.pack_sise=4"], "did you mean 'pack_size'"),
+    (["sweep.settings=[ist_seen]"], "is not one of"),
+])
+def test_bad_sweeps_fail_before_any_work(stage0, tmp_path, extra, match):
+    from ipt_dist.distributed.sweep import plan_sweep
+
+    extra = [e.replace("CKPT", str(stage0["ckpt"])) for e in extra]
+    with pytest.raises((ConfigError, DataError), match=match):
+        plan_sweep(sweep_cfg(stage0, tmp_path, *extra, tracking=False), "ist")
+
+
+def test_shipped_sweep_configs_load():
+    smoke = load_config(ROOT / "configs" / "sweep_smoke.yaml")
+    assert smoke.backbone.name_or_path == "demo-t5" and smoke.sweep.data_seeds[0] == smoke.data.data_seed
+    real = load_config(ROOT / "configs" / "ist_sweep.yaml")
+    assert real.sweep.num_gpus > 0 and set(real.sweep.settings) == {
+        "msf_seen", "msf_unseen", "ist_seen_same", "ist_seen_new", "ist_unseen"}

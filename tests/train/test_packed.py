@@ -1,0 +1,116 @@
+"""Packed training (train_pack with K jobs) equals K separate runs with the same seeds.
+
+Pure torch, no Ray: the equivalence the sweep relies on when it packs many jobs into one Ray
+task. Dropout is off (the only source of randomness that depends on the batch composition);
+label smoothing is on, as in the reference.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ipt_dist.config import load_config
+from ipt_dist.modeling.autoencoder import random_decoder
+from ipt_dist.modeling.backbone import build_backbone
+from ipt_dist.stages.common import load_tokenized
+from ipt_dist.train.packed import Job, PackSettings, init_params, train_pack
+from tests.conftest import tiny_overrides
+
+SETTINGS = PackSettings(steps=6, batch_size=3, warmup_ratio=0.2, eval_every=3, eval_batch_size=16)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, demo_dir):
+    out = tmp_path_factory.mktemp("packed")
+    cfg = load_config(None, tiny_overrides(out, demo_dir) + [
+        "backbone.label_smoothing=0.1", "backbone.dropout=false", "backbone.max_new_tokens=4",
+        "data.max_examples=8", "data.train_size=6"])
+    bb = build_backbone(cfg.backbone, "cpu")
+    tasks = ["demo_sentiment", "demo_topic", "demo_copy_first"]
+    # Two few-shot draws of the same tasks: jobs of one pack may train on different data.
+    draws = {seed: load_tokenized(cfg, bb, tasks, data_seed=seed) for seed in (42, 13)}
+    return bb, draws
+
+
+def pack_jobs(kind: str) -> list[tuple[Job, int]]:
+    """(job, data seed): different tasks, lrs, seeds, clips, and one task twice with other data."""
+    return [
+        (Job("a", "demo_sentiment", kind, lr=0.3, seed=1, grad_clip=1.0), 42),
+        (Job("b", "demo_topic", kind, lr=0.05, seed=2, grad_clip=0.0), 42),
+        (Job("c", "demo_copy_first", kind, lr=0.1, seed=3, grad_clip=0.05), 42),
+        (Job("d", "demo_sentiment", kind, lr=0.1, seed=4, grad_clip=1.0), 13),
+    ]
+
+
+def run(bb, draws, jobs, **kw):
+    data = {j.job_id: draws[seed][j.task] for j, seed in jobs}
+    return train_pack(bb, [j for j, _ in jobs], data, kw.pop("settings", SETTINGS), **kw)
+
+
+def assert_same(packed, separate, atol=1e-5):
+    for p, s in zip(packed, separate):
+        assert p.job.job_id == s.job.job_id
+        assert [st for st, _ in p.loss_curve] == [st for st, _ in s.loss_curve] == [3, 6]
+        assert [v for _, v in p.loss_curve] == pytest.approx([v for _, v in s.loss_curve], abs=atol)
+        assert p.dev_curve == s.dev_curve
+        assert (p.best_dev, p.best_step, p.test) == (s.best_dev, s.best_step, s.test)
+        assert torch.allclose(p.best_param, s.best_param, atol=atol), (p.best_param - s.best_param).abs().max()
+
+
+def assert_jobs_differ(results):
+    """Guard against a vacuous pass: the jobs really trained to different parameters."""
+    for i in range(len(results)):
+        for k in range(i + 1, len(results)):
+            assert not torch.allclose(results[i].best_param, results[k].best_param, atol=1e-3)
+
+
+@pytest.mark.slow
+def test_packed_pt_equals_separate_runs(setup):
+    bb, draws = setup
+    jobs = pack_jobs("pt")
+    packed = run(bb, draws, jobs, prompt_len=4)
+    separate = [run(bb, draws, [js], prompt_len=4)[0] for js in jobs]
+    assert_same(packed, separate)
+    assert_jobs_differ(packed)
+
+
+@pytest.mark.slow
+def test_packed_ist_equals_separate_runs(setup):
+    bb, draws = setup
+    dec = random_decoder(d=5, prompt_len=4, hidden=bb.hidden_size, mid_dim=16, seed=0)
+    jobs = pack_jobs("ist")
+    packed = run(bb, draws, jobs, decoder=dec)
+    separate = [run(bb, draws, [js], decoder=dec)[0] for js in jobs]
+    assert_same(packed, separate)
+    assert_jobs_differ(packed)
+    assert packed[0].best_param.shape == (5,)
+
+
+@pytest.mark.slow
+def test_packed_pt_from_given_initial_prompts_equals_separate_runs(setup):
+    """The IPT-initialised PT path (init=Dec(z*) rows), mixed with plain seeded rows as the sweep does."""
+    bb, draws = setup
+    dec = random_decoder(d=5, prompt_len=4, hidden=bb.hidden_size, mid_dim=16, seed=0)
+    jobs = pack_jobs("pt")[:3]
+    z = torch.randn(2, 5, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        rows = list(dec(z))  # (2, L, H): Dec(z*) for jobs a, b
+    rows.append(init_params([jobs[2][0]], (4, bb.hidden_size), SETTINGS.init_std)[0])  # job c: plain PT
+    init = torch.stack(rows)  # (K, L, H)
+    packed = run(bb, draws, jobs, prompt_len=4, init=init)
+    separate = [run(bb, draws, [js], prompt_len=4, init=init[k : k + 1])[0] for k, js in enumerate(jobs)]
+    assert_same(packed, separate)
+    plain = run(bb, draws, jobs[2:], prompt_len=4)  # no init given: the same seeded N(0, std) start
+    assert torch.allclose(plain[0].best_param, packed[2].best_param, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_forward_chunks_do_not_change_the_result(setup):
+    """max_rows splits the packed batch into forward chunks; the gradients (and results) are the same."""
+    bb, draws = setup
+    jobs = pack_jobs("pt")
+    whole = run(bb, draws, jobs, prompt_len=4)
+    chunked = run(bb, draws, jobs, prompt_len=4,
+                  settings=PackSettings(**{**SETTINGS.__dict__, "max_rows": 5}))
+    assert_same(whole, chunked)
