@@ -3,6 +3,8 @@
     ipt pt  --config configs/demo.yaml [--out DIR] [--set pt.lr=0.3 ...]
     ipt msf --config configs/demo.yaml
     ipt ist --config configs/demo.yaml
+    ipt quickstart [--out DIR] [--data DIR] [--model NAME_OR_PATH] [--set k=v ...]
+    ipt report RUN_DIR
     ipt demo-data DIR
     ipt save-tiny tiny-t5 DIR
 """
@@ -37,6 +39,16 @@ def main(argv: list[str] | None = None) -> int:
                         ("msf", "stage 1: multi-task subspace finding (single process)"),
                         ("ist", "stage 2: intrinsic subspace tuning (single process)")]:
         _common(sub.add_parser(name, help=help_))
+    p = sub.add_parser("quickstart", help="the whole method end to end on one machine (local Ray, embedded MLflow)")
+    p.add_argument("--out", default="runs/quickstart", help="output directory (default runs/quickstart)")
+    p.add_argument("--config", default=None, help="start from this YAML instead of the built-in quickstart config")
+    p.add_argument("--data", default=None, help="task folder (JSONL or CrossFit layout) instead of the demo tasks")
+    p.add_argument("--model", default=None, help="backbone: hub name, local path, smollm2-135m, tiny-*, demo-*")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    p.add_argument("--single-process-msf", action="store_true",
+                   help="train MSF in this process instead of Ray Train + DeepSpeed workers")
+    p = sub.add_parser("report", help="report.md + PNG plots of a run directory")
+    p.add_argument("run_dir")
     p = sub.add_parser("demo-data", help="write the built-in demo tasks (JSONL layout + tasks.json)")
     p.add_argument("dir")
     p = sub.add_parser("save-tiny", help="save a tiny random backbone as an HF checkpoint directory")
@@ -56,6 +68,20 @@ def main(argv: list[str] | None = None) -> int:
         from ipt_dist.modeling.tiny import save_tiny_backbone
 
         print(save_tiny_backbone(args.kind, args.dir))
+        return 0
+    if args.cmd == "report":
+        from ipt_dist.report import make_report
+
+        print(make_report(args.run_dir))
+        return 0
+    if args.cmd == "quickstart":
+        from ipt_dist.pipeline import quickstart_config, run_pipeline
+
+        cfg = quickstart_config(args.out, config=args.config, data=args.data, model=args.model, overrides=args.set)
+        result = run_pipeline(cfg, distributed_msf=not args.single_process_msf)
+        db = result["tracking_uri"]
+        print(json.dumps(result, indent=1, default=str))
+        print(f"\nreport: {result['report']}\nMLflow store: {db}\nopen the UI with: mlflow ui --backend-store-uri {db}")
         return 0
     cfg = load_cli_config(args)
     from ipt_dist.config import save_config

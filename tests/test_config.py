@@ -63,6 +63,7 @@ def test_round_trip_and_flatten(tmp_path):
     assert flat["pt.lr"] == 0.5 and flat["backbone.name_or_path"] == "tiny-t5"
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")) + sorted((ROOT / "ipt_dist" / "configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
 def test_every_shipped_config_loads(path):
     load_config(path)
