@@ -98,16 +98,25 @@ class MSFModel(nn.Module):
     def backbone(self) -> Backbone:
         return self._backbone
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns (loss, lm_loss, reconstruction_loss) for a batch whose rows carry `group` = task index."""
+    def forward(self, batch: dict[str, torch.Tensor], lm_weight: float | torch.Tensor = 1.0
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns (loss, lm_loss, reconstruction_loss) for a batch whose rows carry `group` = task index.
+
+        `loss = lm_weight * lm_loss + alpha * reconstruction_loss`. Data-parallel callers pass
+        `lm_weight = local_tokens * world * accum / global_tokens` so that averaging gradients over
+        ranks and micro-batches gives the token-mean of the whole global batch
+        (see ipt_dist.distributed.msf). The returned lm_loss is always the plain local token-mean.
+        """
         tasks, inverse = torch.unique(batch["group"], return_inverse=True)
         originals = self.task_prompts[tasks]  # (U, L, H)
-        recon = self.autoencoder(originals.float())  # (U, L, H): P* = Dec(Enc(P))
+        # Cast to the AE's dtype: fp32, or bf16/fp16 when DeepSpeed mixed precision casts its weights.
+        ae_dtype = self.autoencoder.encoder.weight.dtype
+        recon = self.autoencoder(originals.to(ae_dtype))  # (U, L, H): P* = Dec(Enc(P))
         losses, _ = self.backbone.token_losses(recon[inverse], batch)
         lm = losses.mean()
         # MSE per example as in the reference: each row's P*_i against its P_i.
-        rec = F.mse_loss(recon[inverse], originals[inverse].float())
-        return lm + self.alpha * rec, lm.detach(), rec.detach()
+        rec = F.mse_loss(recon[inverse].float(), originals[inverse].float())
+        return lm_weight * lm + self.alpha * rec, lm.detach(), rec.detach()
 
 
 def msf_step(model: MSFModel, optimizer: torch.optim.Optimizer, scheduler, batch, grad_clip: float) -> dict:
