@@ -1,0 +1,76 @@
+"""End-to-end IST sweep through Ray + MLflow: K=1 (one job per Ray task) vs packed K.
+
+    python bench/sweep_overhead.py --out /tmp/sweep_bench --packs 1 32
+
+Builds the smoke sweep's inputs once (stage-0 prompts and MSF, single process), then runs the
+same IST sweep (configs/sweep_smoke.yaml: 52 jobs) once per pack size into its own directory
+with its own MLflow store, and reports wall time, jobs/hour and the overhead share:
+the part of the Ray task slots' time (wall x slots) not spent inside `train_pack` (Ray
+scheduling and worker start, backbone loading, tokenisation, result transfer, driver-side
+MLflow logging, idle tail). Slots = min(sweep.max_in_flight, CPUs / sweep.num_cpus).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def main() -> None:
+    from ipt_dist.artifacts import read_jsonl
+    from ipt_dist.config import load_config
+    from ipt_dist.distributed.sweep import prepare_smoke, run_sweep
+    from ipt_dist.stages.common import setup_logging
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True)
+    p.add_argument("--packs", type=int, nargs="+", default=[1, 32])
+    p.add_argument("--config", default=str(ROOT / "configs" / "sweep_smoke.yaml"))
+    p.add_argument("--set", action="append", default=[])
+    args = p.parse_args()
+    setup_logging(logging.WARNING)
+    out = Path(args.out).resolve()
+    base = load_config(args.config, [f"output_dir={out / 'inputs'}", *args.set])
+    base = prepare_smoke(base, "ist")  # prompts + MSF once, shared by all runs
+    import ray
+
+    ray.init(num_cpus=os.cpu_count(), log_to_driver=False)
+    rows = []
+    for K in args.packs:
+        run_dir = out / f"K{K}"
+        shutil.rmtree(run_dir, ignore_errors=True)
+        shutil.copytree(out / "inputs", run_dir, ignore=shutil.ignore_patterns("ist_sweep", "mlflow.db", "cache"))
+        cfg = load_config(args.config, [f"output_dir={run_dir}", f"sweep.pack_size={K}", *args.set,
+                                        f"tracking.tracking_uri=sqlite:///{run_dir / 'mlflow.db'}"])
+        cfg.sweep.dims = {d: str(run_dir / Path(path).relative_to(out / "inputs")) for d, path in base.sweep.dims.items()}
+        t0 = time.perf_counter()
+        res = run_sweep(cfg, "ist")
+        wall = time.perf_counter() - t0
+        recs = read_jsonl(run_dir / "ist_sweep" / "results.jsonl")
+        compute = sum(float(r.get("seconds") or 0) for r in recs)
+        slots = max(1, min(cfg.sweep.max_in_flight, int((os.cpu_count() or 1) / cfg.sweep.num_cpus)))
+        overhead = max(0.0, 1 - compute / (wall * slots))
+        rows.append({"K": K, "jobs": res.jobs_total, "wall_s": wall, "jobs_per_hour": 3600 * res.jobs_total / wall,
+                     "train_pack_s": compute, "slots": slots, "overhead_share": overhead})
+        print(json.dumps(rows[-1]), flush=True)
+    ray.shutdown()
+    base_rate = rows[0]["jobs_per_hour"]
+    print("\n| K | jobs | wall (s) | jobs/hour | vs first | time in train_pack (s) | slots | overhead share |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['K']} | {r['jobs']} | {r['wall_s']:.1f} | {r['jobs_per_hour']:.0f} | "
+              f"{r['jobs_per_hour'] / base_rate:.1f}x | {r['train_pack_s']:.1f} | {r['slots']} | "
+              f"{100 * r['overhead_share']:.1f}% |")
+
+
+if __name__ == "__main__":
+    main()
