@@ -22,6 +22,28 @@ class ArtifactError(ValueError):
     """A missing, truncated or mis-shaped artifact; the message names the file and the fix."""
 
 
+def ensure_writable_dir(path: str | Path, field: str = "output_dir") -> Path:
+    """Create `path` and prove it takes a write, before any expensive work starts.
+
+    Raises:
+        ArtifactError: the directory cannot be created or written (read-only, a file in the
+            way, no permission, disk full), naming the field and the fix.
+    """
+    p = Path(path).expanduser()
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        probe = p / f".write_probe_{os.getpid()}"
+        with open(probe, "wb") as f:
+            f.write(b"ok")
+            f.flush()
+            os.fsync(f.fileno())
+        probe.unlink()
+    except OSError as exc:
+        raise ArtifactError(f"{field}: cannot write to {p} ({exc.strerror or exc}). "
+                            "Fix: choose a writable directory with free space (--out DIR)") from exc
+    return p
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

@@ -665,8 +665,7 @@ def run_distributed_msf(cfg: IPTConfig, *, resume: bool = False, smoke_test: boo
         run_pt(cfg, tasks=resolve_tasks(cfg).train)
     checked = check_inputs(cfg, resume=resume)
     ds_config = checked["ds_config"]
-    run_dir = dist_dir(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = ensure_writable_dir(dist_dir(cfg))
     record = json.loads((run_dir / RUN_FILE).read_text()) if resume else None
     if record:
         name = record["ray_run"]  # the same Ray Train run name + storage: V2 restores its latest checkpoint

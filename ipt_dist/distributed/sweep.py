@@ -37,6 +37,7 @@ from ipt_dist.artifacts import (
     ArtifactError,
     append_jsonl,
     atomic_write_bytes,
+    ensure_writable_dir,
     load_msf_checkpoint,
     load_prompt,
     load_task_prompts,
@@ -761,8 +762,7 @@ def run_sweep(cfg: IPTConfig, stage: str = "ist", smoke_test: bool = False) -> S
         cfg = prepare_smoke(cfg, stage)
     plan = plan_sweep(cfg, stage)
     cfg = plan.cfg
-    sdir = plan.sweep_dir
-    sdir.mkdir(parents=True, exist_ok=True)
+    sdir = ensure_writable_dir(plan.sweep_dir)
     for w in plan.warnings:
         log.warning("%s", w)
     results_file = sdir / "results.jsonl"

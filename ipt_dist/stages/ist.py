@@ -10,7 +10,7 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from ipt_dist.artifacts import append_jsonl, load_decoder, read_jsonl
+from ipt_dist.artifacts import append_jsonl, ensure_writable_dir, load_decoder, read_jsonl
 from ipt_dist.config import IPTConfig
 from ipt_dist.modeling.autoencoder import random_decoder
 from ipt_dist.modeling.backbone import build_backbone
@@ -37,7 +37,7 @@ def run_ist(cfg: IPTConfig, tracker=None) -> list[dict]:
     Raises:
         FileNotFoundError / ArtifactError: MSF checkpoint missing or not matching the backbone.
     """
-    out = Path(cfg.output_dir) / "ist"
+    out = ensure_writable_dir(Path(cfg.output_dir) / "ist")
     split = resolve_tasks(cfg)
     backbone = build_backbone(cfg.backbone, pick_device())
     decoder, meta = load_decoder(msf_checkpoint_dir(cfg), backbone=backbone.name, hidden=backbone.hidden_size,

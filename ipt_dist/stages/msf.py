@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ipt_dist.artifacts import append_jsonl, load_task_prompts, save_msf_checkpoint
+from ipt_dist.artifacts import append_jsonl, ensure_writable_dir, load_task_prompts, save_msf_checkpoint
 from ipt_dist.config import IPTConfig
 from ipt_dist.data.batching import TokenizedTask
 from ipt_dist.data.sampling import TaskBalancedSampler
@@ -64,7 +64,7 @@ def run_msf(cfg: IPTConfig, tracker=None) -> dict:
     Raises:
         ArtifactError: a training task without a usable stage-0 prompt (checked before training).
     """
-    out = Path(cfg.output_dir) / "msf"
+    out = ensure_writable_dir(Path(cfg.output_dir) / "msf")
     split = resolve_tasks(cfg)
     device = pick_device()
     backbone = build_backbone(cfg.backbone, device)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ipt_dist.artifacts import append_jsonl, load_prompt, prompt_path, read_jsonl, save_prompt
+from ipt_dist.artifacts import append_jsonl, ensure_writable_dir, load_prompt, prompt_path, read_jsonl, save_prompt
 from ipt_dist.config import IPTConfig
 from ipt_dist.modeling.backbone import build_backbone
 from ipt_dist.stages.common import load_tokenized, pick_device, resolve_tasks
@@ -32,7 +32,7 @@ def run_pt(cfg: IPTConfig, tasks: list[str] | None = None, tracker=None) -> list
     Writes `<output_dir>/prompts/<task>.safetensors` and `<output_dir>/pt/results.jsonl`.
     Returns the result records of all requested tasks (earlier ones read back from disk).
     """
-    out = Path(cfg.output_dir)
+    out = ensure_writable_dir(cfg.output_dir)
     prompts_dir, results_file = out / "prompts", out / "pt" / "results.jsonl"
     tasks = tasks or resolve_tasks(cfg).all
     done = {r["task"]: r for r in read_jsonl(results_file) if prompt_path(prompts_dir, r["task"]).is_file()}

@@ -113,3 +113,26 @@ def test_cli_rejects_bad_config_keys(tmp_path, capsys):
 
     with pytest.raises(ConfigError, match="pt.learning_rate: unknown key"):
         main(["pt", "--config", str(bad)])
+
+
+def test_unwritable_output_dir_fails_before_any_work(tiny_cfg, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    tiny_cfg.output_dir = str(blocker / "run")
+    with pytest.raises(ArtifactError, match="output_dir: cannot write to .*Fix: choose a writable directory"):
+        run_pt(tiny_cfg)
+
+
+def test_truncated_msf_checkpoint_is_detected(tiny_cfg):
+    from ipt_dist.artifacts import load_msf_checkpoint, save_msf_checkpoint
+    from ipt_dist.modeling.autoencoder import PromptAutoencoder
+
+    ckpt = tiny_cfg.out / "msf"
+    save_msf_checkpoint(ckpt, PromptAutoencoder(4, 4, 64, 32), {"backbone": "tiny-t5"})
+    weights = ckpt / "autoencoder.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ArtifactError, match="truncated or corrupt"):
+        load_msf_checkpoint(ckpt)
+    (ckpt / "msf.json").write_text('{"d": 4, "prompt_')
+    with pytest.raises(ArtifactError, match="msf.json: not valid JSON"):
+        load_msf_checkpoint(ckpt)
