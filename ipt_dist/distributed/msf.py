@@ -39,6 +39,7 @@ import torch
 from ipt_dist.artifacts import (
     ArtifactError,
     append_jsonl,
+    ensure_writable_dir,
     atomic_write_bytes,
     load_task_prompts,
     save_msf_checkpoint,

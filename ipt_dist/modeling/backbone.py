@@ -11,7 +11,6 @@ Plain PyTorch + transformers: no ray, mlflow or deepspeed imports here.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
