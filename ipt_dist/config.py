@@ -141,6 +141,10 @@ class PTConfig:
 
     prompt_len: int = 100  # L
     init_std: float = 0.02
+    # "random": N(0, init_std); "vocab": each prompt token starts as the embedding of a token drawn
+    # (job seed) among the first `init_vocab_top` ids, as in Lester et al. 2021
+    init: str = "random"
+    init_vocab_top: int = 5000
     lr: float = 1e-4  # reference grid {1e-5, 2e-5, 5e-5, 1e-4}
     batch_size: int = 8
     steps: int = 1000
@@ -158,6 +162,10 @@ class PTConfig:
         out = _lr_problems("pt", self)
         if self.prompt_len <= 0:
             out.append(f"pt.prompt_len: must be > 0, got {self.prompt_len}")
+        if self.init not in ("random", "vocab"):
+            out.append(f"pt.init: must be 'random' or 'vocab', got {self.init!r}")
+        if self.init_vocab_top <= 0:
+            out.append(f"pt.init_vocab_top: must be > 0, got {self.init_vocab_top}")
         return out
 
 

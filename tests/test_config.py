@@ -67,3 +67,10 @@ def test_round_trip_and_flatten(tmp_path):
                          ids=lambda p: p.name)
 def test_every_shipped_config_loads(path):
     load_config(path)
+
+
+def test_pt_init_is_checked():
+    with pytest.raises(ConfigError) as e:
+        config_from_dict({"pt": {"init": "vocabulary", "init_vocab_top": 0}})
+    assert "pt.init: must be 'random' or 'vocab'" in str(e.value) and "pt.init_vocab_top" in str(e.value)
+    assert config_from_dict({"pt": {"init": "vocab"}}).pt.init == "vocab"

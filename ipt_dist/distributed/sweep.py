@@ -521,7 +521,7 @@ def run_pack(cfg_dict: dict, jobs: list[dict], shared: dict | None = None,
     kind = specs[0].kind
     if kind == "msf_eval":
         return _run_msf_eval(cfg, backbone, specs, data, shared, extra)
-    from ipt_dist.train.packed import Job, init_params, train_pack
+    from ipt_dist.train.packed import Job, settings_init_params, train_pack
 
     train_jobs = [Job(job_id=j.job_id, task=j.task, kind=kind, lr=j.lr, seed=j.data_seed, grad_clip=j.grad_clip,
                       params={**j.params(), **extra}) for j in specs]
@@ -551,8 +551,8 @@ def run_pack(cfg_dict: dict, jobs: list[dict], shared: dict | None = None,
                     if tuple(p.shape) != shape:
                         raise ValueError(f"job {j.job_id}: initial prompt shape {tuple(p.shape)} != {shape}")
                     rows.append(p)
-                else:  # plain PT in the same pack: its own seeded N(0, init_std), as when alone
-                    rows.append(init_params([j], shape, settings.init_std)[0])
+                else:  # plain PT in the same pack: its own seeded init, as when alone
+                    rows.append(settings_init_params(backbone, [j], shape, settings, "pt")[0])
             init = torch.stack(rows)  # (K, L, H)
         results = train_pack(backbone, train_jobs, data, settings, prompt_len=cfg.pt.prompt_len, init=init)
         name = "prompt"

@@ -46,6 +46,8 @@ class PackSettings:
     warmup_ratio: float = 0.06
     eval_every: int = 100
     init_std: float = 0.02
+    init: str = "random"  # PT only: "random" = N(0, init_std); "vocab" = embeddings of sampled tokens
+    init_vocab_top: int = 5000  # "vocab" samples among the first this many token ids
     adam_eps: float = 1e-8
     weight_decay: float = 0.0
     max_rows: int | None = None  # split the packed batch into forward chunks of this many rows
@@ -89,13 +91,34 @@ class _JobStream:
         return out
 
 
-def init_params(jobs: list[Job], shape: tuple[int, ...], std: float) -> torch.Tensor:
-    """N(0, std) per job from the job's own seed: independent of what else is in the pack."""
+def init_params(jobs: list[Job], shape: tuple[int, ...], std: float, *, embedding: torch.Tensor | None = None,
+                vocab_top: int = 5000) -> torch.Tensor:
+    """Starting parameters per job from the job's own seed: independent of what else is in the pack.
+
+    N(0, std) by default. With `embedding` (V, H) given, a prompt of shape (L, H) starts as the
+    embeddings of L tokens drawn uniformly among the first `vocab_top` ids (Lester et al. 2021:
+    sampled-vocabulary init; frequent tokens come first in BPE/SentencePiece vocabularies).
+    """
     rows = []
     for j in jobs:
         g = torch.Generator().manual_seed(j.seed)
-        rows.append(torch.randn(shape, generator=g) * std)
+        if embedding is None:
+            rows.append(torch.randn(shape, generator=g) * std)
+        else:
+            if len(shape) != 2 or shape[1] != embedding.shape[1]:
+                raise ValueError(f"vocab init needs a prompt shape (L, {embedding.shape[1]}), got {shape}")
+            ids = torch.randint(0, min(vocab_top, embedding.shape[0]), (shape[0],), generator=g)
+            rows.append(embedding[ids].detach().float().cpu().clone())
     return torch.stack(rows)  # (K, *shape)
+
+
+def settings_init_params(backbone: Backbone, jobs: list[Job], shape: tuple[int, ...],
+                         settings: PackSettings, kind: str) -> torch.Tensor:
+    """`init_params` as `settings` ask for it: vocabulary init applies to PT prompts only."""
+    if kind == "pt" and settings.init == "vocab":
+        emb = backbone.model.get_input_embeddings().weight
+        return init_params(jobs, shape, settings.init_std, embedding=emb, vocab_top=settings.init_vocab_top)
+    return init_params(jobs, shape, settings.init_std)
 
 
 def train_pack(backbone: Backbone, jobs: list[Job], data: dict[str, TokenizedTask], settings: PackSettings, *,
@@ -107,7 +130,7 @@ def train_pack(backbone: Backbone, jobs: list[Job], data: dict[str, TokenizedTas
         data: job_id -> the tokenized task that job trains on (jobs may use different draws).
         decoder: frozen Dec for IST jobs (all jobs of a pack share kind).
         prompt_len: L for PT jobs.
-        init: (K, ...) starting parameters instead of N(0, init_std), e.g. Dec(z*) for IPT-init PT.
+        init: (K, ...) starting parameters instead of `settings.init`'s, e.g. Dec(z*) for IPT-init PT.
     Raises:
         ValueError: mixed kinds in one pack, a job without data, or an empty training split.
     """
@@ -133,7 +156,8 @@ def train_pack(backbone: Backbone, jobs: list[Job], data: dict[str, TokenizedTas
             raise ValueError("PT jobs need prompt_len")
         shape = (prompt_len, H)
         prompt_fn = lambda p: p  # noqa: E731
-    param = (init.clone().float() if init is not None else init_params(jobs, shape, settings.init_std)).to(device)
+    param = (init.clone().float() if init is not None
+             else settings_init_params(backbone, jobs, shape, settings, kind)).to(device)
     param.requires_grad_(True)
     opt = BatchedAdamW(param, [j.lr for j in jobs], [j.grad_clip for j in jobs], eps=settings.adam_eps,
                        weight_decay=settings.weight_decay)

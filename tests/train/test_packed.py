@@ -14,7 +14,7 @@ from ipt_dist.config import load_config
 from ipt_dist.modeling.autoencoder import random_decoder
 from ipt_dist.modeling.backbone import build_backbone
 from ipt_dist.stages.common import load_tokenized
-from ipt_dist.train.packed import Job, PackSettings, init_params, train_pack
+from ipt_dist.train.packed import Job, PackSettings, init_params, settings_init_params, train_pack
 from tests.conftest import tiny_overrides
 
 SETTINGS = PackSettings(steps=6, batch_size=3, warmup_ratio=0.2, eval_every=3, eval_batch_size=16)
@@ -114,3 +114,27 @@ def test_forward_chunks_do_not_change_the_result(setup):
     chunked = run(bb, draws, jobs, prompt_len=4,
                   settings=PackSettings(**{**SETTINGS.__dict__, "max_rows": 5}))
     assert_same(whole, chunked)
+
+
+def test_vocab_init_starts_each_prompt_from_embeddings_of_sampled_tokens(setup):
+    """pt.init=vocab: each prompt row is the embedding of a token among the first init_vocab_top ids,
+    drawn from the job's own seed (so packing does not change it); IST z ignores it."""
+    bb, draws = setup
+    emb = bb.model.get_input_embeddings().weight.detach()
+    jobs = [j for j, _ in pack_jobs("pt")]
+    settings = PackSettings(**{**SETTINGS.__dict__, "init": "vocab", "init_vocab_top": 20})
+    p = settings_init_params(bb, jobs, (4, bb.hidden_size), settings, "pt")
+    assert p.shape == (4, 4, bb.hidden_size)
+    for row in p.reshape(-1, bb.hidden_size):
+        assert (emb[:20] - row).abs().amax(dim=-1).min() == 0  # exactly one of the first 20 embeddings
+    alone = settings_init_params(bb, jobs[1:2], (4, bb.hidden_size), settings, "pt")
+    assert torch.equal(alone[0], p[1])
+    z = settings_init_params(bb, jobs, (5,), settings, "ist")
+    assert torch.equal(z, init_params(jobs, (5,), settings.init_std))
+    with pytest.raises(ValueError, match="vocab init needs a prompt shape"):
+        init_params(jobs, (5,), 0.02, embedding=emb)
+    # and train_pack starts from it: step 0 of a 0-lr job keeps the vocab rows
+    frozen = [Job("z", "demo_sentiment", "pt", lr=1e-12, seed=1, grad_clip=1.0)]
+    res = train_pack(bb, frozen, {"z": draws[42]["demo_sentiment"]}, settings, prompt_len=4)
+    start = settings_init_params(bb, frozen, (4, bb.hidden_size), settings, "pt")[0]
+    assert torch.allclose(res[0].best_param, start, atol=1e-6)
