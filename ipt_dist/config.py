@@ -240,9 +240,14 @@ class DistributedConfig:
     grad_accum: int = 1
     max_failures: int = 2
     storage_path: str | None = None  # Ray Train storage; default <output_dir>/ray_results
+    # When the cluster has fewer CPUs/GPUs than num_workers x resources_per_worker: wait this long
+    # (an autoscaler may add nodes), then fail with a clear error instead of hanging
+    resource_wait_s: float = 300.0
 
     def problems(self) -> list[str]:
         out = []
+        if self.resource_wait_s < 0:
+            out.append(f"distributed.resource_wait_s: must be >= 0, got {self.resource_wait_s}")
         if self.num_workers <= 0:
             out.append(f"distributed.num_workers: must be > 0, got {self.num_workers}")
         if self.grad_accum <= 0:

@@ -29,6 +29,21 @@ def resolve_tracking_uri(cfg: IPTConfig) -> str:
     return f"sqlite:///{db}"
 
 
+# MLflow's REST client retries a refused connection 7 times with backoff factor 2 (about 4 minutes
+# per call) and waits 120 s for an answer: a server that is down would stall a training loop or a
+# sweep driver that long per call. Our trackers queue failed calls and retry them later, so they
+# ask MLflow to give up quickly. Values the user exported win.
+FAIL_FAST_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+
+
+def fail_fast_http(tracking_uri: str) -> None:
+    """Short MLflow HTTP retries for a tracking server URI (see FAIL_FAST_HTTP); no-op for files/SQLite."""
+    if tracking_uri.startswith(("http://", "https://")):
+        for k, v in FAIL_FAST_HTTP.items():
+            os.environ.setdefault(k, v)
+
+
 class NullTracker:
     """Does nothing; used on non-zero ranks and when tracking is disabled."""
 
@@ -49,6 +64,7 @@ class MLflowTracker:
                  parent_run_id: str | None = None, run_id: str | None = None, tags: dict | None = None) -> None:
         from mlflow import MlflowClient
 
+        fail_fast_http(tracking_uri)
         self.client = MlflowClient(tracking_uri)
         self.tracking_uri = tracking_uri
         if run_id is not None:

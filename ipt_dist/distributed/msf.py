@@ -607,17 +607,47 @@ def _mlflow_run(cfg: IPTConfig, record: dict | None, tags: dict) -> str | None:
     return tracker.run_id
 
 
-def _warn_resources(cfg: IPTConfig) -> None:
+def _missing_resources(cfg: IPTConfig) -> str | None:
+    """What the cluster lacks for the worker group, or None when it fits."""
     import ray
 
     d = cfg.distributed
-    need_cpu = d.num_workers * d.resources_per_worker.get("CPU", 1)
-    need_gpu = d.num_workers * (d.resources_per_worker.get("GPU", 1) if d.use_gpu else 0)
-    have = ray.cluster_resources()
-    if have.get("CPU", 0) < need_cpu or have.get("GPU", 0) < need_gpu:
-        log.warning("the Ray cluster has %s CPUs / %s GPUs but %d workers need %s CPUs / %s GPUs: the run "
-                    "waits until an autoscaler adds nodes (lower distributed.num_workers on a fixed cluster)",
-                    have.get("CPU", 0), have.get("GPU", 0), d.num_workers, need_cpu, need_gpu)
+    per_cpu = d.resources_per_worker.get("CPU", 1)
+    per_gpu = d.resources_per_worker.get("GPU", 1) if d.use_gpu else 0
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    have_cpu, have_gpu = sum(r.get("CPU", 0) for r in nodes), sum(r.get("GPU", 0) for r in nodes)
+    need_cpu, need_gpu = d.num_workers * per_cpu, d.num_workers * per_gpu
+    if have_cpu < need_cpu or have_gpu < need_gpu:
+        return (f"{d.num_workers} workers (distributed.num_workers) x {per_cpu:g} CPU / {per_gpu:g} GPU each need "
+                f"{need_cpu:g} CPUs / {need_gpu:g} GPUs, the Ray cluster has {have_cpu:g} CPUs / {have_gpu:g} GPUs")
+    if not any(r.get("CPU", 0) >= per_cpu and r.get("GPU", 0) >= per_gpu for r in nodes):
+        return (f"one worker needs {per_cpu:g} CPU / {per_gpu:g} GPU (distributed.resources_per_worker, use_gpu) "
+                "and no node of the Ray cluster has that much")
+    return None
+
+
+def _wait_for_resources(cfg: IPTConfig, poll_s: float = 5.0) -> None:
+    """Wait at most `distributed.resource_wait_s` for the cluster to fit the worker group.
+
+    Ray Train would otherwise wait forever for a placement group that cannot be placed.
+
+    Raises:
+        DistributedMSFError: still too small after the wait (nothing has been trained).
+    """
+    d = cfg.distributed
+    missing = _missing_resources(cfg)
+    if missing is None:
+        return
+    deadline = time.time() + d.resource_wait_s
+    log.warning("%s: waiting up to %.0f s for an autoscaler to add nodes (distributed.resource_wait_s)",
+                missing, d.resource_wait_s)
+    while missing is not None and time.time() < deadline:
+        time.sleep(min(poll_s, max(0.0, deadline - time.time())))
+        missing = _missing_resources(cfg)
+    if missing is not None:
+        raise DistributedMSFError(
+            f"{missing} (waited {d.resource_wait_s:.0f} s). Fix: lower distributed.num_workers or "
+            "distributed.resources_per_worker, set distributed.use_gpu=false on a CPU cluster, or add nodes")
 
 
 def _init_ray(cfg: IPTConfig) -> None:
@@ -677,6 +707,8 @@ def run_distributed_msf(cfg: IPTConfig, *, resume: bool = False, smoke_test: boo
         name = f"msf-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         for stale in (run_dir / "history.jsonl", run_dir / CRASH_MARKER):
             stale.unlink(missing_ok=True)
+    _init_ray(cfg)
+    _wait_for_resources(cfg)  # before the MLflow run: a cluster too small leaves nothing behind
     tags = {"stage": "msf", "backbone": expected_backbone_name(cfg), "d": cfg.msf.d,
             "split": _split_name(cfg), "zero_stage": zero_stage(ds_config),
             "num_workers": cfg.distributed.num_workers,
@@ -688,8 +720,6 @@ def run_distributed_msf(cfg: IPTConfig, *, resume: bool = False, smoke_test: boo
     save_config(cfg, run_dir / "msf_config.yaml")
     (run_dir / "ds_config.json").write_text(json.dumps(ds_config, indent=2))
 
-    _init_ray(cfg)
-    _warn_resources(cfg)
     d = cfg.distributed
     resources = dict(d.resources_per_worker) or None
     trainer = TorchTrainer(

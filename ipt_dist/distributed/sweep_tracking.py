@@ -82,6 +82,9 @@ class SweepTracker:
                  sweep_dir: Path) -> None:
         from mlflow import MlflowClient
 
+        from ipt_dist.tracking import fail_fast_http
+
+        fail_fast_http(tracking_uri)
         self.client = MlflowClient(tracking_uri)
         self.tracking_uri, self.experiment, self.key = tracking_uri, experiment, key
         self.run_name, self.stage, self.sweep_dir = run_name, stage, Path(sweep_dir)

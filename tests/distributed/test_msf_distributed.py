@@ -212,6 +212,32 @@ def test_resume_without_a_previous_run_is_a_clear_error(tmp_path, demo_dir):
         run_distributed_msf(cfg, resume=True)
 
 
+@pytest.mark.parametrize("extra, match", [
+    (["distributed.num_workers=8"], "8 workers (distributed.num_workers) x 1 CPU / 0 GPU each need 8 CPUs / 0 GPUs, "
+                                    "the Ray cluster has 2 CPUs / 0 GPUs"),
+    (["distributed.use_gpu=true"], "need 2 CPUs / 2 GPUs, the Ray cluster has 2 CPUs / 0 GPUs"),
+    (["distributed.resources_per_worker={CPU: 3}"], "x 3 CPU / 0 GPU each need 6 CPUs"),
+])
+def test_more_workers_than_the_cluster_has_is_a_bounded_wait_then_a_clear_error(ray_local, tmp_path, demo_dir,
+                                                                                extra, match):
+    """Ray Train would wait forever for a placement group that cannot be placed: we wait
+    distributed.resource_wait_s, then fail before any MLflow run or worker exists."""
+    from ipt_dist.config import load_config
+    from ipt_dist.distributed.msf import DistributedMSFError, run_distributed_msf
+
+    write_seeded_prompts(tmp_path / "prompts")
+    cfg = load_config(None, msf_overrides(tmp_path, demo_dir, tracking=True) + extra + [
+        "distributed.resource_wait_s=2", f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db"])
+    t0 = time.time()
+    with pytest.raises(DistributedMSFError) as err:
+        run_distributed_msf(cfg)
+    assert time.time() - t0 < 30
+    msg = str(err.value)
+    assert match in msg, msg
+    assert "waited 2 s" in msg and "Fix: lower distributed.num_workers" in msg
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray_results").exists()
+
+
 # ----------------------------------------------------------------------------- checks before workers start
 
 

@@ -3,13 +3,11 @@ MLflow UI view of its runs through a real `mlflow server` on loopback."""
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from tests.distributed.conftest import free_port, start_mlflow_server, stop_mlflow_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
@@ -72,37 +70,14 @@ def test_quickstart_writes_report_plots_and_mlflow_runs(quickstart_run):
     assert all(m.data.metrics for m in msf) and {"lm_loss", "rec_loss"} <= set(msf[0].data.metrics)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_mlflow_server_shows_the_sweep_runs(quickstart_run, tmp_path):
     """What the MLflow UI shows: parent/child runs, params (task, d, lr, seed), metrics."""
-    import urllib.request
-
     from mlflow import MlflowClient
 
-    port = _free_port()
-    mlflow_bin = Path(sys.executable).with_name("mlflow")
-    proc = subprocess.Popen([str(mlflow_bin), "server", "--backend-store-uri",
-                             f"sqlite:///{quickstart_run / 'mlflow.db'}", "--host", "127.0.0.1",
-                             "--port", str(port), "--workers", "1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    port = free_port()
+    proc = start_mlflow_server(quickstart_run / "mlflow.db", port)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.time() < deadline, "mlflow server did not start"
-            assert proc.poll() is None, "mlflow server exited"
-            time.sleep(1)
         client = MlflowClient(url)
         exp = client.get_experiment_by_name("ipt-quickstart")
         parents = client.search_runs([exp.experiment_id], "tags.`ipt.role` = 'sweep'")
@@ -123,5 +98,4 @@ def test_mlflow_server_shows_the_sweep_runs(quickstart_run, tmp_path):
                                   f"params.task = '{c0.data.params['task']}' and params.d = '{c0.data.params['d']}'")
         assert c0.info.run_id in {r.info.run_id for r in same}
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop_mlflow_server(proc)

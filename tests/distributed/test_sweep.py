@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -217,6 +218,74 @@ def test_killed_sweep_resumes_and_mlflow_catches_up(main_sweep):
         {r["job_id"]: 1 for r in recs}
     [rewritten] = [r for r in runs if r.data.tags.get("ipt.job_id") == victim]
     assert rewritten.data.tags["ipt.logged"] == "1" and "test" in rewritten.data.metrics
+
+
+@distributed
+@slow
+def test_mlflow_server_stopped_and_restarted_during_a_sweep_loses_nothing(stage0, ray_local, tmp_path):
+    """A real `mlflow server` is stopped after the first results and started again after more
+    jobs finished: training goes on, the children that failed meanwhile are queued and written
+    once (or caught up by the next submission), and nothing is duplicated."""
+    import threading
+
+    from mlflow import MlflowClient
+
+    from ipt_dist.distributed.sweep import run_sweep
+    from tests.distributed.conftest import free_port, start_mlflow_server, stop_mlflow_server
+
+    port = free_port()
+    db, arts, url = tmp_path / "server.db", tmp_path / "server_artifacts", f"http://127.0.0.1:{port}"
+    server = {"proc": start_mlflow_server(db, port, arts)}
+    out = tmp_path / "sweep"
+    cfg = sweep_cfg(stage0, out, "sweep.pack_size=2", "tracking.enabled=true", f"tracking.tracking_uri={url}",
+                    "tracking.experiment=outage", tracking=False)
+    results_file = out / "ist_sweep" / "results.jsonl"
+    sweep_done, seen = threading.Event(), {}
+
+    def n_results() -> int:
+        return len(results_file.read_text().splitlines()) if results_file.is_file() else 0
+
+    def outage() -> None:
+        while n_results() < 2 and not sweep_done.is_set():
+            time.sleep(0.2)
+        stop_mlflow_server(server["proc"])
+        seen["down_at"] = n_results()
+        while n_results() < seen["down_at"] + 4 and not sweep_done.is_set():
+            time.sleep(0.2)
+        seen["up_at"] = n_results()
+        server["proc"] = start_mlflow_server(db, port, arts)
+
+    thread = threading.Thread(target=outage, daemon=True)
+    thread.start()
+    try:
+        result = run_sweep(cfg, stage="ist")
+        sweep_done.set()
+        thread.join(timeout=180)
+        assert seen["up_at"] >= seen["down_at"] + 4, f"no jobs finished while the server was down: {seen}"
+        assert result.jobs_failed == 0 and len(results(result.sweep_dir)) == N_JOBS
+
+        client = MlflowClient(url)
+
+        def runs() -> list:
+            exp = client.get_experiment_by_name("outage")
+            return client.search_runs([exp.experiment_id], max_results=1000)
+
+        parent = client.get_run(result.parent_run_id)
+        if parent.info.status != "FINISHED" or len(runs()) < 1 + N_JOBS:
+            # the server came back after the sweep's last retry: the next submission catches up
+            again = run_sweep(cfg, stage="ist")
+            assert again.jobs_started == 0 and again.parent_run_id == result.parent_run_id
+        all_runs = runs()
+        children = [r for r in all_runs if r.data.tags.get("ipt.role") == "job"]
+        assert len(all_runs) == 1 + N_JOBS
+        assert Counter(c.data.tags["ipt.job_id"] for c in children) == \
+            {r["job_id"]: 1 for r in results(result.sweep_dir)}
+        assert all(c.data.tags.get("ipt.logged") == "1" and "test" in c.data.metrics for c in children)
+        assert client.get_run(result.parent_run_id).info.status == "FINISHED"
+    finally:
+        sweep_done.set()
+        thread.join(timeout=180)
+        stop_mlflow_server(server["proc"])
 
 
 @distributed
