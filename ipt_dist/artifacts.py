@@ -8,6 +8,7 @@ MSF checkpoint: a directory with `autoencoder.safetensors` (encoder + decoder we
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -44,14 +45,36 @@ def ensure_writable_dir(path: str | Path, field: str = "output_dir") -> Path:
     return p
 
 
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def write_error(path: Path, exc: OSError) -> ArtifactError:
+    """A clear error for a failed write (disk full above all): what failed, what is kept, the fix."""
+    if exc.errno in _NO_SPACE:
+        return ArtifactError(f"{path}: no space left on the device ({exc.strerror}). Everything finished before "
+                             "is intact on disk. Fix: free space (or choose another output_dir) and run the same "
+                             "command again: finished work is skipped")
+    return ArtifactError(f"{path}: cannot write ({exc.strerror or exc}). Fix: check the permissions and the file "
+                         "system, then run the same command again: finished work is skipped")
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write to a temp file, fsync, rename: `path` is either the old or the complete new file.
+
+    Raises:
+        ArtifactError: the write failed (disk full, ...); the temp file is removed.
+    """
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise write_error(path, exc) from exc
 
 
 def _save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
@@ -200,11 +223,20 @@ def _clean(v):
 def append_jsonl(path: str | Path, record: dict) -> None:
     """Append one line and fsync: the results file is the source of truth."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        f.write(json.dumps(_clean(record)) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    line = (json.dumps(_clean(record)) + "\n").encode()
+    size = path.stat().st_size if path.is_file() else 0
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "ab") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        try:  # no half line left behind: the file keeps exactly its complete records
+            os.truncate(path, size)
+        except OSError:
+            pass
+        raise write_error(path, exc) from exc
 
 
 def read_jsonl(path: str | Path) -> list[dict]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
 import uuid
 from dataclasses import dataclass, replace
@@ -14,6 +15,8 @@ from typing import Callable
 from ipt_dist.data.tasks import Example, TaskData, TaskInfo
 
 TokenizeFn = Callable[[list[str], list[str]], tuple[list[list[int]], list[list[int]]]]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -101,8 +104,13 @@ def tokenize_task(task: TaskData, tokenize: TokenizeFn, *, tag: str = "", prefix
             # A unique temp name: concurrent workers (on several nodes of a shared file system)
             # tokenising the same task must not write into one file.
             tmp = path.with_name(f"{path.stem}.{uuid.uuid4().hex}.tmp")
-            tmp.write_text(json.dumps({s: vars(tok.split(s)) for s in ("train", "dev", "test")}))
-            tmp.replace(path)
+            try:
+                tmp.write_text(json.dumps({s: vars(tok.split(s)) for s in ("train", "dev", "test")}))
+                tmp.replace(path)
+            except OSError as exc:  # the cache only saves time: a full disk must not fail training
+                tmp.unlink(missing_ok=True)
+                log.warning("token cache %s not written (%s); tokenising again next time", path,
+                            exc.strerror or exc)
     _MEMORY[key] = tok
     return tok
 

@@ -157,7 +157,7 @@ class SweepResult:
     jobs_skipped: int  # already in results.jsonl
     jobs_failed: int
     failed_job_ids: list[str]
-    summary: Summary
+    summary: Summary | None  # None only when writing it failed (e.g. disk full)
     parent_run_id: str | None = None
 
 
@@ -815,7 +815,11 @@ def run_sweep(cfg: IPTConfig, stage: str = "ist", smoke_test: bool = False) -> S
         raise
     finally:
         records = list(done.values())
-        summary = _write_summary(plan, records, pt_records)
+        try:
+            summary = _write_summary(plan, records, pt_records)
+        except OSError as exc:  # e.g. the disk filled up: keep the error that stopped the sweep visible
+            log.error("%s sweep: summary not written (%s); `ipt report` or a re-run writes it", stage, exc)
+            summary = None
         counts = {"jobs_total": total, "jobs_done": progress.skipped + progress.done, "jobs_failed": len(failed),
                   "jobs_started": started}
         tracker.finish(status, summary, sdir, counts)

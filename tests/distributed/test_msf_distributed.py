@@ -137,7 +137,13 @@ def test_zero2_two_workers_match_single_process(zero2_run, reference):
     assert_matches_reference(out, summary, reference)
 
 
-def test_killed_worker_resumes_from_latest_checkpoint(zero2_run):
+def final_ae_state(summary: dict) -> dict[str, torch.Tensor]:
+    """The AE weights of the run's last checkpoint (DeepSpeed's module states; frozen backbone excluded)."""
+    [f] = Path(summary["ray_checkpoint"]).glob(f"step{STEPS}/mp_rank_00_model_states.pt")
+    return torch.load(f, map_location="cpu", weights_only=False)["module"]
+
+
+def test_killed_worker_resumes_from_latest_checkpoint(zero2_run, reference):
     out, summary = zero2_run
     assert (out / "msf_dist" / "crash_injected").is_file(), "the worker was never killed"
     rows = history(out)
@@ -149,6 +155,11 @@ def test_killed_worker_resumes_from_latest_checkpoint(zero2_run):
     assert replay["lr"] == first["lr"]
     assert summary["steps"] == STEPS
     assert summary["ray_checkpoint"].endswith(f"checkpoint_step{STEPS:08d}")
+    # The final AE of the killed-and-restarted run equals the uninterrupted run's (same seed).
+    final, ref_final = final_ae_state(summary), reference[1][STEPS]
+    for k, v in ref_final.items():
+        [key] = [m for m in final if m == k or m.endswith("." + k)]
+        torch.testing.assert_close(final[key].float(), v, atol=WEIGHT_ATOL, rtol=0)
 
 
 # ----------------------------------------------------------------------------- ZeRO-3 + --resume

@@ -290,6 +290,69 @@ def test_mlflow_server_stopped_and_restarted_during_a_sweep_loses_nothing(stage0
 
 @distributed
 @slow
+def test_disk_filling_up_mid_sweep_is_a_clear_error_and_nothing_is_lost(stage0, ray_local, tmp_path):
+    """The sweep writes to a real 8 MB tmpfs that a filler file fills up after the first results:
+    the driver stops with an error naming the file and the fix, every results line already
+    written is complete and has its parameter file, and the same command finishes the sweep
+    once space is freed."""
+    import subprocess
+    import threading
+
+    from ipt_dist.artifacts import ArtifactError, read_jsonl
+    from ipt_dist.distributed.sweep import run_sweep
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"needs permission to mount a small tmpfs: {mounted.stderr.decode().strip()}")
+    try:
+        out = disk / "run"
+        cfg = sweep_cfg(stage0, out, "sweep.pack_size=2", tracking=False)
+        sdir = out / "ist_sweep"
+        filler, stop = disk / "filler", threading.Event()
+
+        def fill() -> None:
+            while not stop.is_set() and len(read_jsonl(sdir / "results.jsonl")) < 2:
+                time.sleep(0.1)
+            fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+            try:
+                while True:
+                    os.write(fd, b"\0" * 65536)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+
+        thread = threading.Thread(target=fill, daemon=True)
+        thread.start()
+        try:
+            with pytest.raises(ArtifactError) as err:
+                run_sweep(cfg, stage="ist")
+        finally:
+            stop.set()
+            thread.join(timeout=60)
+        msg = str(err.value)
+        assert "no space left on the device" in msg and str(sdir) in msg and "run the same command again" in msg
+        lines = (sdir / "results.jsonl").read_text().splitlines()
+        kept = [json.loads(line) for line in lines]  # every line complete
+        assert 2 <= len(kept) < N_JOBS
+        for r in kept:
+            assert (sdir / r["param_file"]).stat().st_size > 0
+        assert not list(sdir.glob("params/*.tmp"))
+
+        filler.unlink()
+        again = run_sweep(cfg, stage="ist")
+        assert again.jobs_failed == 0 and again.jobs_started == N_JOBS - len(kept)
+        recs = results(sdir)
+        assert len(recs) == N_JOBS == len({r["job_id"] for r in recs})
+        assert [r["job_id"] for r in recs[: len(kept)]] == [r["job_id"] for r in kept]
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+@distributed
+@slow
 def test_packed_sweep_equals_one_job_per_task(main_sweep, stage0, tmp_path):
     """K=1 (one Ray task per job) gives the same ids, scores, curves and z as the K=8 packs."""
     from ipt_dist.distributed.sweep import run_sweep
