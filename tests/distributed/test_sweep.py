@@ -353,6 +353,18 @@ def test_disk_filling_up_mid_sweep_is_a_clear_error_and_nothing_is_lost(stage0, 
 
 @distributed
 @slow
+def test_sweep_asking_more_than_any_node_has_fails_before_any_pack(stage0, ray_local, tmp_path):
+    """A Ray task that no node can place would wait forever: a clear error instead."""
+    from ipt_dist.distributed.sweep import run_sweep
+
+    cfg = sweep_cfg(stage0, tmp_path, "sweep.num_gpus=1", tracking=False)
+    with pytest.raises(ConfigError, match=r"sweep.num_gpus=1.0: no node of this Ray cluster has that many GPUs"):
+        run_sweep(cfg, stage="ist")
+    assert not (tmp_path / "ist_sweep" / "results.jsonl").exists()
+
+
+@distributed
+@slow
 def test_packed_sweep_equals_one_job_per_task(main_sweep, stage0, tmp_path):
     """K=1 (one Ray task per job) gives the same ids, scores, curves and z as the K=8 packs."""
     from ipt_dist.distributed.sweep import run_sweep
