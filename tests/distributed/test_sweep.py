@@ -237,7 +237,7 @@ def test_mlflow_server_stopped_and_restarted_during_a_sweep_loses_nothing(stage0
     db, arts, url = tmp_path / "server.db", tmp_path / "server_artifacts", f"http://127.0.0.1:{port}"
     server = {"proc": start_mlflow_server(db, port, arts)}
     out = tmp_path / "sweep"
-    cfg = sweep_cfg(stage0, out, "sweep.pack_size=2", "tracking.enabled=true", f"tracking.tracking_uri={url}",
+    cfg = sweep_cfg(stage0, out, "sweep.pack_size=4", "tracking.enabled=true", f"tracking.tracking_uri={url}",
                     "tracking.experiment=outage", tracking=False)
     results_file = out / "ist_sweep" / "results.jsonl"
     sweep_done, seen = threading.Event(), {}
@@ -308,7 +308,7 @@ def test_disk_filling_up_mid_sweep_is_a_clear_error_and_nothing_is_lost(stage0, 
         pytest.skip(f"needs permission to mount a small tmpfs: {mounted.stderr.decode().strip()}")
     try:
         out = disk / "run"
-        cfg = sweep_cfg(stage0, out, "sweep.pack_size=2", tracking=False)
+        cfg = sweep_cfg(stage0, out, "sweep.pack_size=4", tracking=False)
         sdir = out / "ist_sweep"
         filler, stop = disk / "filler", threading.Event()
 
