@@ -263,6 +263,9 @@ class SweepConfig:
 
     data_seeds: list[int] = field(default_factory=lambda: [42])
     lrs: list[float] = field(default_factory=lambda: [1e-5])
+    # IST jobs' learning rates when they should differ from PT's (z of d dims vs an L x H prompt);
+    # None: `lrs` for both
+    ist_lrs: list[float] | None = None
     # intrinsic dimension -> MSF checkpoint directory (IST sweeps)
     dims: dict[int, str] = field(default_factory=dict)
     settings: list[str] = field(default_factory=lambda: list(SETTINGS))
@@ -280,9 +283,12 @@ class SweepConfig:
             out.append(f"sweep.pack_size: must be > 0, got {self.pack_size}")
         if self.max_in_flight <= 0:
             out.append(f"sweep.max_in_flight: must be > 0, got {self.max_in_flight}")
-        for lr in self.lrs:
-            if lr <= 0:
-                out.append(f"sweep.lrs: every learning rate must be > 0, got {lr}")
+        for name, lrs in (("lrs", self.lrs), ("ist_lrs", self.ist_lrs or [])):
+            for lr in lrs:
+                if lr <= 0:
+                    out.append(f"sweep.{name}: every learning rate must be > 0, got {lr}")
+        if self.ist_lrs is not None and not self.ist_lrs:
+            out.append("sweep.ist_lrs: give at least one learning rate, or leave it unset to use sweep.lrs")
         for d in self.dims:
             if d <= 0:
                 out.append(f"sweep.dims: intrinsic dimension must be > 0, got {d}")

@@ -393,7 +393,7 @@ def _expand_ist(cfg: IPTConfig, train: list[str], unseen: list[str], decoders: d
             ist_ctx = {**_context(cfg, "ist"), "decoder": dec_id}
             jobs += [make_job(ist_ctx, role="ist", kind="ist", task=t, seen=t in train, data_seed=s,
                               setting=setting, lr=float(lr), grad_clip=cfg.ist.grad_clip, **common)
-                     for setting, t, s in grid for lr in sw.lrs]
+                     for setting, t, s in grid for lr in (sw.ist_lrs or sw.lrs)]
     pairs = sorted({(t, s) for _, t, s in grid})
     expected_ipt = len(pairs) * len(decoders) if sw.ipt_init_pt else 0
     if sw.ipt_init_pt:  # plain PT beside IPT-initialised PT: same lr, seeds and schedule

@@ -524,6 +524,18 @@ def test_job_ids_are_stable_and_content_derived(stage0, tmp_path):
         assert len({j.pack_key() for j in p}) == 1
 
 
+def test_ist_lrs_set_the_ist_grid_apart_from_pt(stage0, tmp_path):
+    from ipt_dist.distributed.sweep import plan_sweep
+
+    plan = plan_sweep(sweep_cfg(stage0, tmp_path, "sweep.ist_lrs=[0.5, 2.0]", tracking=False), "ist")
+    ist = [j for j in plan.jobs if j.role == "ist"]
+    assert {j.lr for j in ist} == {0.5, 2.0} and len(ist) == 2 * (9 + 9 + 6) // 3
+    pt = plan_sweep(sweep_cfg(stage0, tmp_path, "sweep.ist_lrs=[0.5]", tracking=False), "pt")
+    assert {j.lr for j in pt.jobs} == set(LRS)
+    with pytest.raises(ConfigError, match="sweep.ist_lrs: every learning rate must be > 0"):
+        sweep_cfg(stage0, tmp_path, "sweep.ist_lrs=[-1.0]", tracking=False)
+
+
 @pytest.mark.parametrize("extra, match", [
     (["data.tasks=[demo_sentiment, no_such_task]"], "no_such_task"),
     (["sweep.dims={4: CKPT, 8: /nonexistent/msf_d8}"], r"sweep.dims\[8\]: no MSF checkpoint"),
