@@ -308,7 +308,7 @@ def write_quality(out: Path, cfg: IPTConfig, baselines: dict, command: str, timi
             f"(the first is PT/MSF's; the others are the 'new data' of setting 4)",
             f"- PT {p.steps} steps x batch {p.batch_size}; MSF {cfg.msf.steps} steps x batch {cfg.msf.batch_size} "
             f"(alpha {cfg.msf.alpha}, lr {cfg.msf.lr}); IST {i.steps} steps x batch {i.batch_size}; "
-            f"lrs {cfg.sweep.lrs}; d in {dims}",
+            f"PT lrs {cfg.sweep.lrs}, IST lrs {cfg.sweep.ist_lrs or cfg.sweep.lrs}; PT init {p.init}; d in {dims}",
             "- paper (random split of 120 CrossFit tasks, BART-base): d=5 recovers 87% (seen tasks, new data) / "
             "65% (unseen); d=250: 97% / 83%", ""]
     text = "\n".join(head) + "\n" + body + "\nFull tables: `ist_sweep/summary.md`; plots: `report/report.md`.\n"
