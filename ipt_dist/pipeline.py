@@ -39,10 +39,13 @@ def quickstart_config(out: str | Path, *, config: str | Path | None = None, data
 
 def _msf_config(cfg: IPTConfig, d: int) -> IPTConfig:
     """Stage 1 for one intrinsic dimension: its own output dir, the shared prompts and MLflow store."""
+    from ipt_dist.tracking import resolve_tracking_uri
+
     out = Path(cfg.output_dir)
+    uri = resolve_tracking_uri(cfg) if cfg.tracking.enabled else cfg.tracking.tracking_uri
     return replace(cfg, output_dir=str(out / f"msf_d{d}"),
                    msf=replace(cfg.msf, d=d, prompts_dir=str(out / "prompts")),
-                   tracking=replace(cfg.tracking, run_name=f"msf-d{d}"))
+                   tracking=replace(cfg.tracking, run_name=f"msf-d{d}", tracking_uri=uri))
 
 
 def run_pipeline(cfg: IPTConfig, *, distributed_msf: bool = True) -> dict:
@@ -74,8 +77,17 @@ def run_pipeline(cfg: IPTConfig, *, distributed_msf: bool = True) -> dict:
             msf_runs.append(run_distributed_msf(cfg_d))
         else:
             from ipt_dist.stages.msf import run_msf
+            from ipt_dist.tracking import make_tracker
 
-            msf_runs.append(run_msf(cfg_d))
+            tracker = make_tracker(cfg_d, run_name=f"msf-d{d}",
+                                   tags={"stage": "msf", "d": d, "backbone": cfg.backbone.name_or_path})
+            status = "FAILED"
+            try:
+                summary = run_msf(cfg_d, tracker=tracker)
+                status = "FINISHED"
+            finally:
+                tracker.end(status)
+            msf_runs.append({**summary, "mlflow_run_id": tracker.run_id})
     cfg = replace(cfg, sweep=replace(cfg.sweep, dims={d: str(out / f"msf_d{d}" / "msf") for d in dims}))
     ist = run_sweep(cfg, "ist")
     report = make_report(out)

@@ -31,3 +31,15 @@ def test_tracking_uri_resolution(tmp_path, monkeypatch):
     assert resolve_tracking_uri(cfg) == "http://server:5000"
     cfg = load_config(None, [f"output_dir={tmp_path}", "tracking.tracking_uri=http://other:5000"])
     assert resolve_tracking_uri(cfg) == "http://other:5000"
+
+
+def test_pipeline_msf_runs_log_to_the_pipeline_store(tmp_path, monkeypatch):
+    """Each d's MSF has its own output dir but must log to the pipeline's MLflow store."""
+    from ipt_dist.pipeline import _msf_config
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = load_config(None, [f"output_dir={tmp_path}", "tracking.enabled=true"])
+    sub = _msf_config(cfg, 5)
+    assert sub.output_dir == str(tmp_path / "msf_d5") and sub.msf.d == 5
+    assert sub.tracking.tracking_uri == resolve_tracking_uri(cfg) == resolve_tracking_uri(sub)
+    assert sub.tracking.run_name == "msf-d5" and sub.msf.prompts_dir == str(tmp_path / "prompts")
