@@ -218,6 +218,16 @@ def test_killed_sweep_resumes_and_mlflow_catches_up(main_sweep):
         {r["job_id"]: 1 for r in recs}
     [rewritten] = [r for r in runs if r.data.tags.get("ipt.job_id") == victim]
     assert rewritten.data.tags["ipt.logged"] == "1" and "test" in rewritten.data.metrics
+    # The summary equals the uninterrupted sweep's (the re-run jobs are deterministic).
+    first, again = main_sweep["result"].summary, resumed.summary
+    assert [r["task"] for r in again.rows] == [r["task"] for r in first.rows]
+    for a, b in zip(again.rows + again.settings, first.rows + first.settings, strict=True):
+        assert a.keys() == b.keys()
+        for k, v in b.items():
+            if isinstance(v, float):
+                assert a[k] == pytest.approx(v, abs=1e-6, nan_ok=True), k
+            else:
+                assert a[k] == v, k
 
 
 @distributed
