@@ -768,6 +768,7 @@ def run_sweep(cfg: IPTConfig, stage: str = "ist", smoke_test: bool = False) -> S
     results_file = sdir / "results.jsonl"
     _repair_torn_line(results_file)
     done = {r["job_id"]: r for r in read_jsonl(results_file)}
+    _refuse_stale_results(plan, done, sdir)
     (sdir / "jobs.jsonl").write_text("".join(json.dumps(asdict(j)) + "\n" for j in plan.jobs))
     from ipt_dist.config import save_config
     from ipt_dist.distributed.sweep_tracking import make_sweep_tracker
@@ -828,6 +829,38 @@ def run_sweep(cfg: IPTConfig, stage: str = "ist", smoke_test: bool = False) -> S
     return SweepResult(stage=stage, sweep_dir=sdir, jobs_total=total, jobs_started=started,
                        jobs_skipped=progress.skipped, jobs_failed=len(failed), failed_job_ids=failed,
                        summary=summary, parent_run_id=tracker.parent_run_id)
+
+
+def _refuse_stale_results(plan: SweepPlan, done: dict, sdir: Path) -> None:
+    """Results this plan would not produce come from another configuration of the same sweep
+    directory: mixing them would mix two grids in the summary's inputs and in one MLflow parent run.
+    Growing a sweep (more lrs, seeds, tasks or dims) is fine: all earlier jobs are still planned.
+
+    Raises:
+        ConfigError: before any work, naming what changed and the fix; nothing is deleted.
+    """
+    planned = {j.job_id for j in plan.jobs}
+    stale = [r for r in done.values() if r["job_id"] not in planned and r.get("role") != "ipt_pt"]
+    if not stale:
+        return
+    changed = ""
+    old_cfg = sdir / "config.yaml"
+    if old_cfg.is_file():
+        from ipt_dist.config import flatten_config, load_config
+
+        try:
+            before, now = flatten_config(load_config(old_cfg)), flatten_config(plan.cfg)
+            diff = [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(before) | set(now))
+                    if before.get(k) != now.get(k) and k != "output_dir"]
+            if diff:
+                changed = " Changed since: " + "; ".join(diff[:8]) + (" ..." if len(diff) > 8 else "") + "."
+        except Exception:  # noqa: BLE001 - the diff is a hint only
+            pass
+    raise ConfigError(
+        f"{sdir / 'results.jsonl'} holds {len(stale)} results this configuration does not plan (e.g. "
+        f"{stale[0]['job_id']}, task {stale[0].get('task')}): they come from another configuration of this "
+        f"{plan.stage} sweep.{changed} Fix: run this configuration with another output_dir (--out), or move "
+        f"{sdir} away. Adding lrs, seeds, tasks or dims to a sweep is fine: its earlier results are reused")
 
 
 def _check_resources(ray, sw) -> None:

@@ -534,6 +534,27 @@ def test_job_ids_are_stable_and_content_derived(stage0, tmp_path):
         assert len({j.pack_key() for j in p}) == 1
 
 
+def test_results_of_another_configuration_in_the_sweep_dir_are_refused(stage0, tmp_path):
+    """Re-running a changed grid into the same directory would mix two grids (and two grids'
+    children under one MLflow parent): refused before any work, naming what changed."""
+    from ipt_dist.artifacts import append_jsonl
+    from ipt_dist.config import save_config
+    from ipt_dist.distributed.sweep import plan_sweep, run_sweep
+
+    old = sweep_cfg(stage0, tmp_path, tracking=False)
+    plan = plan_sweep(old, "ist")
+    save_config(plan.cfg, plan.sweep_dir / "config.yaml")
+    append_jsonl(plan.sweep_dir / "results.jsonl", {"job_id": plan.jobs[-1].job_id, "task": "demo_topic",
+                                                    "role": "ist"})
+    new = sweep_cfg(stage0, tmp_path, "ist.steps=12", tracking=False)
+    with pytest.raises(ConfigError) as err:
+        run_sweep(new, stage="ist")
+    msg = str(err.value)
+    assert "holds 1 results this configuration does not plan" in msg and plan.jobs[-1].job_id in msg
+    assert "ist.steps: 10 -> 12" in msg and "Fix: run this configuration with another output_dir" in msg
+    assert len((plan.sweep_dir / "results.jsonl").read_text().splitlines()) == 1  # nothing deleted
+
+
 def test_ist_lrs_set_the_ist_grid_apart_from_pt(stage0, tmp_path):
     from ipt_dist.distributed.sweep import plan_sweep
 
