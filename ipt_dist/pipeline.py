@@ -6,7 +6,9 @@
 Everything runs on one machine with no cluster and no server: a local Ray instance (or the
 cluster in $RAY_ADDRESS / distributed.ray_address), an embedded MLflow store at
 <out>/mlflow.db (or tracking.tracking_uri). Every stage is resumable: running the same
-command again skips what is done.
+command again skips what is done. A changed configuration run into the same --out is refused
+(sweeps and MSF compare what they were trained from and list the changed fields), so old
+results are never silently mixed with new ones.
 """
 
 from __future__ import annotations
@@ -39,13 +41,78 @@ def quickstart_config(out: str | Path, *, config: str | Path | None = None, data
 
 def _msf_config(cfg: IPTConfig, d: int) -> IPTConfig:
     """Stage 1 for one intrinsic dimension: its own output dir, the shared prompts and MLflow store."""
+    from ipt_dist.stages.common import data_dir
     from ipt_dist.tracking import resolve_tracking_uri
 
     out = Path(cfg.output_dir)
     uri = resolve_tracking_uri(cfg) if cfg.tracking.enabled else cfg.tracking.tracking_uri
-    return replace(cfg, output_dir=str(out / f"msf_d{d}"),
+    data = cfg.data
+    if not data.data_dir and data.format != "hf":  # the pipeline's demo tasks, not a copy per d
+        data = replace(data, data_dir=str(data_dir(cfg)))
+    return replace(cfg, output_dir=str(out / f"msf_d{d}"), data=data,
                    msf=replace(cfg.msf, d=d, prompts_dir=str(out / "prompts")),
                    tracking=replace(cfg.tracking, run_name=f"msf-d{d}", tracking_uri=uri))
+
+
+MSF_MARKER = "pipeline_msf.json"
+# What an MSF checkpoint depends on besides its stage-0 prompts (paths and logging left out).
+_MSF_KEYS = ("backbone.", "data.", "pt.prompt_len", "msf.", "seed")
+
+
+def _msf_inputs(cfg_d: IPTConfig) -> dict:
+    """The config fields and stage-0 prompt files (content hashes) the MSF of `cfg_d` is trained from."""
+    import hashlib
+
+    from ipt_dist.config import flatten_config
+
+    flat = {k: v for k, v in flatten_config(cfg_d).items()
+            if k.startswith(_MSF_KEYS) and k not in ("msf.prompts_dir", "data.split_file")}
+    from ipt_dist.artifacts import prompt_path
+    from ipt_dist.stages.common import resolve_tasks
+
+    for t in resolve_tasks(cfg_d).train:
+        f = prompt_path(cfg_d.msf.prompts_dir, t)
+        flat[f"prompt:{t}"] = hashlib.sha1(f.read_bytes()).hexdigest()[:16] if f.is_file() else None
+    return {k: flat[k] for k in sorted(flat)}
+
+
+def check_msf_reuse(cfg_d: IPTConfig, d: int) -> bool:
+    """True when MSF for `d` is already trained from these same inputs (the pipeline skips it).
+
+    Raises:
+        ConfigError: it was trained from other settings or other stage-0 prompts; reusing it
+            silently would hand the IST sweep the wrong decoder.
+    """
+    import json
+
+    from ipt_dist.config import ConfigError
+
+    out = Path(cfg_d.output_dir)
+    if not ((out / "msf" / "summary.json").is_file() or (out / "msf_dist" / "summary.json").is_file()):
+        return False
+    marker = out / MSF_MARKER
+    if not marker.is_file():
+        log.warning("pipeline: MSF d=%d in %s has no %s (trained before this check existed): reused as is",
+                    d, out, MSF_MARKER)
+        return True
+    before, now = json.loads(marker.read_text())["inputs"], _msf_inputs(cfg_d)
+    diff = [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(before) | set(now))
+            if before.get(k) != now.get(k)]
+    if diff:
+        raise ConfigError(f"{out}: MSF d={d} was trained from other inputs than this run's ("
+                          + "; ".join(diff[:8]) + (" ..." if len(diff) > 8 else "") + "). Fix: use another "
+                          f"--out for this configuration, or delete {out} to train it again")
+    log.info("pipeline: MSF d=%d already trained in %s", d, out)
+    return True
+
+
+def _mark_msf(cfg_d: IPTConfig) -> None:
+    import json
+
+    from ipt_dist.artifacts import atomic_write_bytes
+
+    atomic_write_bytes(Path(cfg_d.output_dir) / MSF_MARKER,
+                       json.dumps({"inputs": _msf_inputs(cfg_d)}, indent=1).encode())
 
 
 def run_pipeline(cfg: IPTConfig, *, distributed_msf: bool = True) -> dict:
@@ -67,14 +134,13 @@ def run_pipeline(cfg: IPTConfig, *, distributed_msf: bool = True) -> dict:
     msf_runs = []
     for d in dims:
         cfg_d = _msf_config(cfg, d)
-        if (Path(cfg_d.output_dir) / "msf" / "summary.json").is_file() or (
-                Path(cfg_d.output_dir) / "msf_dist" / "summary.json").is_file():
-            log.info("pipeline: MSF d=%d already trained in %s", d, cfg_d.output_dir)
+        if check_msf_reuse(cfg_d, d):
             continue
         if distributed_msf:
             from ipt_dist.distributed.msf import run_distributed_msf
 
             msf_runs.append(run_distributed_msf(cfg_d))
+            _mark_msf(cfg_d)
         else:
             from ipt_dist.stages.msf import run_msf
             from ipt_dist.tracking import make_tracker
@@ -88,6 +154,7 @@ def run_pipeline(cfg: IPTConfig, *, distributed_msf: bool = True) -> dict:
             finally:
                 tracker.end(status)
             msf_runs.append({**summary, "mlflow_run_id": tracker.run_id})
+            _mark_msf(cfg_d)
     cfg = replace(cfg, sweep=replace(cfg.sweep, dims={d: str(out / f"msf_d{d}" / "msf") for d in dims}))
     ist = run_sweep(cfg, "ist")
     report = make_report(out)

@@ -1,0 +1,37 @@
+"""The pipeline's reuse of a trained MSF: only when its inputs are unchanged (no Ray needed)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ipt_dist.artifacts import prompt_path, save_prompt
+from ipt_dist.config import ConfigError, load_config
+from ipt_dist.pipeline import _mark_msf, _msf_config, check_msf_reuse
+
+TASKS = ["demo_sentiment", "demo_topic"]
+
+
+def config(out, *extra):
+    return load_config(None, [f"output_dir={out}", f"data.tasks=[{', '.join(TASKS)}]",
+                              "data.unseen_tasks=[demo_parity]", "pt.prompt_len=4", *extra])
+
+
+def test_trained_msf_is_reused_only_for_the_same_inputs(tmp_path):
+    for i, t in enumerate(TASKS):
+        save_prompt(prompt_path(tmp_path / "prompts", t), torch.full((4, 8), float(i)), backbone="x")
+    cfg_d = _msf_config(config(tmp_path), 4)
+    assert cfg_d.data.data_dir == str(tmp_path / "demo_data")  # one copy of the demo tasks, shared
+    assert check_msf_reuse(cfg_d, 4) is False  # nothing trained yet
+    (tmp_path / "msf_d4" / "msf").mkdir(parents=True)
+    (tmp_path / "msf_d4" / "msf" / "summary.json").write_text("{}")
+    _mark_msf(cfg_d)
+    assert check_msf_reuse(cfg_d, 4) is True
+    assert check_msf_reuse(_msf_config(config(tmp_path, "ist.steps=7", "sweep.lrs=[0.5]", "tracking.enabled=false"), 4), 4)
+
+    with pytest.raises(ConfigError) as err:
+        check_msf_reuse(_msf_config(config(tmp_path, "msf.steps=7"), 4), 4)
+    assert "msf.steps: 10000 -> 7" in str(err.value) and "Fix: use another --out" in str(err.value)
+    save_prompt(prompt_path(tmp_path / "prompts", "demo_topic"), torch.zeros(4, 8), backbone="x")
+    with pytest.raises(ConfigError, match="prompt:demo_topic"):
+        check_msf_reuse(cfg_d, 4)
