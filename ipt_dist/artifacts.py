@@ -32,12 +32,8 @@ def ensure_writable_dir(path: str | Path, field: str = "output_dir") -> Path:
     """
     p = Path(path).expanduser()
     try:
-        p.mkdir(parents=True, exist_ok=True)
         probe = p / f".write_probe_{os.getpid()}"
-        with open(probe, "wb") as f:
-            f.write(b"ok")
-            f.flush()
-            os.fsync(f.fileno())
+        _write_synced(probe, b"ok", "wb")
         probe.unlink()
     except OSError as exc:
         raise ArtifactError(f"{field}: cannot write to {p} ({exc.strerror or exc}). "
@@ -58,6 +54,15 @@ def write_error(path: Path, exc: OSError) -> ArtifactError:
                          "system, then run the same command again: finished work is skipped")
 
 
+def _write_synced(path: Path, data: bytes, mode: str) -> None:
+    """Write (mode "wb") or append ("ab") `data` and fsync it; the parent directory is created."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, mode) as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temp file, fsync, rename: `path` is either the old or the complete new file.
 
@@ -66,11 +71,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """
     tmp = path.with_name(path.name + ".tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        _write_synced(tmp, data, "wb")
         tmp.replace(path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
@@ -226,11 +227,7 @@ def append_jsonl(path: str | Path, record: dict) -> None:
     line = (json.dumps(_clean(record)) + "\n").encode()
     size = path.stat().st_size if path.is_file() else 0
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "ab") as f:
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
+        _write_synced(path, line, "ab")
     except OSError as exc:
         try:  # no half line left behind: the file keeps exactly its complete records
             os.truncate(path, size)

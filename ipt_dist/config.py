@@ -509,6 +509,13 @@ def save_config(cfg: IPTConfig, path: str | os.PathLike) -> None:
     Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
 
+def describe_changes(before: dict[str, Any], now: dict[str, Any], limit: int = 8) -> str:
+    """"key: old -> new; ..." for the keys whose values differ (at most `limit`), "" when none."""
+    diff = [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(before) | set(now))
+            if before.get(k) != now.get(k)]
+    return "; ".join(diff[:limit]) + (" ..." if len(diff) > limit else "")
+
+
 def flatten_config(cfg: IPTConfig | dict, prefix: str = "") -> dict[str, Any]:
     """{"pt.lr": 1e-4, ...}: the view logged as MLflow params."""
     data = config_to_dict(cfg) if isinstance(cfg, IPTConfig) else cfg

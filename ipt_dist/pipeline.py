@@ -63,13 +63,12 @@ def _msf_inputs(cfg_d: IPTConfig) -> dict:
     """The config fields and stage-0 prompt files (content hashes) the MSF of `cfg_d` is trained from."""
     import hashlib
 
+    from ipt_dist.artifacts import prompt_path
     from ipt_dist.config import flatten_config
+    from ipt_dist.stages.common import resolve_tasks
 
     flat = {k: v for k, v in flatten_config(cfg_d).items()
             if k.startswith(_MSF_KEYS) and k not in ("msf.prompts_dir", "data.split_file")}
-    from ipt_dist.artifacts import prompt_path
-    from ipt_dist.stages.common import resolve_tasks
-
     for t in resolve_tasks(cfg_d).train:
         f = prompt_path(cfg_d.msf.prompts_dir, t)
         flat[f"prompt:{t}"] = hashlib.sha1(f.read_bytes()).hexdigest()[:16] if f.is_file() else None
@@ -85,7 +84,7 @@ def check_msf_reuse(cfg_d: IPTConfig, d: int) -> bool:
     """
     import json
 
-    from ipt_dist.config import ConfigError
+    from ipt_dist.config import ConfigError, describe_changes
 
     out = Path(cfg_d.output_dir)
     if not ((out / "msf" / "summary.json").is_file() or (out / "msf_dist" / "summary.json").is_file()):
@@ -95,13 +94,10 @@ def check_msf_reuse(cfg_d: IPTConfig, d: int) -> bool:
         log.warning("pipeline: MSF d=%d in %s has no %s (trained before this check existed): reused as is",
                     d, out, MSF_MARKER)
         return True
-    before, now = json.loads(marker.read_text())["inputs"], _msf_inputs(cfg_d)
-    diff = [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(before) | set(now))
-            if before.get(k) != now.get(k)]
+    diff = describe_changes(json.loads(marker.read_text())["inputs"], _msf_inputs(cfg_d))
     if diff:
-        raise ConfigError(f"{out}: MSF d={d} was trained from other inputs than this run's ("
-                          + "; ".join(diff[:8]) + (" ..." if len(diff) > 8 else "") + "). Fix: use another "
-                          f"--out for this configuration, or delete {out} to train it again")
+        raise ConfigError(f"{out}: MSF d={d} was trained from other inputs than this run's ({diff}). Fix: use "
+                          f"another --out for this configuration, or delete {out} to train it again")
     log.info("pipeline: MSF d=%d already trained in %s", d, out)
     return True
 

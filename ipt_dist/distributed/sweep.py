@@ -846,14 +846,15 @@ def _refuse_stale_results(plan: SweepPlan, done: dict, sdir: Path) -> None:
     changed = ""
     old_cfg = sdir / "config.yaml"
     if old_cfg.is_file():
-        from ipt_dist.config import flatten_config, load_config
+        from ipt_dist.config import describe_changes, flatten_config, load_config
 
         try:
             before, now = flatten_config(load_config(old_cfg)), flatten_config(plan.cfg)
-            diff = [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(before) | set(now))
-                    if before.get(k) != now.get(k) and k != "output_dir"]
+            before.pop("output_dir", None)
+            now.pop("output_dir", None)
+            diff = describe_changes(before, now)
             if diff:
-                changed = " Changed since: " + "; ".join(diff[:8]) + (" ..." if len(diff) > 8 else "") + "."
+                changed = f" Changed since: {diff}."
         except Exception:  # noqa: BLE001 - the diff is a hint only
             pass
     raise ConfigError(
