@@ -27,6 +27,7 @@ import signal
 import threading
 import time
 from collections import defaultdict, deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,7 @@ __all__ = [
     "SweepResult",
     "expand_ipt_pt_jobs",
     "group_packs",
+    "pack_cost",
     "plan_sweep",
     "prepare_config",
     "prepare_smoke",
@@ -159,6 +161,9 @@ class SweepResult:
     failed_job_ids: list[str]
     summary: Summary | None  # None only when writing it failed (e.g. disk full)
     parent_run_id: str | None = None
+    # driver wall seconds: "prepare" (plan, checks, MLflow start and catch-up, Ray start), "packs" (fan-out),
+    # "finish" (summary, MLflow parent), "total"
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------- config + planning
@@ -449,16 +454,51 @@ def expand_ipt_pt_jobs(plan: SweepPlan, records: list[dict]) -> list[JobSpec]:
     return jobs
 
 
-def group_packs(jobs: list[JobSpec], pack_size: int) -> list[list[JobSpec]]:
-    """Split jobs into packs of at most `pack_size` that share `pack_key` (deterministic order)."""
+def group_packs(jobs: list[JobSpec], pack_size: int, slots: int = 1,
+                cost: Callable[[list[JobSpec]], float] | None = None) -> list[list[JobSpec]]:
+    """Split jobs into packs of at most `pack_size` that share `pack_key`, in submission order.
+
+    - Balanced: a group of n jobs becomes ceil(n / pack_size) packs of near-equal size (40 jobs at
+      pack_size 32: 20 + 20, not 32 + 8, whose short pack would leave a slot idle at the end).
+    - Slots filled: while there are fewer packs than `slots` (task slots the cluster runs at once),
+      the largest pack is halved, so no slot idles while one pack holds many jobs.
+    - Longest first: ordered by `cost` (default: pack size), largest first, so the short packs
+      fill the gaps at the end (LPT scheduling). Deterministic for equal inputs.
+    """
+    if pack_size < 1:
+        raise ValueError(f"pack_size must be >= 1, got {pack_size}")
     by_key: dict[tuple, list[JobSpec]] = defaultdict(list)
     for j in jobs:
         by_key[j.pack_key()].append(j)
-    packs = []
+    packs: list[list[JobSpec]] = []
     for key in sorted(by_key, key=str):
         group = sorted(by_key[key], key=lambda j: (j.task, j.data_seed, j.lr or 0.0, j.job_id))
-        packs += [group[i : i + pack_size] for i in range(0, len(group), pack_size)]
-    return packs
+        packs += _split_even(group, -(-len(group) // pack_size))
+    while len(packs) < slots:
+        big = max(range(len(packs)), key=lambda i: len(packs[i]), default=None)
+        if big is None or len(packs[big]) < 2:
+            break
+        packs[big:big + 1] = _split_even(packs[big], 2)
+    cost = cost or len
+    order = sorted(range(len(packs)), key=lambda i: (-cost(packs[i]), i))
+    return [packs[i] for i in order]
+
+
+def _split_even(group: list[JobSpec], n: int) -> list[list[JobSpec]]:
+    """`group` in n contiguous parts whose sizes differ by at most one."""
+    q, r = divmod(len(group), n)
+    out, i = [], 0
+    for k in range(n):
+        size = q + (k < r)
+        out.append(group[i : i + size])
+        i += size
+    return out
+
+
+def pack_cost(cfg: IPTConfig) -> Callable[[list[JobSpec]], float]:
+    """Relative cost of a pack for ordering: jobs x (training steps + 1); settings 1-2 only evaluate."""
+    steps = {"ist": cfg.ist.steps, "pt": cfg.pt.steps, "msf_eval": 0}
+    return lambda pack: len(pack) * (steps.get(pack[0].kind, 0) + 1)
 
 
 # ----------------------------------------------------------------------------- worker side
@@ -495,6 +535,8 @@ def run_pack(cfg_dict: dict, jobs: list[dict], shared: dict | None = None,
              inits: dict[str, torch.Tensor] | None = None, crash: str | None = None) -> list[dict]:
     """Run one pack (a Ray task body; also callable in-process). Returns per job
     `{"record": dict, "param": tensor, "param_name": "z" | "prompt"}`; writes nothing.
+    Each record's `worker_seconds` is its share of the whole task (backbone load, tokenisation,
+    training, evaluation); `seconds` its share of training and evaluation alone.
 
     Args:
         cfg_dict: `config_to_dict` of the resolved config (rebuilt here, no module globals).
@@ -503,6 +545,16 @@ def run_pack(cfg_dict: dict, jobs: list[dict], shared: dict | None = None,
             {"meta", "autoencoder", "prompts"} for settings 1-2.
         inits: job_id -> initial prompt (L, H) for IPT-initialised PT jobs.
     """
+    t0 = time.perf_counter()
+    outs = _run_pack(cfg_dict, jobs, shared, inits, crash)
+    share = (time.perf_counter() - t0) / max(1, len(outs))
+    for out in outs:
+        out["record"]["worker_seconds"] = share
+    return outs
+
+
+def _run_pack(cfg_dict: dict, jobs: list[dict], shared: dict | None, inits: dict[str, torch.Tensor] | None,
+              crash: str | None) -> list[dict]:
     from ipt_dist.stages.common import load_tokenized, pick_device
 
     specs = [JobSpec(**j) for j in jobs]
@@ -760,6 +812,8 @@ def run_sweep(cfg: IPTConfig, stage: str = "ist", smoke_test: bool = False) -> S
     """
     if smoke_test:
         cfg = prepare_smoke(cfg, stage)
+    t_start = time.perf_counter()
+    timings = {"prepare": 0.0, "packs": 0.0, "finish": 0.0}
     plan = plan_sweep(cfg, stage)
     cfg = plan.cfg
     sdir = ensure_writable_dir(plan.sweep_dir)
@@ -787,6 +841,7 @@ def run_sweep(cfg: IPTConfig, stage: str = "ist", smoke_test: bool = False) -> S
     started = 0
     status = "FAILED"
     ray = None
+    timings["prepare"] = time.perf_counter() - t_start
     try:
         for phase in (1, 2):
             if phase == 2:  # IPT-initialised PT starts from Dec(z*): it needs the IST results
@@ -802,12 +857,17 @@ def run_sweep(cfg: IPTConfig, stage: str = "ist", smoke_test: bool = False) -> S
                 progress.total = len(plan.jobs) + len(extra)
                 progress.skipped += len(extra) - len(todo)
             if todo:
-                ray = ray or _init_ray(cfg)
+                if ray is None:
+                    t_ray = time.perf_counter()
+                    ray = _init_ray(cfg)
+                    timings["prepare"] += time.perf_counter() - t_ray
                 log.info("%s sweep: %d jobs to run in %s (%d already done); pack_size %d, max_in_flight %d",
                          stage, len(todo), sdir, progress.skipped + progress.done, cfg.sweep.pack_size,
                          cfg.sweep.max_in_flight)
                 started += len(todo)
+                t_packs = time.perf_counter()
                 _fan_out(plan, ray, todo, done, results_file, tracker, progress, failed, pt_scores)
+                timings["packs"] += time.perf_counter() - t_packs
         total = progress.total
         status = "FINISHED" if not failed else "FAILED"
     except (KeyboardInterrupt, SystemExit):
@@ -815,6 +875,7 @@ def run_sweep(cfg: IPTConfig, stage: str = "ist", smoke_test: bool = False) -> S
         log.warning("%s sweep interrupted: in-flight packs cancelled; re-submit to resume", stage)
         raise
     finally:
+        t_finish = time.perf_counter()
         records = list(done.values())
         try:
             summary = _write_summary(plan, records, pt_records)
@@ -824,11 +885,16 @@ def run_sweep(cfg: IPTConfig, stage: str = "ist", smoke_test: bool = False) -> S
         counts = {"jobs_total": total, "jobs_done": progress.skipped + progress.done, "jobs_failed": len(failed),
                   "jobs_started": started}
         tracker.finish(status, summary, sdir, counts)
+        timings["finish"] = time.perf_counter() - t_finish
+        timings["total"] = time.perf_counter() - t_start
     if not started:
         progress.report(0)
+    log.info("%s sweep: %d jobs run in %s (prepare %s, packs %s, summary and tracking %s)", stage, started,
+             _fmt_secs(timings["total"]), _fmt_secs(timings["prepare"]), _fmt_secs(timings["packs"]),
+             _fmt_secs(timings["finish"]))
     return SweepResult(stage=stage, sweep_dir=sdir, jobs_total=total, jobs_started=started,
                        jobs_skipped=progress.skipped, jobs_failed=len(failed), failed_job_ids=failed,
-                       summary=summary, parent_run_id=tracker.parent_run_id)
+                       summary=summary, parent_run_id=tracker.parent_run_id, timings=timings)
 
 
 def _refuse_stale_results(plan: SweepPlan, done: dict, sdir: Path) -> None:
@@ -874,6 +940,21 @@ def _check_resources(ray, sw) -> None:
                               f"{name}s (nodes have {have}). Fix: lower sweep.num_{name.lower()}s or add nodes")
 
 
+def _task_slots(ray, sw) -> int:
+    """Packs the cluster runs at once: max_in_flight, capped by its CPUs / GPUs per task."""
+    res = ray.cluster_resources()
+    n = sw.max_in_flight
+    for name, need in (("CPU", sw.num_cpus), ("GPU", sw.num_gpus)):
+        if need > 0:
+            n = min(n, int(res.get(name, 0) // need))
+    return max(1, n)
+
+
+def _sizes(packs) -> str:
+    sizes = sorted((len(p) for p in packs), reverse=True)
+    return ", ".join(map(str, sizes[:8])) + (f", ... ({len(sizes)} packs)" if len(sizes) > 8 else "")
+
+
 def _repair_torn_line(path: Path) -> None:
     """A driver killed mid-append leaves a last line without newline: end it so the next
     append starts a fresh line (read_jsonl skips the torn one; that job simply runs again)."""
@@ -891,9 +972,11 @@ def _fan_out(plan: SweepPlan, ray, todo: list[JobSpec], done: dict, results_file
     _check_resources(ray, sw)
     crash = os.environ.get(CRASH_ENV)
     fan = _Fanout(plan, ray, crash)
-    pending = deque(group_packs(todo, sw.pack_size))
+    slots = _task_slots(ray, sw)
+    pending = deque(group_packs(todo, sw.pack_size, slots, pack_cost(plan.cfg)))
     in_flight: dict[Any, list[JobSpec]] = {}
-    log.info("%s sweep: %d packs", plan.stage, len(pending))
+    log.info("%s sweep: %d packs (sizes %s) on %d task slots", plan.stage, len(pending),
+             _sizes(pending), slots)
     last_report = time.time()
     try:
         while pending or in_flight:
