@@ -17,9 +17,15 @@ import argparse
 import json
 import platform
 import resource
+import sys
 import time
+from pathlib import Path
 
 import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run from a checkout without installing (e.g. on a GPU box)
+    sys.path.insert(0, str(ROOT))
 
 from ipt_dist.config import BackboneConfig
 from ipt_dist.modeling.autoencoder import PromptAutoencoder

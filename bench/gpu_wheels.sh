@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Fill .whl/ (git-ignored) with what bench/msf_throughput.py needs on a GPU box that has torch and
+# transformers but no DeepSpeed and no network (Python 3.12 there): DeepSpeed built without ops
+# (a pure-Python wheel; its ops JIT-build when used) and its missing pure-Python dependencies.
+# Run here, in the repo root, with the project's venv active (building the DeepSpeed wheel imports torch):
+#     bash bench/gpu_wheels.sh
+# then carry .whl to the GPU box; bench/gpu_suite.sh installs it into /tmp/site there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mkdir -p .whl
+DS_VERSION=$(python -c "import deepspeed; print(deepspeed.__version__)")
+plat=(--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64)
+python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp "${plat[@]}" \
+  -d .whl hjson pydantic pydantic-core annotated-types typing-inspection typing-extensions
+tmp=$(mktemp -d)
+python -m pip download -q --no-deps --no-binary=:all: "deepspeed==${DS_VERSION}" -d "$tmp"
+DS_BUILD_OPS=0 python -m pip wheel -q --no-deps --no-build-isolation "$tmp"/deepspeed-*.tar.gz -w .whl
+rm -rf "$tmp"
+ls -la .whl
+du -sh .whl
