@@ -24,6 +24,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import threading
 import time
 from collections import defaultdict, deque
@@ -67,6 +68,7 @@ __all__ = [
     "expand_ipt_pt_jobs",
     "group_packs",
     "pack_cost",
+    "PackRunner",
     "plan_sweep",
     "prepare_config",
     "prepare_smoke",
@@ -536,7 +538,8 @@ def run_pack(cfg_dict: dict, jobs: list[dict], shared: dict | None = None,
     """Run one pack (a Ray task body; also callable in-process). Returns per job
     `{"record": dict, "param": tensor, "param_name": "z" | "prompt"}`; writes nothing.
     Each record's `worker_seconds` is its share of the whole task (backbone load, tokenisation,
-    training, evaluation); `seconds` its share of training and evaluation alone.
+    training, evaluation), `seconds` its share of training and evaluation alone, `worker` the
+    host:pid that ran it.
 
     Args:
         cfg_dict: `config_to_dict` of the resolved config (rebuilt here, no module globals).
@@ -548,8 +551,9 @@ def run_pack(cfg_dict: dict, jobs: list[dict], shared: dict | None = None,
     t0 = time.perf_counter()
     outs = _run_pack(cfg_dict, jobs, shared, inits, crash)
     share = (time.perf_counter() - t0) / max(1, len(outs))
+    worker = f"{socket.gethostname()}:{os.getpid()}"
     for out in outs:
-        out["record"]["worker_seconds"] = share
+        out["record"].update(worker_seconds=share, worker=worker)
     return outs
 
 
@@ -741,18 +745,78 @@ def _init_ray(cfg: IPTConfig):
     return ray
 
 
-class _Fanout:
-    """Bounded in-flight Ray tasks over packs; puts each frozen model part once."""
+class PackRunner:
+    """Body of the Ray actors that run a GPU sweep's packs: one per task slot, each holding its
+    GPU(s) and its cached backbone for the whole fan-out, so a pack pays no process start, CUDA
+    initialisation or backbone load. (Ray tasks cannot do this on GPUs: a reused task worker keeps
+    the CUDA device it first initialised whatever GPU Ray assigns its next task, so Ray gives GPU
+    functions a fresh process per call.)"""
 
-    def __init__(self, plan: SweepPlan, ray, crash: str | None) -> None:
-        self.plan, self.ray, self.crash = plan, ray, crash
+    def run(self, cfg_dict: dict, jobs: list[dict], shared: dict | None = None,
+            inits: dict[str, torch.Tensor] | None = None, crash: str | None = None) -> list[dict]:
+        return run_pack(cfg_dict, jobs, shared, inits, crash)
+
+
+class _Fanout:
+    """Packs onto Ray: plain tasks on CPUs (workers are reused and keep their backbone cached),
+    a pool of `slots` `PackRunner` actors on GPUs. Puts each frozen model part once."""
+
+    def __init__(self, plan: SweepPlan, ray, crash: str | None, slots: int) -> None:
+        self.plan, self.ray, self.crash, self.slots = plan, ray, crash, slots
         sw = plan.cfg.sweep
-        self.remote = ray.remote(run_pack).options(num_cpus=sw.num_cpus, num_gpus=sw.num_gpus,
-                                                   max_retries=sw.max_retries, retry_exceptions=False)
+        self.use_actors = sw.num_gpus > 0
+        if self.use_actors:  # a dead actor is restarted (no limit) and its pack retried up to max_retries times
+            self.actor_cls = ray.remote(PackRunner).options(num_cpus=sw.num_cpus, num_gpus=sw.num_gpus,
+                                                            max_restarts=-1, max_task_retries=sw.max_retries)
+            self.idle: deque = deque()
+            self.busy: dict[Any, Any] = {}  # ObjectRef -> actor
+            self.n_actors = 0
+        else:
+            self.remote = ray.remote(run_pack).options(num_cpus=sw.num_cpus, num_gpus=0,
+                                                       max_retries=sw.max_retries, retry_exceptions=False)
         self.cfg_dict = config_to_dict(plan.cfg)
         self.cfg_ref = ray.put(self.cfg_dict)
         self.refs: dict[tuple, Any] = {}  # (what, d) -> ObjectRef, each put once
         self._autoencoders: dict[int, Any] = {}
+
+    def can_submit(self) -> bool:
+        return not self.use_actors or bool(self.idle) or self.n_actors < self.slots
+
+    def submit(self, pack: list[JobSpec]):
+        args = (self.cfg_ref, [asdict(j) for j in pack], self.shared_ref(pack[0]), self.inits(pack), self.crash)
+        if not self.use_actors:
+            return self.remote.remote(*args)
+        if self.idle:
+            actor = self.idle.popleft()
+        else:
+            actor = self.actor_cls.remote()
+            self.n_actors += 1
+        ref = actor.run.remote(*args)
+        self.busy[ref] = actor
+        return ref
+
+    def done(self, ref, exc: Exception | None = None) -> None:
+        """A pack finished (or failed): its actor takes the next one, unless it died for good."""
+        if not self.use_actors:
+            return
+        actor = self.busy.pop(ref)
+        if isinstance(exc, self.ray.exceptions.RayActorError):
+            self.ray.kill(actor, no_restart=True)
+            self.n_actors -= 1  # the next submit starts a fresh one
+        else:
+            self.idle.append(actor)
+
+    def close(self, cancel: list | None = None) -> None:
+        """Cancel what is in flight and release the actors (and their GPUs)."""
+        if not self.use_actors:
+            for ref in cancel or []:
+                self.ray.cancel(ref, force=True)
+            return
+        for actor in [*self.idle, *self.busy.values()]:
+            self.ray.kill(actor, no_restart=True)
+        self.idle.clear()
+        self.busy.clear()
+        self.n_actors = 0
 
     def autoencoder(self, d: int):
         if d not in self._autoencoders:
@@ -795,10 +859,6 @@ class _Fanout:
                 with torch.no_grad():
                     out[j.job_id] = self.autoencoder(j.d).decoder(z.view(1, -1).float())[0]  # (L, H)
         return out or None
-
-    def submit(self, pack: list[JobSpec]):
-        return self.remote.remote(self.cfg_ref, [asdict(j) for j in pack], self.shared_ref(pack[0]),
-                                  self.inits(pack), self.crash)
 
 
 def run_sweep(cfg: IPTConfig, stage: str = "ist", smoke_test: bool = False) -> SweepResult:
@@ -971,8 +1031,8 @@ def _fan_out(plan: SweepPlan, ray, todo: list[JobSpec], done: dict, results_file
     sw = plan.cfg.sweep
     _check_resources(ray, sw)
     crash = os.environ.get(CRASH_ENV)
-    fan = _Fanout(plan, ray, crash)
     slots = _task_slots(ray, sw)
+    fan = _Fanout(plan, ray, crash, slots)
     pending = deque(group_packs(todo, sw.pack_size, slots, pack_cost(plan.cfg)))
     in_flight: dict[Any, list[JobSpec]] = {}
     log.info("%s sweep: %d packs (sizes %s) on %d task slots", plan.stage, len(pending),
@@ -980,7 +1040,7 @@ def _fan_out(plan: SweepPlan, ray, todo: list[JobSpec], done: dict, results_file
     last_report = time.time()
     try:
         while pending or in_flight:
-            while pending and len(in_flight) < sw.max_in_flight:
+            while pending and len(in_flight) < sw.max_in_flight and fan.can_submit():
                 pack = pending.popleft()
                 in_flight[fan.submit(pack)] = pack
             if time.time() - last_report > 60:  # heartbeat while nothing finishes
@@ -992,8 +1052,10 @@ def _fan_out(plan: SweepPlan, ray, todo: list[JobSpec], done: dict, results_file
                 try:
                     outs = ray.get(ref)
                 except Exception as exc:  # noqa: BLE001 - a failed pack must not stop the sweep
+                    fan.done(ref, exc)
                     _record_failure(plan, pack, exc, failed, progress)
                     continue
+                fan.done(ref)
                 for out in outs:
                     _store(plan, out, done, results_file, tracker, pt_scores)
                 progress.done += len(outs)
@@ -1004,9 +1066,9 @@ def _fan_out(plan: SweepPlan, ray, todo: list[JobSpec], done: dict, results_file
                 progress.report(len(in_flight) + min(len(pending), sw.max_in_flight - len(in_flight)))
                 last_report = time.time()
     except BaseException:
-        for ref in in_flight:  # do not leave orphaned work behind on Ctrl-C or a driver error
-            ray.cancel(ref, force=True)
+        fan.close(cancel=list(in_flight))  # do not leave orphaned work behind on Ctrl-C or a driver error
         raise
+    fan.close()
 
 
 def _record_failure(plan: SweepPlan, pack: list[JobSpec], exc: Exception, failed: list[str],

@@ -557,6 +557,55 @@ def test_packs_are_balanced_fill_the_slots_and_go_longest_first():
     assert group_packs(ist, 32) == group_packs(list(reversed(ist)), 32)  # deterministic
 
 
+GPU_SWEEP = """
+import sys, ray
+from ipt_dist.config import load_config
+from ipt_dist.distributed.sweep import run_sweep
+ray.init(address="local", num_cpus=2, num_gpus=2, _temp_dir=sys.argv[2], include_dashboard=False,
+         log_to_driver=False)  # its own Ray, with two declared (fake) GPUs
+res = run_sweep(load_config(sys.argv[1]), stage="ist")
+print("RESULT", res.jobs_started, res.jobs_failed)
+"""
+
+
+@distributed
+@slow
+def test_gpu_sweep_runs_packs_on_a_pool_of_actors_that_survives_a_dead_worker(main_sweep, stage0, tmp_path):
+    """GPU packs run on one long-lived actor per slot (no process start or backbone load per pack;
+    a reused task worker would keep its first CUDA device). Killed on its first pack, the actor is
+    restarted and the pack retried; the results equal the CPU-task sweep's."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    from ipt_dist.config import save_config
+    from ipt_dist.distributed.sweep import CRASH_ENV
+
+    cfg = sweep_cfg(stage0, tmp_path, "sweep.pack_size=1", "sweep.lrs=[0.3]", "sweep.num_gpus=1",
+                    "sweep.settings=[ist_seen_same, ist_unseen]", tracking=False)
+    save_config(cfg, tmp_path / "gpu.yaml")
+    marker = tmp_path / "crashed.marker"
+    tmp = tempfile.mkdtemp(prefix="rg")  # short: Ray's socket paths live under it
+    try:
+        r = subprocess.run([sys.executable, "-c", GPU_SWEEP, str(tmp_path / "gpu.yaml"), tmp], capture_output=True,
+                           text=True, timeout=600, cwd=ROOT,
+                           env={**os.environ, CRASH_ENV: f"demo_topic:{marker}"})
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "RESULT 5 0" in r.stdout, r.stdout[-2000:]
+    assert marker.is_file(), "the crash hook never fired: the restart path was not exercised"
+    recs = results(tmp_path / "ist_sweep")
+    workers = {rec["worker"] for rec in recs}
+    # 5 packs of one job on two long-lived actors (+1: the killed one's restart); fresh processes would be 5+
+    assert len(recs) == 5 and len(workers) <= 3, workers
+    packed = {rec["job_id"]: rec for rec in results(main_sweep["result"].sweep_dir)}
+    for rec in recs:
+        assert rec["test"] == pytest.approx(packed[rec["job_id"]]["test"])
+        assert rec["best_dev"] == pytest.approx(packed[rec["job_id"]]["best_dev"], abs=1e-6)
+
+
 def test_results_of_another_configuration_in_the_sweep_dir_are_refused(stage0, tmp_path):
     """Re-running a changed grid into the same directory would mix two grids (and two grids'
     children under one MLflow parent): refused before any work, naming what changed."""
