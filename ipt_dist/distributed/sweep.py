@@ -1038,32 +1038,39 @@ def _fan_out(plan: SweepPlan, ray, todo: list[JobSpec], done: dict, results_file
     log.info("%s sweep: %d packs (sizes %s) on %d task slots", plan.stage, len(pending),
              _sizes(pending), slots)
     last_report = time.time()
+
+    def refill() -> None:
+        while pending and len(in_flight) < sw.max_in_flight and fan.can_submit():
+            pack = pending.popleft()
+            in_flight[fan.submit(pack)] = pack
+
     try:
-        while pending or in_flight:
-            while pending and len(in_flight) < sw.max_in_flight and fan.can_submit():
-                pack = pending.popleft()
-                in_flight[fan.submit(pack)] = pack
+        refill()
+        while in_flight:
             if time.time() - last_report > 60:  # heartbeat while nothing finishes
                 progress.report(len(in_flight))
                 last_report = time.time()
             ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=30.0)
+            finished = []
             for ref in ready:
-                pack = in_flight.pop(ref)
                 try:
-                    outs = ray.get(ref)
-                except Exception as exc:  # noqa: BLE001 - a failed pack must not stop the sweep
-                    fan.done(ref, exc)
+                    outs, exc = ray.get(ref), None
+                except Exception as err:  # noqa: BLE001 - a failed pack must not stop the sweep
+                    outs, exc = None, err
+                fan.done(ref, exc)
+                finished.append((in_flight.pop(ref), outs, exc))
+            refill()  # first: a freed slot must not wait for the driver's bookkeeping (files, MLflow)
+            for pack, outs, exc in finished:
+                if exc is not None:
                     _record_failure(plan, pack, exc, failed, progress)
                     continue
-                fan.done(ref)
                 for out in outs:
                     _store(plan, out, done, results_file, tracker, pt_scores)
                 progress.done += len(outs)
             if ready:
                 tracker.retry_pending()
                 tracker.log_progress(progress.skipped + progress.done, progress.failed, progress.total)
-                # packs about to start count as running: the loop refills before it waits again
-                progress.report(len(in_flight) + min(len(pending), sw.max_in_flight - len(in_flight)))
+                progress.report(len(in_flight))
                 last_report = time.time()
     except BaseException:
         fan.close(cancel=list(in_flight))  # do not leave orphaned work behind on Ctrl-C or a driver error
