@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .whl
-DS_VERSION=$(python -c "import deepspeed; print(deepspeed.__version__)")
+DS_VERSION=$(python -c "from importlib.metadata import version; print(version('deepspeed'))")
 plat=(--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64)
 python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp "${plat[@]}" \
   -d .whl hjson pydantic pydantic-core annotated-types typing-inspection typing-extensions
