@@ -77,7 +77,7 @@ def main() -> None:
                      "driver_share": driver / budget, "worker_share": (worker - compute) / budget,
                      "ray_idle_share": max(0.0, budget - driver - worker) / budget,
                      "overhead_per_job_slot_s": max(0.0, budget - compute) / res.jobs_total,
-                     "timings": res.timings})
+                     "worker_busy_s": _busy_per_worker(recs), "timings": res.timings})
         print(json.dumps(rows[-1]), flush=True)
         ray.shutdown()
     base_rate = rows[0]["jobs_per_hour"]
@@ -89,6 +89,15 @@ def main() -> None:
               f"{r['jobs_per_hour'] / base_rate:.1f}x | {r['train_pack_s']:.1f} | {100 * r['overhead_share']:.1f}% | "
               f"{100 * r['driver_share']:.1f}% | {100 * r['worker_share']:.1f}% | {100 * r['ray_idle_share']:.1f}% | "
               f"{r['overhead_per_job_slot_s']:.2f} |")
+
+
+def _busy_per_worker(recs: list[dict]) -> dict[str, float]:
+    """Seconds each worker process (host:pid) spent in its Ray tasks: against the wall time, the
+    gap shows where a slot sat idle (e.g. the tail after its last pack)."""
+    busy: dict[str, float] = {}
+    for r in recs:
+        busy[r.get("worker", "?")] = busy.get(r.get("worker", "?"), 0.0) + float(r.get("worker_seconds") or 0)
+    return {w: round(s, 1) for w, s in sorted(busy.items())}
 
 
 if __name__ == "__main__":
