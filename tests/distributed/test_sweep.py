@@ -555,6 +555,9 @@ def test_packs_are_balanced_fill_the_slots_and_go_longest_first():
     packs = group_packs(jobs(20) + jobs(30, "msf_eval"), 32, cost=lambda p: len(p) * (steps[p[0].kind] + 1))
     assert [(p[0].kind, len(p)) for p in packs] == [("ist", 20), ("msf_eval", 30)]
     assert group_packs(ist, 32) == group_packs(list(reversed(ist)), 32)  # deterministic
+    # more big packs than slots: the last wave of big packs comes in halves, after the full ones
+    assert [len(p) for p in group_packs(jobs(256), 32, slots=2)] == [32] * 6 + [16] * 4
+    assert [len(p) for p in group_packs(jobs(64), 32, slots=2)] == [32, 32]  # one wave: nothing to taper
 
 
 GPU_SWEEP = """
