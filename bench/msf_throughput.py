@@ -46,7 +46,6 @@ def _free_port() -> int:
 def _cfg(args, zero: int, world: int, micro: int):
     from ipt_dist.config import load_config
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     global_batch = micro * world
     return load_config(None, [
         f"backbone.name_or_path={args.model}", f"backbone.dtype={args.dtype}", "backbone.dropout=false",
@@ -54,7 +53,7 @@ def _cfg(args, zero: int, world: int, micro: int):
         f"pt.prompt_len={args.prompt_len}", f"msf.d={args.d}", f"msf.batch_size={global_batch}",
         f"msf.steps={args.steps + args.warmup}", "msf.warmup_ratio=0.0", "msf.grad_clip=1.0",
         f"distributed.num_workers={world}", f"distributed.micro_batch_size={micro}",
-        f"distributed.ds_config={os.path.join(root, 'ds_configs', f'zero{zero}.json')}",
+        f"distributed.ds_config={ROOT / 'ds_configs' / f'zero{zero}.json'}",
         f"distributed.use_gpu={'true' if torch.cuda.is_available() else 'false'}",
     ])
 

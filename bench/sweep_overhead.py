@@ -7,7 +7,7 @@ same IST sweep (configs/sweep_smoke.yaml: 52 jobs) once per pack size into its o
 with its own MLflow store and a fresh local Ray (cold workers, as a submitted sweep starts), and
 reports wall time, jobs/hour and the overhead share: the part of the Ray task slots' time
 (wall x slots) not spent inside `train_pack`.
-Slots = min(sweep.max_in_flight, CPUs / sweep.num_cpus). The overhead is split into
+Slots = `task_slots`: max_in_flight capped by the cluster's CPUs / sweep.num_cpus. The overhead is split into
   driver:  the driver's own time before and after the fan-out (planning, data checks, MLflow
            parent run and catch-up, summary), when no pack runs;
   worker:  inside the Ray tasks but outside `train_pack` (imports and backbone load in a cold
@@ -28,6 +28,7 @@ import os
 import shutil
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 def main() -> None:
     from ipt_dist.artifacts import read_jsonl
     from ipt_dist.config import load_config
-    from ipt_dist.distributed.sweep import prepare_smoke, run_sweep
+    from ipt_dist.distributed.sweep import prepare_smoke, run_sweep, task_slots
     from ipt_dist.stages.common import setup_logging
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -69,7 +70,7 @@ def main() -> None:
         recs = read_jsonl(run_dir / "ist_sweep" / "results.jsonl")
         compute = sum(float(r.get("seconds") or 0) for r in recs)
         worker = sum(float(r.get("worker_seconds") or 0) for r in recs)
-        slots = max(1, min(cfg.sweep.max_in_flight, int((os.cpu_count() or 1) / cfg.sweep.num_cpus)))
+        slots = task_slots(ray, cfg.sweep)  # as the sweep's fan-out counts them
         budget = wall * slots
         driver = (res.timings["prepare"] + res.timings["finish"]) * slots
         rows.append({"K": K, "jobs": res.jobs_total, "wall_s": wall, "jobs_per_hour": 3600 * res.jobs_total / wall,
@@ -94,9 +95,9 @@ def main() -> None:
 def _busy_per_worker(recs: list[dict]) -> dict[str, float]:
     """Seconds each worker process (host:pid) spent in its Ray tasks: against the wall time, the
     gap shows where a slot sat idle (e.g. the tail after its last pack)."""
-    busy: dict[str, float] = {}
+    busy: dict[str, float] = defaultdict(float)
     for r in recs:
-        busy[r.get("worker", "?")] = busy.get(r.get("worker", "?"), 0.0) + float(r.get("worker_seconds") or 0)
+        busy[r.get("worker", "?")] += float(r.get("worker_seconds") or 0)
     return {w: round(s, 1) for w, s in sorted(busy.items())}
 
 

@@ -72,6 +72,7 @@ __all__ = [
     "plan_sweep",
     "prepare_config",
     "prepare_smoke",
+    "task_slots",
     "run_pack",
     "run_sweep",
     "sweep_dir",
@@ -487,13 +488,12 @@ def group_packs(jobs: list[JobSpec], pack_size: int, slots: int = 1,
             break
         packs[big:big + 1] = _split_even(packs[big], 2)
     cost = cost or len
-    packs = [packs[i] for i in sorted(range(len(packs)), key=lambda i: (-cost(packs[i]), i))]
+    packs.sort(key=lambda p: -cost(p))  # stable: equal costs keep the grouping order
     big = [i for i, p in enumerate(packs) if 2 * cost(p) >= cost(packs[0]) and len(p) > 1]
     if slots > 1 and len(big) > slots:  # taper: the last wave of big packs in halves
-        last = big[-slots:]
-        halves = [h for i in last for h in _split_even(packs[i], 2)]
-        packs = [p for i, p in enumerate(packs) if i not in last] + halves
-        packs = [packs[i] for i in sorted(range(len(packs)), key=lambda i: (-cost(packs[i]), i))]
+        last = set(big[-slots:])
+        halves = [h for i in sorted(last) for h in _split_even(packs[i], 2)]
+        packs = sorted([p for i, p in enumerate(packs) if i not in last] + halves, key=lambda p: -cost(p))
     return packs
 
 
@@ -1011,7 +1011,7 @@ def _check_resources(ray, sw) -> None:
                               f"{name}s (nodes have {have}). Fix: lower sweep.num_{name.lower()}s or add nodes")
 
 
-def _task_slots(ray, sw) -> int:
+def task_slots(ray, sw) -> int:
     """Packs the cluster runs at once: max_in_flight, capped by its CPUs / GPUs per task."""
     res = ray.cluster_resources()
     n = sw.max_in_flight
@@ -1042,7 +1042,7 @@ def _fan_out(plan: SweepPlan, ray, todo: list[JobSpec], done: dict, results_file
     sw = plan.cfg.sweep
     _check_resources(ray, sw)
     crash = os.environ.get(CRASH_ENV)
-    slots = _task_slots(ray, sw)
+    slots = task_slots(ray, sw)
     fan = _Fanout(plan, ray, crash, slots)
     pending = deque(group_packs(todo, sw.pack_size, slots, pack_cost(plan.cfg)))
     in_flight: dict[Any, list[JobSpec]] = {}
