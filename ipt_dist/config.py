@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ipt_dist.errors import UserError
+
 __all__ = [
     "ConfigError",
     "BackboneConfig",
@@ -40,7 +42,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 SETTINGS = ("msf_seen", "msf_unseen", "ist_seen_same", "ist_seen_new", "ist_unseen")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A configuration problem; the message names every offending field and the fix."""
 
 

@@ -234,7 +234,8 @@ def make_report(run_dir: str | Path) -> Path:
     """
     run = Path(run_dir)
     if not run.is_dir():
-        raise FileNotFoundError(f"run directory {run} does not exist")
+        raise FileNotFoundError(f"run directory {run} does not exist. Fix: pass the --out of a run, "
+                                "e.g. ipt report runs/quickstart")
     out = run / "report"
     out.mkdir(parents=True, exist_ok=True)
     summary = _load_summary(run)

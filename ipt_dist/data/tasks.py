@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ipt_dist.errors import UserError
+
 __all__ = [
     "METRICS",
     "SPLITS",
@@ -60,7 +62,7 @@ _MAX_PROBLEMS_PER_FILE = 10
 _UTF8_BOM = b"\xef\xbb\xbf"
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """Bad input data: message names the file, line/field and the fix."""
 
 

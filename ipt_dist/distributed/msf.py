@@ -51,6 +51,7 @@ from ipt_dist.distributed.deepspeed_config import (
     build_ds_config,
     zero_stage,
 )
+from ipt_dist.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ BEST_DIR = "best"  # inside every Ray checkpoint: the best autoencoder so far, i
 CRASH_MARKER = "crash_injected"
 
 
-class MSFInputError(ValueError):
+class MSFInputError(UserError):
     """Inputs of a distributed MSF run are unusable; the message lists every problem and its fix."""
 
 

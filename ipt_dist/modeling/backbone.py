@@ -18,8 +18,13 @@ import torch
 import torch.nn.functional as F
 
 from ipt_dist.config import BackboneConfig
+from ipt_dist.errors import UserError
 
 log = logging.getLogger(__name__)
+
+
+class BackboneError(UserError):
+    """`backbone.name_or_path` names no loadable model; the message lists the accepted forms."""
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -240,11 +245,31 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith(("/", "./", "../", "~")) or name.count("/") >= 2
 
 
+def _offline() -> bool:
+    import os
+
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _accepted_forms(name: str) -> str:
+    """The accepted values of backbone.name_or_path, with the closest built-in name if one is close."""
+    import difflib
+
+    from ipt_dist.modeling import tiny
+
+    builtin = [*tiny.TINY_KINDS, *tiny.DEMO_KINDS, "smollm2-135m"]
+    close = difflib.get_close_matches(name, builtin, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return (f"{hint}give a local model directory (saved with save_pretrained), a hub model name (e.g. "
+            f"facebook/bart-base; needs network or the HF cache), 'smollm2-135m', or one of {builtin}")
+
+
 def load_model_and_tokenizer(cfg: BackboneConfig):
     """Resolve `cfg.name_or_path` / `cfg.arch` to (model, tokenizer, name) without freezing.
 
     Raises:
-        FileNotFoundError: a local path that does not exist.
+        BackboneError: a local path that does not exist or holds no model, a name that does not
+            load (unknown on the hub, or offline), with the accepted forms and the closest name.
         ValueError: an unknown tiny kind or architecture.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
@@ -271,12 +296,18 @@ def load_model_and_tokenizer(cfg: BackboneConfig):
         name = smollm2_checkpoint(cfg.cache_dir)
     path = Path(name).expanduser()
     if _looks_like_path(name) and not path.exists():
-        raise FileNotFoundError(
-            f"backbone.name_or_path: {name} does not exist. Fix: give an existing local model directory, "
-            f"a hub model name (e.g. facebook/bart-base), 'smollm2-135m', or one of {tiny.TINY_KINDS}"
-        )
+        raise BackboneError(f"backbone.name_or_path: {name} does not exist. Fix: {_accepted_forms(alias)}")
+    if path.is_dir() and not (path / "config.json").is_file() and not any(path.glob("*.gguf")):
+        raise BackboneError(f"backbone.name_or_path: {path} is a directory without a model (no config.json). "
+                            f"Fix: {_accepted_forms(alias)}")
     src = str(path) if path.exists() else name
-    config = AutoConfig.from_pretrained(src)
+    try:
+        config = AutoConfig.from_pretrained(src)
+    except (OSError, ValueError) as exc:  # unknown hub name, offline, gated, malformed config.json
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        offline = " (HF_HUB_OFFLINE is set: only local paths and cached models load)" if _offline() else ""
+        raise BackboneError(f"backbone.name_or_path: cannot load {name!r}{offline}: {first[:300].rstrip('.')}. "
+                            f"Fix: {_accepted_forms(alias)}") from exc
     cls = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
     model = cls.from_pretrained(src, dtype=dtype)
     tok = AutoTokenizer.from_pretrained(src)
@@ -287,7 +318,7 @@ def build_backbone(cfg: BackboneConfig, device: str | torch.device | None = None
     """Load, freeze and place the backbone.
 
     Raises:
-        FileNotFoundError: the model path does not exist.
+        BackboneError: see `load_model_and_tokenizer`.
         ValueError: the tokenizer lacks both pad and eos tokens.
     """
     model, tok, name = load_model_and_tokenizer(cfg)

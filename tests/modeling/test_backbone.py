@@ -79,8 +79,21 @@ def test_load_local_directory_and_bf16(tmp_path):
 
 
 def test_missing_model_path_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="backbone.name_or_path.*does not exist"):
+    from ipt_dist.modeling.backbone import BackboneError
+
+    with pytest.raises(BackboneError, match="backbone.name_or_path.*does not exist"):
         build_backbone(BackboneConfig(name_or_path=str(tmp_path / "no_such_model")))
+
+
+def test_empty_model_directory_and_unknown_name_say_the_accepted_forms(tmp_path, monkeypatch):
+    from ipt_dist.modeling.backbone import BackboneError
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BackboneError, match="directory without a model.*local model directory"):
+        build_backbone(BackboneConfig(name_or_path=str(tmp_path / "empty")))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no hub here anyway: the name cannot load
+    with pytest.raises(BackboneError, match="cannot load 'tiny_t5'.*HF_HUB_OFFLINE.*did you mean 'tiny-t5'"):
+        build_backbone(BackboneConfig(name_or_path="tiny_t5"))
 
 
 def test_tokenizer_without_pad_uses_eos(tmp_path):
