@@ -696,6 +696,10 @@ def run_distributed_msf(cfg: IPTConfig, *, resume: bool = False, smoke_test: boo
         log.info("smoke test: training the stage-0 prompts first")
         run_pt(cfg, tasks=resolve_tasks(cfg).train)
     checked = check_inputs(cfg, resume=resume)
+    if cfg.tracking.enabled:
+        from ipt_dist.tracking import check_tracking_store
+
+        check_tracking_store(cfg)  # a clear ConfigError before Ray starts
     ds_config = checked["ds_config"]
     run_dir = ensure_writable_dir(dist_dir(cfg))
     record = json.loads((run_dir / RUN_FILE).read_text()) if resume else None

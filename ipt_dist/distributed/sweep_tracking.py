@@ -320,9 +320,9 @@ def make_sweep_tracker(cfg: IPTConfig, stage: str, sweep_dir: Path):
     """The driver's tracker: MLflow when `tracking.enabled`, else a no-op one."""
     if not cfg.tracking.enabled:
         return NullSweepTracker()
-    from ipt_dist.tracking import resolve_tracking_uri
+    from ipt_dist.tracking import check_tracking_store
 
-    uri = resolve_tracking_uri(cfg)
+    uri = check_tracking_store(cfg)  # a clear ConfigError before any pack runs
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         log.warning("tracking URI %s is relative to the current directory; under `ray job submit` that is a "
                     "temporary copy. Use sqlite:////abs/path/mlflow.db or a server URL", uri)
