@@ -86,7 +86,14 @@ class Backbone:
 
     # ---------------------------------------------------------------- tokenisation
     def tokenize(self, inputs: list[str], targets: list[str]) -> tuple[list[list[int]], list[list[int]]]:
-        """Token ids of inputs and targets. Called once per task (cached by the data layer).
+        """Token ids of inputs and targets (see `tokenize_counted`)."""
+        ids, tgt, _ = self.tokenize_counted(inputs, targets)
+        return ids, tgt
+
+    def tokenize_counted(self, inputs: list[str], targets: list[str]
+                         ) -> tuple[list[list[int]], list[list[int]], tuple[int, int]]:
+        """Token ids of inputs and targets, and how many of each were cut. Called once per task
+        (cached by the data layer).
 
         Truncation policy: inputs keep their first `max_input_len` tokens (the task prefix
         sits at the start; with `chat_template`, the first and last halves, so that the
@@ -103,16 +110,22 @@ class Backbone:
                                  "set backbone.chat_template: false")
             texts = [tok.apply_chat_template([{"role": "user", "content": x}], add_generation_prompt=True,
                                              tokenize=False) for x in inputs]
+            full = tok(texts, add_special_tokens=False)["input_ids"]
             # Keep the end of the template (the assistant turn) when truncating the user text.
             enc = [ids if len(ids) <= max_in else ids[: max_in // 2] + ids[len(ids) - (max_in - max_in // 2):]
-                   for ids in tok(texts, add_special_tokens=False)["input_ids"]]
+                   for ids in full]
             tgt = tok(list(targets), add_special_tokens=False)["input_ids"]
         else:
             enc = tok(inputs, add_special_tokens=True, truncation=True, max_length=max_in)["input_ids"]
             # The answer follows the input after a space, as continuous text.
             tgt = tok([" " + t for t in targets], add_special_tokens=False)["input_ids"]
+        if self.cfg.chat_template and not self.is_encoder_decoder:
+            n_in = sum(len(ids) > max_in for ids in full)
+        else:  # one more pass without truncation, once per task: how many inputs were cut
+            n_in = sum(len(ids) > max_in for ids in tok(inputs, add_special_tokens=True)["input_ids"])
+        cut = (n_in, sum(len(t) > max_tgt - 1 for t in tgt))
         tgt = [t[: max_tgt - 1] + [self.eos_id] for t in tgt]
-        return [list(x) for x in enc], tgt
+        return [list(x) for x in enc], tgt, cut
 
     # ---------------------------------------------------------------- batching
     def collate_train(self, inputs: list[list[int]], targets: list[list[int]]) -> dict[str, torch.Tensor]:
@@ -318,9 +331,13 @@ def build_backbone(cfg: BackboneConfig, device: str | torch.device | None = None
     """Load, freeze and place the backbone.
 
     Raises:
-        BackboneError: see `load_model_and_tokenizer`.
+        BackboneError: see `load_model_and_tokenizer`; float16 on a machine without CUDA.
         ValueError: the tokenizer lacks both pad and eos tokens.
     """
+    if cfg.dtype == "float16" and not torch.cuda.is_available():
+        raise BackboneError("backbone.dtype: float16 on a machine without CUDA: CPUs have no fast float16 kernels "
+                            "and float16 loses range that bfloat16 keeps. Fix: use bfloat16 (fast on CPUs with "
+                            "AVX512-bf16 or AMX) or float32")
     model, tok, name = load_model_and_tokenizer(cfg)
     if device is not None:
         model.to(device)
