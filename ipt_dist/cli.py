@@ -110,7 +110,8 @@ def _run(args: argparse.Namespace) -> int:
 
     ensure_writable_dir(cfg.output_dir)  # --out that is a file, read-only, ...: before anything is written
 
-    save_config(cfg, f"{cfg.output_dir}/{args.cmd}_config.yaml")
+    if args.cmd == "msf":  # `ipt pt` and `ipt ist` record their config in their stage directory, once
+        save_config(cfg, f"{cfg.output_dir}/{args.cmd}_config.yaml")
     tracker = make_tracker(cfg, run_name=f"{args.cmd}", tags={"stage": args.cmd, "backbone": cfg.backbone.name_or_path})
     status = "FAILED"
     try:
