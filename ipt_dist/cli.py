@@ -105,13 +105,10 @@ def _run(args: argparse.Namespace) -> int:
         print(f"\nreport: {result['report']}\nMLflow store: {db}\nopen the UI with: mlflow ui --backend-store-uri {db}")
         return 0
     cfg = load_cli_config(args)
-    from ipt_dist.config import save_config
     from ipt_dist.tracking import make_tracker
 
     ensure_writable_dir(cfg.output_dir)  # --out that is a file, read-only, ...: before anything is written
 
-    if args.cmd == "msf":  # `ipt pt` and `ipt ist` record their config in their stage directory, once
-        save_config(cfg, f"{cfg.output_dir}/{args.cmd}_config.yaml")
     tracker = make_tracker(cfg, run_name=f"{args.cmd}", tags={"stage": args.cmd, "backbone": cfg.backbone.name_or_path})
     status = "FAILED"
     try:

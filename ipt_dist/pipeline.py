@@ -86,24 +86,14 @@ def _msf_config(cfg: IPTConfig, d: int) -> IPTConfig:
 
 
 MSF_MARKER = "pipeline_msf.json"
-# What an MSF checkpoint depends on besides its stage-0 prompts (paths and logging left out).
-_MSF_KEYS = ("backbone.", "data.", "pt.prompt_len", "msf.", "seed")
 
 
 def _msf_inputs(cfg_d: IPTConfig) -> dict:
     """The config fields and stage-0 prompt files (content hashes) the MSF of `cfg_d` is trained from."""
-    import hashlib
-
-    from ipt_dist.artifacts import prompt_path
-    from ipt_dist.config import flatten_config
+    from ipt_dist.rerun import msf_inputs
     from ipt_dist.stages.common import resolve_tasks
 
-    flat = {k: v for k, v in flatten_config(cfg_d).items()
-            if k.startswith(_MSF_KEYS) and k not in ("msf.prompts_dir", "data.split_file")}
-    for t in resolve_tasks(cfg_d).train:
-        f = prompt_path(cfg_d.msf.prompts_dir, t)
-        flat[f"prompt:{t}"] = hashlib.sha1(f.read_bytes()).hexdigest()[:16] if f.is_file() else None
-    return {k: flat[k] for k in sorted(flat)}
+    return msf_inputs(cfg_d, resolve_tasks(cfg_d).train, cfg_d.msf.prompts_dir)
 
 
 def check_msf_reuse(cfg_d: IPTConfig, d: int) -> bool:

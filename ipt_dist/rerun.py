@@ -21,13 +21,13 @@ from typing import Any
 
 from ipt_dist.config import ConfigError, IPTConfig, describe_changes, flatten_config, save_config
 
-__all__ = ["INPUTS_FILE", "claim_stage_dir", "recorded_inputs", "stage_inputs"]
+__all__ = ["INPUTS_FILE", "claim_stage_dir", "msf_inputs", "recorded_inputs", "stage_inputs"]
 
 INPUTS_FILE = "inputs.json"
 
 # Sections whose fields change a stage's results, and the fields inside them that do not.
-_SECTIONS = {"pt": ("backbone", "data", "pt"), "msf": ("backbone", "data", "pt.prompt_len", "msf"),
-             "ist": ("backbone", "data", "pt.prompt_len", "ist")}
+_SECTIONS = {"pt": ("seed", "backbone", "data", "pt"), "msf": ("seed", "backbone", "data", "pt.prompt_len", "msf"),
+             "ist": ("seed", "backbone", "data", "pt.prompt_len", "ist")}
 _NOT_INPUTS = {"backbone.eval_batch_size", "backbone.cache_dir", "msf.prompts_dir", "ist.msf_checkpoint",
                "msf.eval_max_examples", "msf.checkpoint_every"}
 _TASK_LISTS = {"data.tasks", "data.unseen_tasks", "data.split_file"}  # which tasks, not how each is trained
@@ -47,15 +47,35 @@ def stage_inputs(cfg: IPTConfig, stage: str, extra: dict[str, Any] | None = None
     return json.loads(json.dumps(out, sort_keys=True, default=str))  # what a JSON round trip gives back
 
 
+def msf_inputs(cfg: IPTConfig, train_tasks: list[str], prompts_dir: str | Path) -> dict[str, Any]:
+    """What an MSF checkpoint is trained from: its config fields, the resolved training tasks and the
+    content digests of their stage-0 prompt files (None for a missing file)."""
+    import hashlib
+
+    from ipt_dist.artifacts import prompt_path
+
+    extra: dict[str, Any] = {"tasks": list(train_tasks)}
+    for t in train_tasks:
+        f = prompt_path(prompts_dir, t)
+        extra[f"prompt:{t}"] = hashlib.sha1(f.read_bytes()).hexdigest()[:16] if f.is_file() else None
+    inputs = stage_inputs(cfg, "msf", extra)
+    inputs.pop("data.split_file", None)  # the resolved task list stands for it
+    return inputs
+
+
 def recorded_inputs(stage_dir: str | Path) -> dict[str, Any] | None:
     f = Path(stage_dir) / INPUTS_FILE
     return json.loads(f.read_text()) if f.is_file() else None
 
 
-def claim_stage_dir(stage_dir: str | Path, stage: str, inputs: dict[str, Any], cfg: IPTConfig | None = None) -> bool:
-    """Record `inputs` in a new stage directory, or check them against what it holds.
+def claim_stage_dir(stage_dir: str | Path, stage: str, inputs: dict[str, Any], cfg: IPTConfig | None = None, *,
+                    has_results: bool = True) -> bool:
+    """Record `inputs` in a stage directory, or check them against what it holds.
 
-    Returns True when the directory already held results of these same inputs.
+    A record without results (a run that failed before its first result) protects nothing and is
+    replaced; a record with results is never changed.
+
+    Returns True when the directory already holds results of these same inputs.
     Raises:
         ConfigError: the directory holds results of other inputs (the changed fields, the fix);
             nothing is written or deleted.
@@ -66,11 +86,12 @@ def claim_stage_dir(stage_dir: str | Path, stage: str, inputs: dict[str, Any], c
     before = recorded_inputs(d)
     if before is not None:
         diff = describe_changes(before, inputs)
-        if diff:
+        if not diff:
+            return has_results
+        if has_results:
             raise ConfigError(f"{d} holds {stage} results trained with other inputs. Changed: {diff}. Fix: run "
                               f"with another output_dir (--out), or move {d} away; finished results are never "
                               "overwritten or mixed")
-        return True
     d.mkdir(parents=True, exist_ok=True)
     if cfg is not None:
         save_config(cfg, d / "config.yaml")

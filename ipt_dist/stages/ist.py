@@ -52,7 +52,8 @@ def run_ist(cfg: IPTConfig, tracker=None) -> list[dict]:
                           "they cannot be checked against this config. Fix: run with another --out")
     decoder_file = msf_checkpoint_dir(cfg) / "autoencoder.safetensors"
     if decoder_file.is_file():  # else load_decoder below says what to run
-        claim_stage_dir(out, "ist", stage_inputs(cfg, "ist", {"decoder": _digest(decoder_file)}), cfg)
+        claim_stage_dir(out, "ist", stage_inputs(cfg, "ist", {"decoder": _digest(decoder_file)}), cfg,
+                        has_results=bool(read_jsonl(results_file)))
     backbone = build_backbone(cfg.backbone, pick_device())
     decoder, meta = load_decoder(msf_checkpoint_dir(cfg), backbone=backbone.name, hidden=backbone.hidden_size,
                                  prompt_len=cfg.pt.prompt_len)

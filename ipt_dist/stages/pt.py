@@ -39,7 +39,8 @@ def run_pt(cfg: IPTConfig, tasks: list[str] | None = None, tracker=None) -> list
     if results_file.is_file() and recorded_inputs(out / "pt") is None:
         raise ConfigError(f"{out / 'pt'} holds PT results written without a record of their inputs (an older "
                           "ipt_dist): they cannot be checked against this config. Fix: run with another --out")
-    claim_stage_dir(out / "pt", "pt", stage_inputs(cfg, "pt"), cfg)  # refuses changed inputs, before any work
+    claim_stage_dir(out / "pt", "pt", stage_inputs(cfg, "pt"), cfg,  # refuses changed inputs, before any work
+                    has_results=bool(read_jsonl(results_file)))
     done = {r["task"]: r for r in read_jsonl(results_file) if prompt_path(prompts_dir, r["task"]).is_file()}
     todo = [t for t in tasks if t not in done]
     foreign = [t for t in todo if prompt_path(prompts_dir, t).is_file()]

@@ -56,3 +56,36 @@ def test_inputs_leave_out_what_does_not_change_results(tiny_cfg):
     assert stage_inputs(replace(tiny_cfg, pt=replace(tiny_cfg.pt, steps=3)), "pt") != base
     ist = stage_inputs(tiny_cfg, "ist", {"decoder": "abc"})
     assert ist["input.decoder"] == "abc" and "ist.lr" not in ist and "pt.lr" not in ist
+
+
+@pytest.mark.slow
+def test_msf_and_ist_reruns_never_overwrite_finished_work(tiny_cfg, caplog):
+    from ipt_dist.stages.ist import run_ist
+    from ipt_dist.stages.msf import run_msf
+
+    cfg = replace(tiny_cfg, data=replace(tiny_cfg.data, tasks=tiny_cfg.data.tasks[:2], unseen_tasks=[]),
+                  msf=replace(tiny_cfg.msf, steps=4, eval_every=4), ist=replace(tiny_cfg.ist, steps=2, eval_every=2))
+    out = cfg.out
+    run_pt(cfg)
+    (out / "msf.partial").mkdir()
+    (out / "msf.partial" / "history.jsonl").write_text('{"step": 1}\n')  # an interrupted earlier run
+    first = run_msf(cfg)
+    assert first["checkpoint"] == str(out / "msf") and not (out / "msf.partial").exists()
+    assert len(list(out.glob("msf.interrupted-*/history.jsonl"))) == 1  # kept, not deleted
+    ae = out / "msf" / "autoencoder.safetensors"
+    digest, history = _digest(ae), (out / "msf" / "history.jsonl").read_text()
+    with caplog.at_level("INFO"):
+        assert run_msf(cfg) == first
+    assert "MSF already trained with these inputs" in caplog.text
+    with pytest.raises(ConfigError, match=r"msf\.steps: 4 -> 2"):
+        run_msf(replace(cfg, msf=replace(cfg.msf, steps=2, eval_every=2)))
+    assert _digest(ae) == digest and (out / "msf" / "history.jsonl").read_text() == history
+    assert not (out / "msf.partial").exists()  # refused before any work
+
+    done = run_ist(cfg)
+    results = (out / "ist" / "results.jsonl").read_text()
+    again = run_ist(cfg)  # same inputs: nothing retrained
+    assert sorted((r["job_id"], r["seconds"]) for r in again) == sorted((r["job_id"], r["seconds"]) for r in done)
+    with pytest.raises(ConfigError, match=r"ist\.steps: 2 -> 3"):
+        run_ist(replace(cfg, ist=replace(cfg.ist, steps=3)))
+    assert (out / "ist" / "results.jsonl").read_text() == results
