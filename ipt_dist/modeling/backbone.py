@@ -240,8 +240,9 @@ class Backbone:
             inputs_embeds=embeds,
             attention_mask=mask,
             num_beams=self.cfg.num_beams,
+            # a beam-search flag: set with greedy decoding, transformers warns on every call
+            early_stopping=self.cfg.num_beams > 1,
             max_new_tokens=self.cfg.max_new_tokens,
-            early_stopping=True,
             do_sample=False,
             pad_token_id=self.pad_id,
             eos_token_id=self.eos_id,
