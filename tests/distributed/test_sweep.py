@@ -534,6 +534,48 @@ def test_job_ids_are_stable_and_content_derived(stage0, tmp_path):
         assert len({j.pack_key() for j in p}) == 1
 
 
+def test_pca_decoder_adds_ist_jobs_for_settings_3_to_5_with_their_own_ids(stage0, tmp_path):
+    """sweep.pca_decoder: the MSF IST grid again with decoder "pca"; its ids digest the training tasks'
+    prompt files (and d), so changed prompts re-run the PCA jobs and only them."""
+    import shutil
+
+    from ipt_dist.artifacts import load_prompt, save_prompt
+    from ipt_dist.distributed.sweep import IST_SETTINGS, plan_sweep
+
+    base = plan_sweep(sweep_cfg(stage0, tmp_path / "a", tracking=False), "ist")
+    plan = plan_sweep(sweep_cfg(stage0, tmp_path / "a", "sweep.pca_decoder=true", tracking=False), "ist")
+    pca = [j for j in plan.jobs if j.decoder == "pca"]
+    msf_ist = [j for j in base.jobs if j.role == "ist"]
+    assert len(pca) == len(msf_ist) == 9 + 9 + 6 and {j.setting for j in pca} == set(IST_SETTINGS)
+    assert all(j.role == j.kind == "ist" and j.msf_run_id is None for j in pca)
+
+    def grid(jobs):
+        return sorted((j.setting, j.task, j.data_seed, j.lr, j.d) for j in jobs)
+
+    assert grid(pca) == grid(msf_ist)
+    assert len({j.job_id for j in plan.jobs}) == len(plan.jobs) == N_JOBS + len(pca)
+    assert {j.job_id for j in base.jobs} <= {j.job_id for j in plan.jobs}  # MSF jobs keep their ids
+    assert len({j.pack_key() for j in pca}) == 1 and pca[0].pack_key() not in {j.pack_key() for j in msf_ist}
+
+    # A retrained stage-0 prompt of a training task: every PCA job gets a new id, MSF's IST jobs do not.
+    prompts = tmp_path / "prompts"
+    shutil.copytree(stage0["prompts"], prompts)
+    p, meta = load_prompt(prompts / "demo_sentiment.safetensors")
+    save_prompt(prompts / "demo_sentiment.safetensors", p + 0.01, **meta)
+    moved = plan_sweep(sweep_cfg(stage0, tmp_path / "a", "sweep.pca_decoder=true", f"msf.prompts_dir={prompts}",
+                                 tracking=False), "ist")
+    ids = {j.job_id for j in moved.jobs}
+    assert not ids & {j.job_id for j in pca}
+    assert {j.job_id for j in msf_ist} <= ids
+
+    with pytest.raises(ConfigError, match=r"sweep.pca_decoder \(d=4\) is computed from the stage-0 prompts"):
+        plan_sweep(sweep_cfg(stage0, tmp_path / "a", "sweep.pca_decoder=true", "sweep.settings=[ist_seen_same]",
+                             f"msf.prompts_dir={tmp_path / 'none'}", tracking=False), "ist")
+    with pytest.raises(ConfigError, match="sweep.pca_decoder needs an IST setting"):
+        plan_sweep(sweep_cfg(stage0, tmp_path / "a", "sweep.pca_decoder=true", "sweep.settings=[msf_seen]",
+                             tracking=False), "ist")
+
+
 def test_packs_are_balanced_fill_the_slots_and_go_longest_first():
     """No short last pack idling a slot at the end, no idle slot while one pack holds many jobs."""
     from ipt_dist.distributed.sweep import JobSpec, group_packs
