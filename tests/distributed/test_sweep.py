@@ -452,7 +452,7 @@ def test_pt_sweep_writes_stage0_prompts_and_reruns_nothing(stage0, ray_local, tm
 @slow
 def test_smoke_entry_point_twice_runs_nothing_the_second_time(ray_local, tmp_path, capsys, monkeypatch):
     """`ray_jobs/ist_sweep.py --smoke-test`: trains its own stage-0 prompts and MSF, runs IST with
-    the random-decoder baseline and IPT-initialised PT; the second submission runs nothing."""
+    the random- and PCA-decoder baselines and IPT-initialised PT; the second submission runs nothing."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("ist_sweep_entry", ROOT / "ray_jobs" / "ist_sweep.py")
@@ -462,20 +462,25 @@ def test_smoke_entry_point_twice_runs_nothing_the_second_time(ray_local, tmp_pat
     argv = ["--smoke-test", "--out", str(tmp_path), "--set", "backbone.name_or_path=tiny-t5",
             "--set", "sweep.lrs=[0.3]", "--set", "pt.steps=6",
             "--set", "ist.steps=6", "--set", "msf.steps=4", "--set", "data.max_examples=8",
-            "--set", "data.train_size=6"]
+            "--set", "data.train_size=6", "--set", "sweep.pca_decoder=true"]
     assert entry.main(argv) == 0
     first = capsys.readouterr().out
-    # 12 MSF-decoder jobs + 8 random-decoder + 8 plain PT + 8 IPT-initialised PT
-    assert "36 jobs: 36 run now, 0 already done, 0 failed" in first
+    # 12 MSF-decoder jobs + 8 random-decoder + 8 PCA-decoder + 8 plain PT + 8 IPT-initialised PT
+    assert "44 jobs: 44 run now, 0 already done, 0 failed" in first
     recs = results(tmp_path / "ist_sweep")
     ipt = [r for r in recs if r["role"] == "ipt_pt"]
     assert len(ipt) == 8 and all(r["z_source"] in {x["job_id"] for x in recs} for r in ipt)
-    assert "ipt_pt@d4/std" in (tmp_path / "ist_sweep" / "summary.csv").read_text().splitlines()[0]
+    header = (tmp_path / "ist_sweep" / "summary.csv").read_text().splitlines()[0]
+    assert "ipt_pt@d4/std" in header and "ist_unseen@d4:pca/ratio" in header
+    pca = [r for r in recs if r.get("decoder") == "pca"]
+    assert len(pca) == 8 and {r["setting"] for r in pca} == {"ist_seen_same", "ist_seen_new", "ist_unseen"}
     assert entry.main(argv) == 0
-    assert "36 jobs: 0 run now, 36 already done, 0 failed" in capsys.readouterr().out
+    assert "44 jobs: 0 run now, 44 already done, 0 failed" in capsys.readouterr().out
     cfg = load_config(ROOT / "configs" / "sweep_smoke.yaml",
                       [f"output_dir={tmp_path}", f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db"])
-    assert len(mlflow_runs(cfg)) == 1 + 36
+    runs = mlflow_runs(cfg)
+    assert len(runs) == 1 + 44
+    assert sum(r.data.params.get("decoder") == "pca" for r in runs) == 8
 
 
 # ----------------------------------------------------------------------------- MLflow resilience (no Ray)
