@@ -277,6 +277,9 @@ class SweepConfig:
     max_in_flight: int = 8
     max_retries: int = 3
     random_decoder: bool = False  # also run the random-decoder baseline
+    # also run the PCA-subspace baseline: Dec(z) = mean(P) + top-d principal directions of the MSF
+    # training tasks' stage-0 prompts (ipt_dist.modeling.pca_decoder)
+    pca_decoder: bool = False
     ipt_init_pt: bool = False  # also run PT initialised from Dec(z*)
 
     def problems(self) -> list[str]:

@@ -7,7 +7,7 @@ Reads what the stages wrote under RUN_DIR (any part may be missing; its section 
 
 and writes RUN_DIR/report/{report.md, relative_performance.png, ist_vs_pt.png,
 msf_loss.png, ist_vectors.png}. Plots: relative performance vs intrinsic dimension for seen
-tasks (new data) and unseen tasks, with the random-decoder baseline; per-task IST vs PT;
+tasks (new data) and unseen tasks, with the random- and PCA-decoder baselines; per-task IST vs PT;
 MSF LM and reconstruction loss curves; a 2-D projection (PCA) of the learned IST vectors
 coloured by task category (the paper's task-similarity view).
 
@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 
 SETTING_TITLES = {"ist_seen_new": "seen tasks, new data", "ist_unseen": "unseen tasks",
                   "ist_seen_same": "seen tasks, same data"}
+# Line style and marker per IST decoder in the relative-performance plot (colour = setting).
+DECODER_STYLES = {"msf": "-", "random": "--", "pca": ":"}
+DECODER_MARKERS = {"msf": "o", "random": "x", "pca": "s"}
+DECODER_TITLES = {"random": "random decoder", "pca": "PCA decoder"}
 
 
 def _plt():
@@ -46,7 +50,8 @@ def _load_summary(run: Path) -> dict | None:
 
 
 def plot_relative_performance(summary: dict, path: Path) -> bool:
-    """Mean relative performance (IST / PT) vs d, one line per setting; random decoder dashed."""
+    """Mean relative performance (IST / PT) vs d, one line per setting and decoder: MSF solid,
+    random decoder dashed, PCA decoder dotted."""
     lines: dict[tuple[str, str], list[tuple[int, float]]] = defaultdict(list)
     for s in summary.get("settings", []):
         if s.get("setting") in SETTING_TITLES and s.get("d") and s.get("mean_relative") is not None:
@@ -58,9 +63,9 @@ def plot_relative_performance(summary: dict, path: Path) -> bool:
     colours = {"ist_seen_new": "tab:blue", "ist_unseen": "tab:orange", "ist_seen_same": "tab:green"}
     for (setting, decoder), pts in sorted(lines.items()):
         pts.sort()
-        label = SETTING_TITLES[setting] + (" (random decoder)" if decoder == "random" else "")
-        ax.plot([d for d, _ in pts], [100 * v for _, v in pts], marker="o", color=colours[setting],
-                linestyle="--" if decoder == "random" else "-", label=label)
+        label = SETTING_TITLES[setting] + ("" if decoder == "msf" else f" ({DECODER_TITLES.get(decoder, decoder)})")
+        ax.plot([d for d, _ in pts], [100 * v for _, v in pts], marker=DECODER_MARKERS.get(decoder, "o"),
+                color=colours[setting], linestyle=DECODER_STYLES.get(decoder, "-."), label=label)
     ax.axhline(100, color="grey", linewidth=0.8)
     ax.set_xscale("log")
     ds = sorted({d for pts in lines.values() for d, _ in pts})

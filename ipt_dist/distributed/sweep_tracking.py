@@ -208,7 +208,7 @@ class SweepTracker:
         parts = [rec.get("role"), rec.get("task"), f"s{rec.get('data_seed', rec.get('seed'))}",
                  f"lr{rec['lr']}" if rec.get("lr") is not None else None,
                  f"d{rec['d']}" if rec.get("d") is not None else None,
-                 "random" if rec.get("decoder") == "random" else None]
+                 rec.get("decoder") if rec.get("decoder") not in (None, "msf") else None]
         return ":".join(str(p) for p in parts if p)
 
     def _write_child(self, rec: dict, param_path: Path | None, pt_score: float | None) -> None:
