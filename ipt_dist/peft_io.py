@@ -10,8 +10,9 @@ exporting needs no peft install. Our prompt goes to the encoder only of an encod
 `num_transformer_submodules: 1` (PEFT's default for SEQ_2_SEQ_LM is 2, encoder and decoder).
 
 Sources: no `--d`, the stage-0 prompt P_T (`msf.prompts_dir`, default `RUN_DIR/prompts`); `--d D`,
-the IST prompt Dec(z*) of the IST sweep's job for T at that d with the MSF decoder and the best dev
-score (z* from `ist_sweep/params/`, Dec from the checkpoint `ist_sweep/config.yaml` maps d to).
+the IST prompt Dec(z*) of the IST job for T at that d with the MSF decoder and the best dev score:
+the IST sweep's (z* from `ist_sweep/params/`, Dec from the checkpoint `ist_sweep/config.yaml` maps
+d to), else single-process `ipt ist`'s (`ist/z/`, `ist.msf_checkpoint` or `RUN_DIR/msf`).
 
 Plain PyTorch + safetensors: no ray, mlflow or deepspeed imports, no driver imports.
 """
@@ -212,7 +213,7 @@ def export_peft(run_dir: str | Path, task: str, out: str | Path, d: int | None =
         raise ArtifactError(f"{out} already exists and is not empty; export never overwrites. "
                             "Fix: give a new directory as OUT, or delete this one first")
     run_cfg = _run_config(run)
-    prompt, info = _ist_prompt(run, run_cfg, task, d) if d is not None else _stage0_prompt(run, run_cfg, task)
+    prompt, info = _ist_prompt(run, task, d) if d is not None else _stage0_prompt(run, run_cfg, task)
     name, bcfg = _backbone_config(info.get("backbone"), run_cfg, run)
     info["backbone"] = name
     from ipt_dist.modeling.backbone import load_model_config
@@ -245,17 +246,9 @@ def _first_attr(obj, *names):
 def _run_config(run: Path) -> dict:
     """The raw dict of the first saved config of the run (read as YAML: a config of an older or newer
     version of the project still yields its backbone and paths), {} when there is none."""
-    import yaml
-
     for rel in RUN_CONFIGS:
-        f = run / rel
-        if f.is_file():
-            try:
-                data = yaml.safe_load(f.read_text(encoding="utf-8-sig")) or {}
-            except yaml.YAMLError as exc:
-                raise ArtifactError(f"{f}: not valid YAML ({exc}); the run's saved config is damaged") from exc
-            if isinstance(data, dict):
-                return data
+        if (run / rel).is_file():
+            return _read_yaml(run / rel)
     return {}
 
 
@@ -322,14 +315,42 @@ def _dev_key(r: dict) -> tuple:
             _SETTING_ORDER.get(r.get("setting"), 9), r.get("data_seed") or 0, r["job_id"])
 
 
-def _ist_prompt(run: Path, run_cfg: dict, task: str, d: int) -> tuple[torch.Tensor, dict]:
-    sdir = run / "ist_sweep"
-    results = sdir / "results.jsonl"
-    records = [r for r in read_jsonl(results) if r.get("role") == "ist" and r.get("decoder") == "msf"]
+def _ist_results(run: Path) -> tuple[Path, list[dict], str]:
+    """(results file, its IST records with the MSF decoder, layout): the IST sweep's
+    (`ist_sweep/`), else the single-process `ipt ist`'s (`ist/`)."""
+    sweep = run / "ist_sweep" / "results.jsonl"
+    if sweep.is_file() or not (run / "ist" / "results.jsonl").is_file():
+        return sweep, [r for r in read_jsonl(sweep) if r.get("role") == "ist" and r.get("decoder") == "msf"], "sweep"
+    single = run / "ist" / "results.jsonl"
+    return single, [r for r in read_jsonl(single) if r.get("kind") == "ist" and r.get("decoder") == "msf"], "single"
+
+
+def _msf_checkpoint(run: Path, layout: str, d: int) -> Path:
+    """The MSF checkpoint the IST jobs at `d` used: `sweep.dims[d]` of the sweep's config.yaml, or
+    `ist.msf_checkpoint` (default RUN_DIR/msf) of `ipt ist`'s ist_config.yaml."""
+    if layout == "single":
+        f = run / "ist_config.yaml"
+        configured = (_read_yaml(f).get("ist") or {}).get("msf_checkpoint") if f.is_file() else None
+        return Path(configured).expanduser() if configured else run / "msf"
+    f = run / "ist_sweep" / "config.yaml"
+    if not f.is_file():
+        raise ArtifactError(f"{f} is missing: it maps each d to the MSF checkpoint the IST sweep used. "
+                            "Fix: run the IST sweep into this run directory (it writes config.yaml)")
+    dims = (_read_yaml(f).get("sweep") or {}).get("dims") or {}
+    ckpt = dims.get(d, dims.get(str(d)))
+    if ckpt is None:
+        raise ArtifactError(f"{f}: sweep.dims has no MSF checkpoint for d={d} (has {sorted(dims)}); cannot "
+                            "rebuild Dec(z). Fix: restore the sweep's config.yaml")
+    ckpt = Path(ckpt).expanduser()
+    return ckpt if ckpt.is_absolute() else run / ckpt  # the sweep takes dims relative to output_dir
+
+
+def _ist_prompt(run: Path, task: str, d: int) -> tuple[torch.Tensor, dict]:
+    results, records, layout = _ist_results(run)
     if not records:
         raise ArtifactError(f"no IST results with the MSF decoder in {results}. Fix: run the IST sweep "
-                            "(ray_jobs/ist_sweep.py or ipt quickstart) into this run directory, or drop --d to "
-                            "export the stage-0 prompt")
+                            "(ray_jobs/ist_sweep.py or ipt quickstart) or ipt ist into this run directory, or drop "
+                            "--d to export the stage-0 prompt")
     mine = [r for r in records if r.get("task") == task]
     if not mine:
         raise ArtifactError(f"no IST result for task {task!r} in {results}; tasks there: "
@@ -339,28 +360,24 @@ def _ist_prompt(run: Path, run_cfg: dict, task: str, d: int) -> tuple[torch.Tens
         raise ArtifactError(f"no IST result for task {task!r} at d={d} in {results}; its intrinsic dimensions "
                             f"there: {sorted({r.get('d') for r in mine})}. Fix: pass one of those as --d")
     best = min(at_d, key=_dev_key)
-    z_file = sdir / (best.get("param_file") or f"params/{best['job_id']}.safetensors")
+    if layout == "sweep":
+        z_file = results.parent / (best.get("param_file") or f"params/{best['job_id']}.safetensors")
+    else:
+        z_file = results.parent / "z" / f"{best['job_id']}.safetensors"
     if not z_file.is_file():
-        raise ArtifactError(f"{z_file} (z of IST job {best['job_id']}) is missing; the sweep's output is "
-                            "incomplete. Fix: run the IST sweep again into this run directory (it redoes only "
-                            "what is missing)")
+        raise ArtifactError(f"{z_file} (z of IST job {best['job_id']}) is missing; the IST output is incomplete. "
+                            "Fix: run the IST stage again into this run directory (it redoes only what is missing)")
     from safetensors.torch import load_file
 
     z = next(iter(load_file(str(z_file)).values())).float().view(1, -1)  # (1, d)
-    dims = (_sweep_config(sdir).get("sweep") or {}).get("dims") or {}
-    ckpt = dims.get(d, dims.get(str(d)))
-    if ckpt is None:
-        raise ArtifactError(f"{sdir / 'config.yaml'}: sweep.dims has no MSF checkpoint for d={d} "
-                            f"(has {sorted(dims)}); cannot rebuild Dec(z). Fix: restore the sweep's config.yaml")
-    ckpt = Path(ckpt).expanduser()
-    ckpt = ckpt if ckpt.is_absolute() else run / ckpt  # the sweep takes dims relative to output_dir
+    ckpt = _msf_checkpoint(run, layout, d)
     decoder, meta = load_decoder(ckpt)
     if z.shape[1] != meta["d"]:
         raise ArtifactError(f"{z_file}: z has {z.shape[1]} entries, the MSF checkpoint {ckpt} has d={meta['d']}: "
-                            "the checkpoint was replaced after the sweep ran. Fix: point sweep.dims at the "
-                            "checkpoint the sweep used")
+                            "the checkpoint was replaced after IST ran. Fix: point the config at the checkpoint "
+                            "IST used")
     with torch.no_grad():
-        prompt = decoder.eval()(z)[0]  # (1, d) -> (L, H), as the sweep's IST jobs compute it
+        prompt = decoder.eval()(z)[0]  # (1, d) -> (L, H), as the IST jobs compute it
     info = {"source": "ist", "task": task, "d": d, "job_id": best["job_id"], "setting": best.get("setting"),
             "data_seed": best.get("data_seed"), "lr": best.get("lr"), "metric": best.get("metric"),
             "dev_score": best.get("best_dev"), "test_score": best.get("test"), "params_file": str(z_file),
@@ -369,14 +386,11 @@ def _ist_prompt(run: Path, run_cfg: dict, task: str, d: int) -> tuple[torch.Tens
     return prompt, info
 
 
-def _sweep_config(sdir: Path) -> dict:
+def _read_yaml(f: Path) -> dict:
     import yaml
 
-    f = sdir / "config.yaml"
-    if not f.is_file():
-        raise ArtifactError(f"{f} is missing: it maps each d to the MSF checkpoint the IST sweep used. "
-                            "Fix: run the IST sweep into this run directory (it writes config.yaml)")
     try:
-        return yaml.safe_load(f.read_text(encoding="utf-8-sig")) or {}
+        data = yaml.safe_load(f.read_text(encoding="utf-8-sig")) or {}
     except yaml.YAMLError as exc:
-        raise ArtifactError(f"{f}: not valid YAML ({exc}); the sweep's saved config is damaged") from exc
+        raise ArtifactError(f"{f}: not valid YAML ({exc}); the run's saved config is damaged") from exc
+    return data if isinstance(data, dict) else {}

@@ -223,41 +223,50 @@ def test_export_never_overwrites(exported, tmp_path):
 # ------------------------------------------------------------------ --d: Dec(z*) of the best IST job
 
 
-def _ist_run(root: Path, d: int = 4) -> tuple[Path, dict[str, torch.Tensor]]:
-    """A minimal IST sweep output through the real writers: MSF checkpoint, params, results, config."""
+def _ist_run(root: Path, d: int = 4, layout: str = "sweep") -> tuple[Path, dict[str, torch.Tensor]]:
+    """A minimal IST output through the real writers: MSF checkpoint, z files, results, config.
+    `layout`: "sweep" (ist_sweep/) or "single" (`ipt ist`: ist/, z/, the MSF checkpoint in RUN_DIR/msf)."""
     run = root / "run"
-    ckpt = run / f"msf_d{d}" / "msf"
+    ckpt = run / "msf" if layout == "single" else run / f"msf_d{d}" / "msf"
     torch.manual_seed(0)
     ae = PromptAutoencoder(d, L, H, mid_dim=16)
     save_msf_checkpoint(ckpt, ae, {"backbone": "tiny-t5"})
-    sdir = run / "ist_sweep"
-    (sdir / "params").mkdir(parents=True)
+    sdir = run / ("ist" if layout == "single" else "ist_sweep")
+    zdir = sdir / ("z" if layout == "single" else "params")
+    zdir.mkdir(parents=True)
     zs = {}
-    rows = [  # (job_id, task, role, decoder, d, lr, best_dev)
-        ("ist-a", TASK, "ist", "msf", d, 0.1, 0.50),
-        ("ist-b", TASK, "ist", "msf", d, 0.3, 0.80),  # the best dev with the MSF decoder at d
-        ("ist-c", TASK, "ist", "random", d, 0.3, 0.95),  # random decoder: never exported
-        ("msf-e", TASK, "msf_eval", "msf", d, None, 0.99),  # setting 1: not an IST job
-        ("ist-f", "demo_topic", "ist", "msf", d, 0.3, 0.70),
+    rows = [  # (job_id, task, role, decoder, lr, best_dev)
+        ("ist-a", TASK, "ist", "msf", 0.1, 0.50),
+        ("ist-b", TASK, "ist", "msf", 0.3, 0.80),  # the best dev with the MSF decoder at d
+        ("ist-c", TASK, "ist", "random", 0.3, 0.95),  # random decoder: never exported
+        ("msf-e", TASK, "msf_eval", "msf", None, 0.99),  # setting 1: not an IST job
+        ("ist-f", "demo_topic", "ist", "msf", 0.3, 0.70),
     ]
-    for job_id, task, role, decoder, dd, lr, dev in rows:
+    for job_id, task, role, decoder, lr, dev in rows:
         zs[job_id] = torch.randn(d)
-        save_file({"z": zs[job_id]}, str(sdir / "params" / f"{job_id}.safetensors"))
-        append_jsonl(sdir / "results.jsonl", {
-            "job_id": job_id, "task": task, "kind": "ist", "role": role, "decoder": decoder, "d": dd, "lr": lr,
-            "setting": "ist_seen_same", "data_seed": 13, "seen": True, "backbone": "tiny-t5", "metric": "acc",
-            "best_dev": dev, "test": dev - 0.1, "param_file": f"params/{job_id}.safetensors"})
-    saved = {"output_dir": str(run), "backbone": {"name_or_path": "tiny-t5"}, "sweep": {"dims": {d: str(ckpt)}}}
-    (sdir / "config.yaml").write_text(yaml.safe_dump(saved))
+        save_file({"z": zs[job_id]}, str(zdir / f"{job_id}.safetensors"))
+        rec = {"job_id": job_id, "task": task, "kind": "msf_eval" if role == "msf_eval" else "ist",
+               "decoder": decoder, "d": d, "lr": lr, "data_seed": 13, "seen": True, "metric": "acc",
+               "best_dev": dev, "test": dev - 0.1}
+        if layout == "sweep":
+            rec.update(role=role, setting="ist_seen_same", backbone="tiny-t5",
+                       param_file=f"params/{job_id}.safetensors")
+        append_jsonl(sdir / "results.jsonl", rec)
+    if layout == "sweep":
+        saved = {"output_dir": str(run), "backbone": {"name_or_path": "tiny-t5"}, "sweep": {"dims": {d: str(ckpt)}}}
+        (sdir / "config.yaml").write_text(yaml.safe_dump(saved))
+    else:
+        (run / "ist_config.yaml").write_text(yaml.safe_dump({"backbone": {"name_or_path": "tiny-t5"}}))
     return run, zs
 
 
-def test_export_ist_prompt_is_dec_of_the_best_z(tmp_path):
-    run, zs = _ist_run(tmp_path)
+@pytest.mark.parametrize("layout", ["sweep", "single"])
+def test_export_ist_prompt_is_dec_of_the_best_z(tmp_path, layout):
+    run, zs = _ist_run(tmp_path, layout=layout)
     out = tmp_path / "adapter_d4"
     info = export_peft(run, TASK, out, d=4)
     assert info["job_id"] == "ist-b" and info["candidates"] == 2 and info["dev_score"] == 0.8
-    decoder, _ = load_decoder(run / "msf_d4" / "msf")
+    decoder, _ = load_decoder(run / "msf" if layout == "single" else run / "msf_d4" / "msf")
     with torch.no_grad():
         want = decoder(zs["ist-b"].view(1, -1))[0]  # (L, H)
     p, meta = load_prompt(out)
