@@ -91,12 +91,7 @@ def write_adapter(out: str | Path, prompt: torch.Tensor, config: dict, info: dic
     """
     from safetensors.torch import save
 
-    out = Path(out).expanduser()
-    if out.exists() and not out.is_dir():
-        raise ArtifactError(f"{out} is a file. Fix: give a new directory as OUT")
-    if out.is_dir() and any(out.iterdir()):
-        raise ArtifactError(f"{out} already exists and is not empty; export never overwrites. "
-                            "Fix: give a new directory as OUT, or delete this one first")
+    out = _refuse_existing(out)
     L, H = prompt.shape
     assert (config["num_virtual_tokens"], config["token_dim"]) == (L, H), (config, prompt.shape)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
@@ -114,6 +109,16 @@ def write_adapter(out: str | Path, prompt: torch.Tensor, config: dict, info: dic
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _refuse_existing(out: str | Path) -> Path:
+    out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ArtifactError(f"{out} is a file. Fix: give a new directory as OUT")
+    if out.is_dir() and any(out.iterdir()):
+        raise ArtifactError(f"{out} already exists and is not empty; export never overwrites. "
+                            "Fix: give a new directory as OUT, or delete this one first")
     return out
 
 
@@ -208,17 +213,18 @@ def export_peft(run_dir: str | Path, task: str, out: str | Path, d: int | None =
     if not run.is_dir():
         raise FileNotFoundError(f"run directory {run} does not exist; give the --out of ipt pt / quickstart / "
                                 "the sweeps")
-    out = Path(out).expanduser()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):  # before any work; checked again at write
-        raise ArtifactError(f"{out} already exists and is not empty; export never overwrites. "
-                            "Fix: give a new directory as OUT, or delete this one first")
+    out = _refuse_existing(out)  # before any work; checked again at the write
     run_cfg = _run_config(run)
     prompt, info = _ist_prompt(run, task, d) if d is not None else _stage0_prompt(run, run_cfg, task)
     name, bcfg = _backbone_config(info.get("backbone"), run_cfg, run)
     info["backbone"] = name
-    from ipt_dist.modeling.backbone import load_model_config
+    from ipt_dist.modeling.backbone import BackboneError, load_model_config
 
-    mc = load_model_config(bcfg)
+    try:
+        mc = load_model_config(bcfg)  # task type, layers and heads of the adapter config
+    except BackboneError as exc:
+        raise BackboneError(f"the prompt's backbone {name!r} has no readable model config here, which the adapter "
+                            f"config needs (task type, layers, heads): {exc}") from exc
     L, H = prompt.shape
     hidden = _first_attr(mc, "hidden_size", "n_embd", "d_model")
     if hidden is not None and hidden != H:
