@@ -112,9 +112,33 @@ def save_prompt(path: str | Path, prompt: torch.Tensor, **meta) -> None:
                   {"prompt_len": prompt.shape[0], "hidden": prompt.shape[1], **meta})
 
 
+def find_prompt(prompts_dir: str | Path, task: str) -> Path:
+    """`task`'s stage-0 prompt in `prompts_dir`: the prompt file `<task>.safetensors`, or a PEFT
+    PromptTuning adapter directory `<task>/` (its `adapter_config.json`); the file's path when neither exists.
+
+    Raises:
+        ArtifactError: both exist (never a silent choice).
+    """
+    path, adapter = prompt_path(prompts_dir, task), Path(prompts_dir) / task
+    if (adapter / "adapter_config.json").is_file():
+        if path.exists():
+            raise ArtifactError(f"task {task!r} has two stage-0 prompts: the prompt file {path} and the PEFT adapter "
+                                f"directory {adapter}. Fix: move away the one that should not be used")
+        return adapter
+    return path
+
+
 def load_prompt(path: str | Path) -> tuple[torch.Tensor, dict]:
-    """Raises FileNotFoundError or ArtifactError (unreadable, no `prompt` tensor, NaN/Inf)."""
+    """A prompt file's (L, H) prompt and metadata; a directory is read as a PEFT PromptTuning adapter
+    (`ipt_dist.peft_io.read_adapter`).
+
+    Raises FileNotFoundError or ArtifactError (unreadable, no `prompt` tensor, NaN/Inf).
+    """
     path = Path(path)
+    if path.is_dir():
+        from ipt_dist.peft_io import read_adapter
+
+        return read_adapter(path)
     if not path.is_file():
         raise FileNotFoundError(f"prompt file {path} does not exist; run stage 0 (ipt pt) for this task")
     tensors, meta = _load_tensors(path)
@@ -141,6 +165,7 @@ def load_task_prompts(prompts_dir: str | Path, tasks: list[str], prompt_len: int
     for t in tasks:
         path = prompt_path(prompts_dir, t)
         try:
+            path = find_prompt(prompts_dir, t)
             p, meta = load_prompt(path)
         except (FileNotFoundError, ArtifactError) as exc:
             problems.append(str(exc))
@@ -150,7 +175,8 @@ def load_task_prompts(prompts_dir: str | Path, tasks: list[str], prompt_len: int
                             f"(L={prompt_len}, H={hidden}); re-run stage 0 with this backbone and pt.prompt_len")
             continue
         if backbone is not None and meta.get("backbone") not in (None, backbone):
-            problems.append(f"{path}: prompt was trained on backbone {meta.get('backbone')!r}, not {backbone!r}")
+            where = " (adapter_config.json base_model_name_or_path)" if path.is_dir() else ""
+            problems.append(f"{path}: prompt was trained on backbone {meta.get('backbone')!r}{where}, not {backbone!r}")
             continue
         out.append(p)
     if problems:

@@ -7,6 +7,13 @@
     ipt report RUN_DIR
     ipt demo-data DIR
     ipt save-tiny tiny-t5 DIR
+    ipt export-peft RUN_DIR --task T [--d D] OUT
+
+`export-peft` writes task T's prompt of a run as a Hugging Face PEFT PromptTuning adapter
+directory OUT (adapter_config.json, adapter_model.safetensors, ipt_export.json; no peft needed):
+the stage-0 prompt P_T, or with `--d D` the IST prompt Dec(z*) of T's best-dev IST job at d.
+Load it with `PeftModel.from_pretrained(base_model, OUT)`. Adapter directories are read back as
+stage-0 prompts: `<prompts_dir>/<task>/adapter_config.json` in place of `<task>.safetensors`.
 
 A user error (config, data, artifact, backbone name) prints one `error: ...` line and exits 2;
 Ctrl-C exits 130 with finished work kept. `--debug` (or IPT_DEBUG=1) shows tracebacks.
@@ -67,6 +74,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("kind", choices=["tiny-t5", "tiny-bart", "tiny-llama", "tiny-gpt2"])
     p.add_argument("dir")
     _debug_flag(p)
+    p = sub.add_parser("export-peft", help="one task's prompt of a run as a PEFT PromptTuning adapter directory")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="output directory of a run (ipt pt, quickstart, sweeps)")
+    p.add_argument("--task", required=True, help="the task whose prompt to export")
+    p.add_argument("--d", type=int, default=None,
+                   help="the IST prompt Dec(z*) at this intrinsic dimension (default: the stage-0 prompt)")
+    p.add_argument("out", metavar="OUT", help="new (or empty) directory for the adapter; never overwritten")
+    _debug_flag(p)
     args = parser.parse_args(argv)
     from ipt_dist.errors import debug_requested, run_entry
 
@@ -89,6 +103,13 @@ def _run(args: argparse.Namespace) -> int:
 
         ensure_writable_dir(args.dir, "save-tiny DIR")
         print(save_tiny_backbone(args.kind, args.dir))
+        return 0
+    if args.cmd == "export-peft":
+        from ipt_dist.peft_io import export_peft
+
+        info = export_peft(args.run_dir, args.task, args.out, d=args.d)
+        print(json.dumps(info, indent=1, default=str))
+        print(f"wrote the PEFT adapter {args.out}")
         return 0
     if args.cmd == "report":
         from ipt_dist.report import make_report

@@ -234,9 +234,16 @@ class Backbone:
     @torch.no_grad()
     def generate(self, prompts: torch.Tensor, batch: dict[str, torch.Tensor]) -> list[str]:
         """Decode with the prompt (beam search, `num_beams`, `max_new_tokens`); one string per row."""
+        out = self.generate_ids(prompts, batch)
+        return [s.strip() for s in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+    @torch.no_grad()
+    def generate_ids(self, prompts: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The token ids `generate` decodes, (B, T): the new tokens only (encoder-decoders start
+        with the decoder start token)."""
         left = not self.is_encoder_decoder
         embeds, mask = self.embed_with_prompt(prompts, batch["input_ids"], batch["attention_mask"], left_padded=left)
-        out = self.model.generate(
+        return self.model.generate(
             inputs_embeds=embeds,
             attention_mask=mask,
             num_beams=self.cfg.num_beams,
@@ -246,9 +253,7 @@ class Backbone:
             do_sample=False,
             pad_token_id=self.pad_id,
             eos_token_id=self.eos_id,
-        )
-        # With inputs_embeds only, generate returns the new tokens alone for both families.
-        return [s.strip() for s in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+        )  # with inputs_embeds only, generate returns the new tokens alone for both families
 
 
 # -------------------------------------------------------------------- loading
@@ -286,7 +291,7 @@ def load_model_and_tokenizer(cfg: BackboneConfig):
             load (unknown on the hub, or offline), with the accepted forms and the closest name.
         ValueError: an unknown tiny kind or architecture.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
     from ipt_dist.modeling import tiny
 
@@ -298,12 +303,26 @@ def load_model_and_tokenizer(cfg: BackboneConfig):
             torch.manual_seed(0)
             model = cls.from_config(config, dtype=dtype)
         return model, tiny.build_tiny_tokenizer(), f"arch:{cfg.arch}"
+    name = cfg.name_or_path
+    if name in tiny.TINY_KINDS:
+        model, tok = tiny.build_tiny_model(name)
+        return model.to(dtype), tok, name
+    src, config = _checkpoint_config(cfg)
+    cls = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+    model = cls.from_pretrained(src, dtype=dtype)
+    tok = AutoTokenizer.from_pretrained(src)
+    return model, tok, name
+
+
+def _checkpoint_config(cfg: BackboneConfig):
+    """(source path or hub name, transformers config) of a backbone stored as a checkpoint."""
+    from transformers import AutoConfig
+
+    from ipt_dist.modeling import tiny
+
     name = alias = cfg.name_or_path
     if name in tiny.DEMO_KINDS:
         name = tiny.demo_backbone_path(name, cfg.cache_dir)
-    elif name in tiny.TINY_KINDS:
-        model, tok = tiny.build_tiny_model(name)
-        return model.to(dtype), tok, name
     if name.lower() in ("smollm2-135m", "smollm2-135m-instruct"):
         from ipt_dist.modeling.smollm2 import smollm2_checkpoint
 
@@ -316,16 +335,27 @@ def load_model_and_tokenizer(cfg: BackboneConfig):
                             f"Fix: {_accepted_forms(alias)}")
     src = str(path) if path.exists() else name
     try:
-        config = AutoConfig.from_pretrained(src)
+        return src, AutoConfig.from_pretrained(src)
     except (OSError, ValueError) as exc:  # unknown hub name, offline, gated, malformed config.json
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         offline = " (HF_HUB_OFFLINE is set: only local paths and cached models load)" if _offline() else ""
         raise BackboneError(f"backbone.name_or_path: cannot load {name!r}{offline}: {first[:300].rstrip('.')}. "
                             f"Fix: {_accepted_forms(alias)}") from exc
-    cls = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
-    model = cls.from_pretrained(src, dtype=dtype)
-    tok = AutoTokenizer.from_pretrained(src)
-    return model, tok, alias
+
+
+def load_model_config(cfg: BackboneConfig):
+    """The transformers config of the backbone `cfg` names, without building or loading its weights.
+
+    Raises:
+        BackboneError / ValueError: as `load_model_and_tokenizer`.
+    """
+    from ipt_dist.modeling import tiny
+
+    if cfg.arch:
+        return tiny.arch_config(cfg.arch)
+    if cfg.name_or_path in tiny.TINY_KINDS:
+        return tiny.tiny_config(cfg.name_or_path, len(tiny.build_tiny_tokenizer()))
+    return _checkpoint_config(cfg)[1]
 
 
 def build_backbone(cfg: BackboneConfig, device: str | torch.device | None = None) -> Backbone:

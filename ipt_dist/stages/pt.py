@@ -9,7 +9,15 @@ import logging
 
 import torch
 
-from ipt_dist.artifacts import append_jsonl, ensure_writable_dir, load_prompt, prompt_path, read_jsonl, save_prompt
+from ipt_dist.artifacts import (
+    append_jsonl,
+    ensure_writable_dir,
+    find_prompt,
+    load_prompt,
+    prompt_path,
+    read_jsonl,
+    save_prompt,
+)
 from ipt_dist.config import ConfigError, IPTConfig
 from ipt_dist.modeling.backbone import build_backbone
 from ipt_dist.rerun import claim_stage_dir, recorded_inputs, stage_inputs
@@ -59,7 +67,7 @@ def run_pt(cfg: IPTConfig, tasks: list[str] | None = None, tracker=None) -> list
     data = load_tokenized(cfg, backbone, todo)  # fails on bad data before any training
     init = None
     if cfg.pt.init_from:
-        init = torch.stack([load_prompt(prompt_path(cfg.pt.init_from, t))[0] for t in todo])
+        init = torch.stack([load_prompt(find_prompt(cfg.pt.init_from, t))[0] for t in todo])
     jobs = [Job(job_id=f"pt-{t}", task=t, kind="pt", lr=cfg.pt.lr, seed=cfg.pt.seed, grad_clip=cfg.pt.grad_clip,
                 params={"data_seed": cfg.data.data_seed}) for t in todo]
     K = cfg.sweep.pack_size
