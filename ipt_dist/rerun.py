@@ -52,12 +52,16 @@ def msf_inputs(cfg: IPTConfig, train_tasks: list[str], prompts_dir: str | Path) 
     content digests of their stage-0 prompt files (None for a missing file)."""
     import hashlib
 
-    from ipt_dist.artifacts import prompt_path
+    from ipt_dist.artifacts import find_prompt
 
     extra: dict[str, Any] = {"tasks": list(train_tasks)}
     for t in train_tasks:
-        f = prompt_path(prompts_dir, t)
-        extra[f"prompt:{t}"] = hashlib.sha1(f.read_bytes()).hexdigest()[:16] if f.is_file() else None
+        f = find_prompt(prompts_dir, t)  # a prompt file, or a PEFT adapter directory
+        files = sorted(p for p in f.iterdir() if p.is_file()) if f.is_dir() else [f] if f.is_file() else []
+        h = hashlib.sha1()
+        for p in files:  # a file: its content; a directory: each file's name and content
+            h.update((p.name.encode() + b"\0" if f.is_dir() else b"") + p.read_bytes())
+        extra[f"prompt:{t}"] = h.hexdigest()[:16] if files else None
     inputs = stage_inputs(cfg, "msf", extra)
     inputs.pop("data.split_file", None)  # the resolved task list stands for it
     return inputs
