@@ -12,7 +12,8 @@ import torch
 from ipt_dist.artifacts import append_jsonl, ensure_writable_dir, load_prompt, prompt_path, read_jsonl, save_prompt
 from ipt_dist.config import IPTConfig
 from ipt_dist.modeling.backbone import build_backbone
-from ipt_dist.stages.common import load_tokenized, pick_device, resolve_tasks
+from ipt_dist.provenance import prompt_provenance
+from ipt_dist.stages.common import load_raw, pick_device, resolve_tasks, tokenize_raw
 from ipt_dist.train.packed import Job, PackSettings, train_pack
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,8 @@ def run_pt(cfg: IPTConfig, tasks: list[str] | None = None, tracker=None) -> list
         log.info("stage 0: all %d prompts already exist in %s", len(tasks), prompts_dir)
         return [done[t] for t in tasks]
     backbone = build_backbone(cfg.backbone, pick_device())
-    data = load_tokenized(cfg, backbone, todo)  # fails on bad data before any training
+    raw = load_raw(cfg, todo)  # fails on bad data before any training
+    data = tokenize_raw(cfg, backbone, raw)
     init = None
     if cfg.pt.init_from:
         init = torch.stack([load_prompt(prompt_path(cfg.pt.init_from, t))[0] for t in todo])
@@ -57,7 +59,8 @@ def run_pt(cfg: IPTConfig, tasks: list[str] | None = None, tracker=None) -> list
         for r in results:
             save_prompt(prompt_path(prompts_dir, r.job.task), r.best_param, backbone=backbone.name,
                         task=r.job.task, metric=r.metric, dev_score=r.best_dev, test_score=r.test, lr=r.job.lr,
-                        seed=r.job.seed)
+                        seed=r.job.seed,
+                        provenance=prompt_provenance(cfg, raw[r.job.task], cfg.data.data_seed))
             rec = r.record()
             append_jsonl(results_file, rec)
             done[r.job.task] = rec
