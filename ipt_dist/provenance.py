@@ -30,6 +30,8 @@ __all__ = [
     "backbone_fingerprint",
     "backbone_name",
     "check_decoder_provenance",
+    "check_msf_prompts",
+    "check_prompt_provenance",
     "data_fingerprint",
     "draw_seed",
     "file_digest",
@@ -125,29 +127,79 @@ def check_decoder_provenance(recorded: dict | None, cfg: IPTConfig, same: dict[s
     """
     if not recorded:
         return [NO_PROVENANCE]
+    out = _mismatches(recorded, cfg, same, same_seed)
+    msf_seed, new_seeds = recorded.get("data", {}).get("data.data_seed"), list(new_seeds)
+    if msf_seed is not None and any(draw_seed(cfg, s) == msf_seed for s in new_seeds):
+        out.append(f"data.data_seed: the checkpoint's training draw {msf_seed} is among setting 4's new draws "
+                   f"(sweep.data_seeds[1:] = {new_seeds}): that 'new data' would be MSF's own")
+    return out
+
+
+def check_prompt_provenance(metas: dict[str, dict], cfg: IPTConfig, tasks: dict[str, TaskData],
+                            seed: int | None) -> tuple[list[str], list[str]]:
+    """Stage-0 prompt files against the run that reads them (MSF, settings 1-2): trained on the same
+    draw of their task (`tasks` as loaded with `seed`) and the same backbone.
+
+    Args:
+        metas: task -> the prompt file's metadata.
+    Returns:
+        (one "task: field: prompt X vs config Y" line per mismatch, tasks whose file records no
+        provenance: written before it was recorded, or by hand).
+    """
+    problems, unrecorded = [], []
+    for t, meta in metas.items():
+        recorded = meta.get("provenance")
+        if not recorded:
+            unrecorded.append(t)
+            continue
+        same = {t: tasks[t]} if t in tasks else {}
+        problems += [f"{t}: {m}" for m in _mismatches(recorded, cfg, same, seed, "prompt")]
+    return problems, unrecorded
+
+
+def check_msf_prompts(cfg: IPTConfig, tasks: dict[str, TaskData], seed: int | None,
+                      prompts_dir: str | Path) -> tuple[str | None, list[str]]:
+    """The stage-0 prompt files MSF is about to read were trained on its draw with its backbone.
+
+    Returns:
+        (one problem listing every mismatch and the fix, or None; tasks whose prompt file records no
+        provenance, not checked).
+    """
+    from ipt_dist.artifacts import load_prompt, prompt_path
+
+    metas = {t: load_prompt(prompt_path(prompts_dir, t))[1] for t in tasks}
+    mismatches, unrecorded = check_prompt_provenance(metas, cfg, tasks, seed)
+    if not mismatches:
+        return None, unrecorded
+    lines = "".join(f"\n      - {m}" for m in mismatches)
+    return (f"stage-0 prompts in {prompts_dir} were trained on another draw or backbone than this MSF run "
+            f"(prompt value vs config value):{lines}\n    Fix: train stage 0 with this config's data and backbone "
+            "(ipt pt, or the PT sweep with sweep.data_seeds[0] = data.data_seed) or point msf.prompts_dir at "
+            "prompts trained with them"), unrecorded
+
+
+def _mismatches(recorded: dict, cfg: IPTConfig, same: dict[str, TaskData], same_seed: int | None,
+                what: str = "checkpoint") -> list[str]:
+    """"field: <what> X vs config Y" per differing backbone or draw field, one line for the digests."""
     out = []
     want_backbone = backbone_fingerprint(cfg)
     got_backbone = recorded.get("backbone", {})
     for key in sorted(set(want_backbone) | set(got_backbone)):
         if got_backbone.get(key) != want_backbone.get(key):
-            out.append(f"{key}: checkpoint {got_backbone.get(key)!r} vs config {want_backbone.get(key)!r}")
+            out.append(f"{key}: {what} {got_backbone.get(key)!r} vs config {want_backbone.get(key)!r}")
     want, got = data_fingerprint(cfg, same, same_seed), recorded.get("data", {})
     for key in _DRAW_FIELDS:
         if got.get(key) != want[key]:
             where = " (setting 3's draw)" if key == "data.data_seed" else ""
-            out.append(f"{key}: checkpoint {got.get(key)!r} vs config {want[key]!r}{where}")
+            out.append(f"{key}: {what} {got.get(key)!r} vs config {want[key]!r}{where}")
     got_digest = got.get("train_digest", {})
     both = [t for t in want["train_digest"] if t in got_digest]
-    changed = [f"{t} (checkpoint {got_digest[t]} vs config {want['train_digest'][t]})" for t in both
+    changed = [f"{t} ({what} {got_digest[t]} vs config {want['train_digest'][t]})" for t in both
                if got_digest[t] != want["train_digest"][t]]
     if changed:
         more = f"; ... and {len(changed) - _SHOW} more" if len(changed) > _SHOW else ""
         out.append(f"training data (digest of the train split) differs for {len(changed)} of {len(both)} tasks: "
                    f"{'; '.join(changed[:_SHOW])}{more}: another draw, or the data files changed")
-    msf_seed, new_seeds = got.get("data.data_seed"), list(new_seeds)
-    if msf_seed is not None and any(draw_seed(cfg, s) == msf_seed for s in new_seeds):
-        out.append(f"data.data_seed: the checkpoint's training draw {msf_seed} is among setting 4's new draws "
-                   f"(sweep.data_seeds[1:] = {new_seeds}): that 'new data' would be MSF's own")
     return out
 
 

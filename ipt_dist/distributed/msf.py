@@ -51,7 +51,7 @@ from ipt_dist.distributed.deepspeed_config import (
     build_ds_config,
     zero_stage,
 )
-from ipt_dist.provenance import backbone_name, msf_provenance
+from ipt_dist.provenance import backbone_name, check_msf_prompts, msf_provenance
 
 log = logging.getLogger(__name__)
 
@@ -197,8 +197,17 @@ def check_inputs(cfg: IPTConfig, *, resume: bool = False) -> dict[str, Any]:
             except ArtifactError as exc:
                 problems.append(str(exc) + "\n    Fix: run stage 0 first (ipt pt --config ...), or point "
                                 "msf.prompts_dir at the prompt files")
-        if not problems:  # what the checkpoint records it was trained from (msf.json "provenance")
-            out["provenance"] = msf_provenance(cfg, raw, cfg.data.data_seed, cfg.msf.prompts_dir)
+        if not problems:  # the prompts' own provenance, then what the checkpoint will record (msf.json)
+            try:
+                problem, unrecorded = check_msf_prompts(cfg, raw, cfg.data.data_seed, cfg.msf.prompts_dir)
+                if problem:
+                    problems.append(problem)
+                elif unrecorded:
+                    log.warning("%d stage-0 prompt files record no provenance (%s): their draw and backbone are "
+                                "not checked", len(unrecorded), ", ".join(unrecorded[:5]))
+                out["provenance"] = msf_provenance(cfg, raw, cfg.data.data_seed, cfg.msf.prompts_dir)
+            except (FileNotFoundError, ArtifactError) as exc:  # unchecked above when H is unknown here
+                problems.append(str(exc))
     if resume:
         record = dist_dir(cfg) / RUN_FILE
         if not record.is_file():

@@ -344,9 +344,39 @@ def _check_ist(cfg: IPTConfig, train: list[str], unseen: list[str],
         hidden = next(iter(decoders.values())).meta.get("hidden")
         try:
             load_task_prompts(_prompts_dir(cfg), need, cfg.pt.prompt_len, hidden)
+            _check_eval_prompts(cfg, need, decoders, problems)
         except ArtifactError as exc:
             problems.append(f"settings msf_seen/msf_unseen need stage-0 prompts: {exc}")
     return decoders
+
+
+def _check_eval_prompts(cfg: IPTConfig, need: list[str], decoders: dict[int, DecoderInfo],
+                        problems: list[str]) -> None:
+    """Settings 1-2 encode stage-0 prompts: tuned on setting 3's draw with this backbone, and (seen
+    tasks) the very files each MSF was trained on."""
+    from ipt_dist.data.tasks import DataError
+    from ipt_dist.provenance import check_prompt_provenance, file_digest
+    from ipt_dist.stages.common import load_raw
+
+    pdir = _prompts_dir(cfg)
+    metas = {t: load_prompt(prompt_path(pdir, t))[1] for t in need}
+    seed = cfg.sweep.data_seeds[0] if cfg.sweep.data_seeds else None
+    try:
+        same = load_raw(cfg, need, seed) if seed is not None else {}
+    except DataError:
+        same = {}  # reported by _check_data
+    mismatches, _ = check_prompt_provenance(metas, cfg, same, seed)
+    if mismatches:
+        problems.append(f"settings msf_seen/msf_unseen: stage-0 prompts in {pdir} were tuned on another draw or "
+                        "backbone (prompt value vs config value):" + "".join(f"\n      - {m}" for m in mismatches)
+                        + "\n    Fix: the PT sweep with this config writes them (its first data seed)")
+    for d, info in sorted(decoders.items()):
+        read = (info.meta.get("provenance") or {}).get("prompts") or {}
+        changed = [t for t in need if t in read and read[t] != file_digest(prompt_path(pdir, t))]
+        if changed:
+            problems.append(f"sweep.dims[{d}]: the stage-0 prompt files of {', '.join(changed)} changed since MSF "
+                            f"read them (msf_seen would encode other prompts than MSF was trained on). Fix: retrain "
+                            f"MSF for d={d} on the current prompts, or restore the prompts it was trained on")
 
 
 def _same_draw(cfg: IPTConfig, train: list[str]) -> dict:

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import torch
 
-from ipt_dist.artifacts import append_jsonl, ensure_writable_dir, load_task_prompts, save_msf_checkpoint
+from ipt_dist.artifacts import ArtifactError, append_jsonl, ensure_writable_dir, load_task_prompts, save_msf_checkpoint
 from ipt_dist.config import IPTConfig
 from ipt_dist.data.batching import TokenizedTask
 from ipt_dist.data.sampling import TaskBalancedSampler
 from ipt_dist.modeling.autoencoder import PromptAutoencoder
 from ipt_dist.modeling.backbone import Backbone, build_backbone
-from ipt_dist.provenance import msf_provenance
+from ipt_dist.provenance import check_msf_prompts, msf_provenance
 from ipt_dist.stages.common import load_raw, pick_device, resolve_tasks, tokenize_raw
 from ipt_dist.train.optim import linear_warmup_decay, warmup_steps_for
 from ipt_dist.train.steps import MSFModel, evaluate_groups, msf_step
@@ -72,6 +72,12 @@ def run_msf(cfg: IPTConfig, tracker=None) -> dict:
     H, L = backbone.hidden_size, cfg.pt.prompt_len
     prompts = load_task_prompts(msf_prompts_dir(cfg), split.train, L, H, backbone.name).to(device)
     raw = load_raw(cfg, split.train)
+    problem, unrecorded = check_msf_prompts(cfg, raw, cfg.data.data_seed, msf_prompts_dir(cfg))
+    if problem:
+        raise ArtifactError(problem)
+    if unrecorded:
+        log.warning("MSF: %d stage-0 prompt files record no provenance (%s): their draw and backbone are not "
+                    "checked", len(unrecorded), ", ".join(unrecorded[:5]))
     provenance = msf_provenance(cfg, raw, cfg.data.data_seed, msf_prompts_dir(cfg))
     tok = tokenize_raw(cfg, backbone, raw)
     data = [tok[t] for t in split.train]

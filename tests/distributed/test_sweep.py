@@ -712,6 +712,31 @@ def test_decoder_is_refused_when_a_data_file_changed_under_the_same_seed(stage0,
         plan_sweep(cfg, "ist")
 
 
+def test_settings_1_2_refuse_prompts_of_another_draw_or_changed_since_msf(stage0, tmp_path):
+    import shutil
+
+    from ipt_dist.artifacts import load_prompt, prompt_path, save_prompt
+    from ipt_dist.distributed.sweep import plan_sweep
+    from ipt_dist.provenance import prompt_provenance
+    from ipt_dist.stages.common import load_raw
+
+    prompts = tmp_path / "prompts"
+    shutil.copytree(stage0["prompts"], prompts)
+    cfg = sweep_cfg(stage0, tmp_path, f"msf.prompts_dir={prompts}", tracking=False)
+    p, meta = load_prompt(prompt_path(prompts, "demo_topic"))
+    save_prompt(prompt_path(prompts, "demo_topic"), p + 1.0, **{k: v for k, v in meta.items()
+                                                               if k not in ("prompt_len", "hidden")})
+    p, meta = load_prompt(prompt_path(prompts, "demo_copy_first"))
+    meta["provenance"] = prompt_provenance(cfg, load_raw(cfg, ["demo_copy_first"], 13)["demo_copy_first"], 13)
+    save_prompt(prompt_path(prompts, "demo_copy_first"), p, **{k: v for k, v in meta.items()
+                                                              if k not in ("prompt_len", "hidden")})
+    with pytest.raises(ConfigError) as err:
+        plan_sweep(cfg, "ist")
+    msg = str(err.value)
+    assert "demo_copy_first: data.data_seed: prompt 13 vs config 42" in msg
+    assert "sweep.dims[4]: the stage-0 prompt files of demo_topic changed since MSF read them" in msg
+
+
 def test_checkpoint_without_provenance_is_refused(stage0, tmp_path):
     import shutil
 

@@ -74,6 +74,34 @@ def test_msf_refuses_missing_and_misshaped_prompts_all_at_once(tiny_cfg):
     assert "demo_topic.safetensors: prompt shape (5, 64) does not match" in msg
 
 
+def test_msf_refuses_prompts_of_another_draw_or_backbone(tiny_cfg):
+    """A prompt file records what it was tuned on; MSF refuses prompts of another draw or backbone
+    (files without provenance, written by hand or before it was recorded, are not checked)."""
+    from dataclasses import replace
+
+    from ipt_dist.provenance import prompt_provenance
+    from ipt_dist.stages.common import load_raw
+
+    tiny_cfg.data.train_size, tiny_cfg.data.data_seed = 6, 42
+    prompts = tiny_cfg.out / "prompts"
+    tasks = load_raw(tiny_cfg, ["demo_sentiment", "demo_topic"], 42)
+    other_draw = load_raw(tiny_cfg, ["demo_topic"], 13)["demo_topic"]
+    bf16 = replace(tiny_cfg, backbone=replace(tiny_cfg.backbone, dtype="bfloat16"))
+    save_prompt(prompt_path(prompts, "demo_sentiment"), torch.zeros(4, 64), backbone="tiny-t5",
+                provenance=prompt_provenance(bf16, tasks["demo_sentiment"], 42))
+    save_prompt(prompt_path(prompts, "demo_topic"), torch.zeros(4, 64), backbone="tiny-t5",
+                provenance=prompt_provenance(tiny_cfg, other_draw, 13))
+    save_prompt(prompt_path(prompts, "demo_parity"), torch.zeros(4, 64), backbone="tiny-t5")
+    with pytest.raises(ArtifactError) as e:
+        run_msf(tiny_cfg)
+    msg = str(e.value)
+    assert "demo_sentiment: backbone.dtype: prompt 'bfloat16' vs config 'float32'" in msg
+    assert "demo_topic: data.data_seed: prompt 13 vs config 42 (setting 3's draw)" in msg
+    assert "demo_topic: training data (digest of the train split) differs for 1 of 1 tasks" in msg
+    assert "demo_parity" not in msg and "Fix: train stage 0 with this config's data and backbone" in msg
+    assert not (tiny_cfg.out / "msf" / "msf.json").exists()
+
+
 def test_nan_prompt_and_truncated_prompt_are_rejected(tiny_cfg):
     prompts = tiny_cfg.out / "prompts"
     bad = torch.zeros(4, 64)
