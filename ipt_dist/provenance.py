@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from ipt_dist.config import BackboneConfig, IPTConfig
 from ipt_dist.data.tasks import Example, TaskData
@@ -62,8 +62,9 @@ def backbone_fingerprint(cfg: IPTConfig) -> dict:
     what a prompt means to the model), eval batch size, cache paths.
     """
     b = cfg.backbone
-    return {"backbone": backbone_name(b), "backbone.dtype": b.dtype, "backbone.chat_template": b.chat_template,
-            "backbone.max_input_len": b.max_input_len, "backbone.max_target_len": b.max_target_len,
+    return {"backbone": backbone_name(b), "backbone.dtype": b.dtype,
+            "backbone.chat_template": b.chat_template, "backbone.max_input_len": b.max_input_len,
+            "backbone.max_target_len": b.max_target_len,
             "data.task_prefix": cfg.data.task_prefix, "pt.prompt_len": cfg.pt.prompt_len}
 
 
@@ -103,18 +104,20 @@ def prompt_provenance(cfg: IPTConfig, task: TaskData, seed: int | None) -> dict:
             "backbone": backbone_fingerprint(cfg)}
 
 
-def msf_provenance(cfg: IPTConfig, tasks: dict[str, TaskData], seed: int | None, prompts_dir: str | Path) -> dict:
+def msf_provenance(cfg: IPTConfig, tasks: dict[str, TaskData], seed: int | None,
+                   prompts_dir: str | Path) -> dict:
     """What an MSF checkpoint was trained from (the ``provenance`` of msf.json, single-process and
     distributed alike): its training tasks as loaded with data seed `seed`, the backbone, and the
     stage-0 prompt files of those tasks in `prompts_dir`."""
     from ipt_dist.artifacts import prompt_path
 
-    return {"version": VERSION, "data": data_fingerprint(cfg, tasks, seed), "backbone": backbone_fingerprint(cfg),
+    return {"version": VERSION, "data": data_fingerprint(cfg, tasks, seed),
+            "backbone": backbone_fingerprint(cfg),
             "prompts": {t: file_digest(prompt_path(prompts_dir, t)) for t in tasks}}
 
 
-def check_decoder_provenance(recorded: dict | None, cfg: IPTConfig, same: dict[str, TaskData], same_seed: int | None,
-                             new_seeds: Iterable[int] = ()) -> list[str]:
+def check_decoder_provenance(recorded: dict | None, cfg: IPTConfig, same: dict[str, TaskData],
+                             same_seed: int | None, new_seeds: Iterable[int] = ()) -> list[str]:
     """Mismatches between an MSF checkpoint's provenance and the IST run that would use its decoder.
 
     Args:
@@ -130,8 +133,8 @@ def check_decoder_provenance(recorded: dict | None, cfg: IPTConfig, same: dict[s
     out = _mismatches(recorded, cfg, same, same_seed)
     msf_seed, new_seeds = recorded.get("data", {}).get("data.data_seed"), list(new_seeds)
     if msf_seed is not None and any(draw_seed(cfg, s) == msf_seed for s in new_seeds):
-        out.append(f"data.data_seed: the checkpoint's training draw {msf_seed} is among setting 4's new draws "
-                   f"(sweep.data_seeds[1:] = {new_seeds}): that 'new data' would be MSF's own")
+        out.append(f"data.data_seed: the checkpoint's training draw {msf_seed} is among setting 4's new "
+                   f"draws (sweep.data_seeds[1:] = {new_seeds}): that 'new data' would be MSF's own")
     return out
 
 
@@ -173,9 +176,9 @@ def check_msf_prompts(cfg: IPTConfig, tasks: dict[str, TaskData], seed: int | No
         return None, unrecorded
     lines = "".join(f"\n      - {m}" for m in mismatches)
     return (f"stage-0 prompts in {prompts_dir} were trained on another draw or backbone than this MSF run "
-            f"(prompt value vs config value):{lines}\n    Fix: train stage 0 with this config's data and backbone "
-            "(ipt pt, or the PT sweep with sweep.data_seeds[0] = data.data_seed) or point msf.prompts_dir at "
-            "prompts trained with them"), unrecorded
+            f"(prompt value vs config value):{lines}\n    Fix: train stage 0 with this config's data and "
+            "backbone (ipt pt, or the PT sweep with sweep.data_seeds[0] = data.data_seed) or point "
+            "msf.prompts_dir at prompts trained with them"), unrecorded
 
 
 def _mismatches(recorded: dict, cfg: IPTConfig, same: dict[str, TaskData], same_seed: int | None,
@@ -190,7 +193,7 @@ def _mismatches(recorded: dict, cfg: IPTConfig, same: dict[str, TaskData], same_
     want, got = data_fingerprint(cfg, same, same_seed), recorded.get("data", {})
     for key in _DRAW_FIELDS:
         if got.get(key) != want[key]:
-            where = " (setting 3's draw)" if key == "data.data_seed" else ""
+            where = " (setting 3's draw)" if key == "data.data_seed" and what == "checkpoint" else ""
             out.append(f"{key}: {what} {got.get(key)!r} vs config {want[key]!r}{where}")
     got_digest = got.get("train_digest", {})
     both = [t for t in want["train_digest"] if t in got_digest]
@@ -198,8 +201,8 @@ def _mismatches(recorded: dict, cfg: IPTConfig, same: dict[str, TaskData], same_
                if got_digest[t] != want["train_digest"][t]]
     if changed:
         more = f"; ... and {len(changed) - _SHOW} more" if len(changed) > _SHOW else ""
-        out.append(f"training data (digest of the train split) differs for {len(changed)} of {len(both)} tasks: "
-                   f"{'; '.join(changed[:_SHOW])}{more}: another draw, or the data files changed")
+        out.append(f"training data (digest of the train split) differs for {len(changed)} of {len(both)} "
+                   f"tasks: {'; '.join(changed[:_SHOW])}{more}: another draw, or the data files changed")
     return out
 
 

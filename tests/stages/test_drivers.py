@@ -96,7 +96,7 @@ def test_msf_refuses_prompts_of_another_draw_or_backbone(tiny_cfg):
         run_msf(tiny_cfg)
     msg = str(e.value)
     assert "demo_sentiment: backbone.dtype: prompt 'bfloat16' vs config 'float32'" in msg
-    assert "demo_topic: data.data_seed: prompt 13 vs config 42 (setting 3's draw)" in msg
+    assert "demo_topic: data.data_seed: prompt 13 vs config 42\n" in msg
     assert "demo_topic: training data (digest of the train split) differs for 1 of 1 tasks" in msg
     assert "demo_parity" not in msg and "Fix: train stage 0 with this config's data and backbone" in msg
     assert not (tiny_cfg.out / "msf" / "msf.json").exists()
