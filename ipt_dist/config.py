@@ -117,6 +117,11 @@ class DataConfig:
             out.append(f"data.max_examples: must be > 0 or null, got {self.max_examples}")
         if self.train_size is not None and self.train_size <= 0:
             out.append(f"data.train_size: must be > 0 or null, got {self.train_size}")
+        if self.train_size is not None and self.data_seed is None:
+            # random.Random(None) seeds from the OS: every run would draw other examples, and what
+            # PT, MSF and IST were trained on could not be told apart or compared
+            out.append("data.train_size: a few-shot draw needs a seed, but data.data_seed is null. "
+                       "Fix: set data.data_seed (the sweep's first data seed, e.g. 100)")
         return out
 
 

@@ -110,6 +110,14 @@ def check_msf_reuse(cfg_d: IPTConfig, d: int) -> bool:
     out = Path(cfg_d.output_dir)
     if not ((out / "msf" / "summary.json").is_file() or (out / "msf_dist" / "summary.json").is_file()):
         return False
+    try:
+        recorded = json.loads((out / "msf" / "msf.json").read_text()).get("provenance")
+    except (OSError, ValueError):
+        recorded = None
+    if not recorded:  # the IST sweep would refuse a decoder whose training draw it cannot check
+        raise ConfigError(f"{out}: MSF d={d} records no provenance in msf/msf.json (trained before ipt_dist "
+                          "recorded what MSF is trained from), so the IST sweep cannot check it. Fix: delete "
+                          f"{out} (or move it away) and run the same command again to retrain it, or use another --out")
     marker = out / MSF_MARKER
     if not marker.is_file():
         log.warning("pipeline: MSF d=%d in %s has no %s (trained before this check existed): reused as is",

@@ -90,3 +90,29 @@ def test_repeated_sections_and_keys_are_refused(tmp_path):
         load_config(p)
     p.write_text("\ufeffpt:\n  lr: 0.3\n")  # a UTF-8 BOM (Windows editors) is fine
     assert load_config(p).pt.lr == 0.3
+
+
+def test_a_few_shot_draw_without_a_seed_is_an_error():
+    """random.Random(None) would draw other examples in every process: PT, MSF and IST could not
+    train on the same draw, nor could it be recorded."""
+    with pytest.raises(ConfigError, match="data.train_size: a few-shot draw needs a seed.*Fix: set data.data_seed"):
+        config_from_dict({"data": {"train_size": 16}})
+    assert config_from_dict({"data": {"train_size": 16, "data_seed": 100}}).data.train_size == 16
+
+
+def test_shipped_msf_and_ist_sweep_configs_describe_one_run():
+    """configs/msf.yaml trains the decoders configs/ist_sweep.yaml evaluates (the README's cluster
+    commands): MSF on setting 3's draw, the same backbone, tokenisation, prompt length and data."""
+    from ipt_dist.provenance import backbone_fingerprint
+
+    msf, ist = load_config(ROOT / "configs" / "msf.yaml"), load_config(ROOT / "configs" / "ist_sweep.yaml")
+    assert msf.data.data_seed == ist.sweep.data_seeds[0] == ist.data.data_seed
+    assert msf.data.data_seed not in ist.sweep.data_seeds[1:]
+    assert sorted(ist.sweep.data_seeds) == [13, 21, 42, 87, 100]  # the reference's five seeds
+    assert backbone_fingerprint(msf) == backbone_fingerprint(ist)
+    for field in ("data_dir", "format", "split_file", "tasks", "unseen_tasks", "k", "train_size", "max_examples",
+                  "task_prefix", "tasks_file"):
+        assert getattr(msf.data, field) == getattr(ist.data, field), field
+    # MSF reads the PT sweep's prompts and writes the checkpoint the sweep maps its d to
+    assert Path(msf.msf.prompts_dir) == Path(ist.output_dir) / "prompts"
+    assert Path(ist.output_dir) / ist.sweep.dims[msf.msf.d] == Path(msf.output_dir) / "msf"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 CORE = [
     "ipt_dist.config", "ipt_dist.metrics", "ipt_dist.artifacts", "ipt_dist.tracking", "ipt_dist.summary",
-    "ipt_dist.report", "ipt_dist.peft_io",
+    "ipt_dist.report", "ipt_dist.peft_io", "ipt_dist.provenance",
     "ipt_dist.data", "ipt_dist.data.tasks", "ipt_dist.data.batching", "ipt_dist.data.sampling",
     "ipt_dist.modeling.backbone", "ipt_dist.modeling.autoencoder", "ipt_dist.modeling.tiny",
     "ipt_dist.train.steps", "ipt_dist.train.optim", "ipt_dist.train.packed",

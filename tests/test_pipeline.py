@@ -26,6 +26,10 @@ def test_trained_msf_is_reused_only_for_the_same_inputs(tmp_path):
     (tmp_path / "msf_d4" / "msf").mkdir(parents=True)
     (tmp_path / "msf_d4" / "msf" / "summary.json").write_text("{}")
     _mark_msf(cfg_d)
+    (tmp_path / "msf_d4" / "msf" / "msf.json").write_text('{"d": 4}')  # trained before provenance existed
+    with pytest.raises(ConfigError, match="records no provenance .*Fix: delete"):
+        check_msf_reuse(cfg_d, 4)
+    (tmp_path / "msf_d4" / "msf" / "msf.json").write_text('{"d": 4, "provenance": {"version": 1}}')
     assert check_msf_reuse(cfg_d, 4) is True
     assert check_msf_reuse(_msf_config(config(tmp_path, "ist.steps=7", "sweep.lrs=[0.5]", "tracking.enabled=false"), 4), 4)
 

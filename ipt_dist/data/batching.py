@@ -53,6 +53,9 @@ def subsample_task(task: TaskData, train_size: int | None, seed: int | None) -> 
     """A few-shot draw: `train_size` train and dev examples chosen with `seed` (None: all)."""
     if train_size is None:
         return task
+    if seed is None:  # random.Random(None) would draw differently in every process
+        raise ValueError(f"task {task.name}: a draw of train_size={train_size} needs a data seed, got None. "
+                         "Fix: set data.data_seed")
     rng = random.Random(seed)
 
     def pick(xs: list[Example]) -> list[Example]:
@@ -67,13 +70,15 @@ def _tokenize_split(name: str, examples: list[Example], tokenize: TokenizeFn, pr
     return TokenizedSplit(ids, tgt, [list(ex.outputs) for ex in examples])
 
 
-def _fingerprint(task: TaskData, tag: str, prefix: bool) -> str:
+def token_cache_key(task: TaskData, tag: str, prefix: bool) -> str:
+    """Key of a task's token ids: its name, the content of its three splits, the tokenizer `tag`
+    and the task-name prefix: anything that changes a token id changes the key."""
     h = hashlib.sha1(f"{tag}|{prefix}".encode())
     for split in (task.train, task.dev, task.test):
         for ex in split:
             h.update(json.dumps([ex.input, ex.outputs]).encode())
         h.update(b"|")
-    return h.hexdigest()[:16]
+    return f"{task.name}-{h.hexdigest()[:16]}"
 
 
 _MEMORY: dict[str, TokenizedTask] = {}
@@ -85,7 +90,7 @@ def tokenize_task(task: TaskData, tokenize: TokenizeFn, *, tag: str = "", prefix
 
     `tag` must identify the tokenizer and truncation lengths (see `tokenizer_tag`).
     """
-    key = f"{task.name}-{_fingerprint(task, tag, prefix)}"
+    key = token_cache_key(task, tag, prefix)
     if key in _MEMORY:
         return _MEMORY[key]
     path = Path(cache_dir) / f"{key}.json" if cache_dir else None
@@ -116,8 +121,9 @@ def tokenize_task(task: TaskData, tokenize: TokenizeFn, *, tag: str = "", prefix
 
 
 def tokenizer_tag(backbone) -> str:
-    """Identifies what changes token ids: model name, vocabulary size, truncation lengths."""
-    return f"{backbone.name}|{len(backbone.tokenizer)}|{backbone.cfg.max_input_len}|{backbone.cfg.max_target_len}"
+    """Identifies what changes token ids: model name, vocabulary size, truncation lengths, chat template."""
+    c = backbone.cfg
+    return f"{backbone.name}|{len(backbone.tokenizer)}|{c.max_input_len}|{c.max_target_len}|chat={c.chat_template}"
 
 
 def tokenize_tasks(tasks: dict[str, TaskData], backbone, *, prefix: bool = True,

@@ -52,6 +52,7 @@ from ipt_dist.distributed.deepspeed_config import (
     zero_stage,
 )
 from ipt_dist.errors import UserError
+from ipt_dist.provenance import backbone_name, check_msf_prompts, msf_provenance
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ def absolutize(cfg: IPTConfig) -> IPTConfig:
 
 def expected_backbone_name(cfg: IPTConfig) -> str:
     """The name `build_backbone` gives this backbone (what prompt files record)."""
-    return f"arch:{cfg.backbone.arch}" if cfg.backbone.arch else cfg.backbone.name_or_path
+    return backbone_name(cfg.backbone)
 
 
 def backbone_hidden_size(cfg: IPTConfig) -> int | None:
@@ -153,7 +154,7 @@ def check_inputs(cfg: IPTConfig, *, resume: bool = False) -> dict[str, Any]:
 
     Returns:
         {"tasks": TaskSplit, "ds_config": resolved dict, "hidden": H or None,
-         "sizes": {task: number of training examples}}.
+         "sizes": {task: number of training examples}, "provenance": see `msf_provenance`}.
     Raises:
         MSFInputError: listing every problem at once.
     """
@@ -161,7 +162,7 @@ def check_inputs(cfg: IPTConfig, *, resume: bool = False) -> dict[str, Any]:
     from ipt_dist.stages.common import load_raw, resolve_tasks
 
     problems: list[str] = list(cfg.problems())
-    out: dict[str, Any] = {"tasks": None, "ds_config": None, "hidden": None, "sizes": {}}
+    out: dict[str, Any] = {"tasks": None, "ds_config": None, "hidden": None, "sizes": {}, "provenance": None}
     try:
         out["ds_config"] = build_ds_config(cfg)
     except (FileNotFoundError, DeepSpeedConfigError) as exc:
@@ -197,6 +198,17 @@ def check_inputs(cfg: IPTConfig, *, resume: bool = False) -> dict[str, Any]:
             except ArtifactError as exc:
                 problems.append(str(exc) + "\n    Fix: run stage 0 first (ipt pt --config ...), or point "
                                 "msf.prompts_dir at the prompt files")
+        if not problems:  # the prompts' own provenance, then what the checkpoint will record (msf.json)
+            try:
+                problem, unrecorded = check_msf_prompts(cfg, raw, cfg.data.data_seed, cfg.msf.prompts_dir)
+                if problem:
+                    problems.append(problem)
+                elif unrecorded:
+                    log.warning("%d stage-0 prompt files record no provenance (%s): their draw and backbone are "
+                                "not checked", len(unrecorded), ", ".join(unrecorded[:5]))
+                out["provenance"] = msf_provenance(cfg, raw, cfg.data.data_seed, cfg.msf.prompts_dir)
+            except (FileNotFoundError, ArtifactError) as exc:  # unchecked above when H is unknown here
+                problems.append(str(exc))
     if resume:
         record = dist_dir(cfg) / RUN_FILE
         if not record.is_file():
@@ -459,7 +471,8 @@ class MSFWorker:
         return {"backbone": self.backbone.name, "tasks": self.tasks, "alpha": self.cfg.msf.alpha,
                 "best_dev": self.best, "step": self.best_step, "temperature": self.cfg.msf.temperature,
                 "distributed": {"num_workers": self.world, "zero_stage": self.stage,
-                                "ray_run": self.run["name"]}}
+                                "ray_run": self.run["name"]},
+                "provenance": self.run.get("provenance")}
 
     def save_checkpoint(self, metrics: dict) -> None:
         """Every rank writes its DeepSpeed shards, rank 0 the best AE; Ray merges them into one checkpoint."""
@@ -731,7 +744,7 @@ def run_distributed_msf(cfg: IPTConfig, *, resume: bool = False, smoke_test: boo
         train_func,
         train_loop_config={"cfg": config_to_dict(cfg), "ds_config": ds_config,
                            "run": {"name": name, "dir": str(run_dir), "mlflow_run_id": mlflow_run_id,
-                                   "crash_at_step": crash_at_step}},
+                                   "crash_at_step": crash_at_step, "provenance": checked["provenance"]}},
         scaling_config=ray.train.ScalingConfig(num_workers=d.num_workers, use_gpu=d.use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(

@@ -215,6 +215,8 @@ def _context(cfg: IPTConfig, kind: str) -> dict:
            "data": [d.data_dir, d.format, d.tasks_file, d.k, d.train_size, d.max_examples, d.task_prefix,
                     d.hf_input_column, d.hf_output_column],
            "prompt_len": cfg.pt.prompt_len}
+    if b.chat_template:  # changes every token id; only when on, so ids of earlier sweeps stay valid
+        ctx["chat_template"] = True
     if kind in ("ist", "pt"):
         s = asdict(ist_settings(cfg) if kind == "ist" else pt_settings(cfg))
         s.pop("eval_batch_size", None)
@@ -237,13 +239,7 @@ def _check_decoder(cfg: IPTConfig, d: int, path: str, problems: list[str]) -> De
     if meta.get("d") != d:
         problems.append(f"sweep.dims[{d}]: the checkpoint {ckpt} has d={meta.get('d')}, not {d}. "
                         f"Fix: map each d to the checkpoint trained with msf.d=d")
-    if meta.get("prompt_len") != cfg.pt.prompt_len:
-        problems.append(f"sweep.dims[{d}]: checkpoint prompt length {meta.get('prompt_len')} != pt.prompt_len "
-                        f"{cfg.pt.prompt_len}. Fix: use the pt.prompt_len the MSF was trained with")
-    want = f"arch:{cfg.backbone.arch}" if cfg.backbone.arch else cfg.backbone.name_or_path
-    got = meta.get("backbone")
-    if got is not None and got != want:
-        problems.append(f"sweep.dims[{d}]: checkpoint was trained on backbone {got!r}, the config uses {want!r}")
+    # backbone and prompt length: checked with the rest of the provenance (_check_provenance)
     if not (ckpt / "autoencoder.safetensors").is_file():
         problems.append(f"sweep.dims[{d}]: {ckpt / 'autoencoder.safetensors'} is missing; re-run MSF")
     run_id = meta.get("mlflow_run_id") or meta.get("run_id")
@@ -321,11 +317,15 @@ def _check_ist(cfg: IPTConfig, train: list[str], unseen: list[str],
     if not sw.dims:
         problems.append("sweep.dims: map at least one intrinsic dimension to its MSF checkpoint, "
                         "e.g. dims: {250: /abs/path/msf_d250}")
+    same_draw = None
     for d, path in sorted(sw.dims.items()):
         info = _check_decoder(cfg, d, path, problems)
         if info is None:
             continue
         decoders[d] = info
+        if sw.data_seeds:  # no seeds: reported by _check_grid
+            same_draw = _same_draw(cfg, train) if same_draw is None else same_draw
+            _check_provenance(cfg, info, same_draw, problems)
         tasks = info.meta.get("tasks")
         if tasks is not None:
             not_trained = [t for t in train if t not in tasks]
@@ -348,6 +348,7 @@ def _check_ist(cfg: IPTConfig, train: list[str], unseen: list[str],
         hidden = next(iter(decoders.values())).meta.get("hidden")
         try:
             load_task_prompts(_prompts_dir(cfg), need, cfg.pt.prompt_len, hidden)
+            _check_eval_prompts(cfg, need, decoders, problems)
         except ArtifactError as exc:
             problems.append(f"settings msf_seen/msf_unseen need stage-0 prompts: {exc}")
     return decoders
@@ -381,6 +382,70 @@ def _check_pca(cfg: IPTConfig, decoders: dict[int, DecoderInfo], train: list[str
             warnings.append(f"sweep.pca_decoder: d={d} exceeds the rank of {len(tasks)} centred prompts "
                             f"(at most {len(tasks) - 1}); the PCA decoder's extra dimensions are zero (inert)")
     return warnings
+
+
+def _check_eval_prompts(cfg: IPTConfig, need: list[str], decoders: dict[int, DecoderInfo],
+                        problems: list[str]) -> None:
+    """Settings 1-2 encode stage-0 prompts: tuned on setting 3's draw with this backbone, and (seen
+    tasks) the very files each MSF was trained on."""
+    from ipt_dist.data.tasks import DataError
+    from ipt_dist.provenance import check_prompt_provenance, file_digest
+    from ipt_dist.stages.common import load_raw
+
+    pdir = _prompts_dir(cfg)
+    metas = {t: load_prompt(prompt_path(pdir, t))[1] for t in need}
+    seed = cfg.sweep.data_seeds[0] if cfg.sweep.data_seeds else None
+    try:
+        same = load_raw(cfg, need, seed) if seed is not None else {}
+    except DataError:
+        same = {}  # reported by _check_data
+    mismatches, _ = check_prompt_provenance(metas, cfg, same, seed)
+    if mismatches:
+        problems.append(f"settings msf_seen/msf_unseen: stage-0 prompts in {pdir} were tuned on another draw or "
+                        "backbone (prompt value vs config value):" + "".join(f"\n      - {m}" for m in mismatches)
+                        + "\n    Fix: the PT sweep with this config writes them (its first data seed)")
+    for d, info in sorted(decoders.items()):
+        read = (info.meta.get("provenance") or {}).get("prompts") or {}
+        changed = [t for t in need if t in read and read[t] != file_digest(prompt_path(pdir, t))]
+        if changed:
+            problems.append(f"sweep.dims[{d}]: the stage-0 prompt files of {', '.join(changed)} changed since MSF "
+                            f"read them (msf_seen would encode other prompts than MSF was trained on). Fix: retrain "
+                            f"MSF for d={d} on the current prompts, or restore the prompts it was trained on")
+
+
+def _same_draw(cfg: IPTConfig, train: list[str]) -> dict:
+    """The training tasks as setting 3 loads them (data seed sweep.data_seeds[0]); {} when they do not
+    load (_check_data reports why)."""
+    from ipt_dist.data.tasks import DataError
+    from ipt_dist.stages.common import load_raw
+
+    try:
+        return load_raw(cfg, train, cfg.sweep.data_seeds[0])
+    except DataError:
+        return {}
+
+
+def _check_provenance(cfg: IPTConfig, info: DecoderInfo, same_draw: dict, problems: list[str]) -> None:
+    """The decoder was trained on setting 3's draw (data.data_seed = sweep.data_seeds[0], same data
+    content), not on one of setting 4's new draws, with this backbone (see `ipt_dist.provenance`)."""
+    from ipt_dist.provenance import check_decoder_provenance, mismatch_message
+
+    seeds = cfg.sweep.data_seeds
+    same = seeds[0]
+    prov = info.meta.get("provenance")
+    mismatches = check_decoder_provenance(prov, cfg, same_draw, same, seeds[1:])
+    if not mismatches:
+        return
+    d = info.d
+    if prov:
+        fix = (f"train MSF for d={d} on setting 3's draw with this backbone (data.data_seed = "
+               f"sweep.data_seeds[0] = {same}, the config's backbone, data and pt.prompt_len; configs/msf.yaml "
+               f"and configs/ist_sweep.yaml agree) and point sweep.dims[{d}] at it, or set these fields of the "
+               "sweep config to the checkpoint's values")
+    else:
+        fix = (f"retrain MSF for d={d} with this version (ray_jobs/msf.py or ipt msf) and point sweep.dims[{d}] "
+               "at it")
+    problems.append(f"sweep.dims[{d}]: " + mismatch_message(info.path, mismatches, fix))
 
 
 def _msf_eval_tasks(cfg: IPTConfig, train: list[str], unseen: list[str]) -> list[str]:
@@ -1223,6 +1288,9 @@ def _write_summary(plan: SweepPlan, records: list[dict], pt_records: list[dict])
 
 def _write_stage0_prompts(plan: SweepPlan, records: list[dict]) -> None:
     """P_i of each task: the best-dev lr at the PT/MSF data seed, written as the prompt file MSF reads."""
+    from ipt_dist.provenance import prompt_provenance
+    from ipt_dist.stages.common import load_raw
+
     pdir = _prompts_dir(plan.cfg)
     by_task: dict[str, list[dict]] = defaultdict(list)
     mine = {r["job_id"] for r in records}
@@ -1245,9 +1313,11 @@ def _write_stage0_prompts(plan: SweepPlan, records: list[dict]) -> None:
                             path)
                 continue
         prompt = _load_param(plan.sweep_dir / best["param_file"])
+        task = load_raw(plan.cfg, [t], plan.same_seed)[t]  # as PT trained on it: the prompt's provenance
         save_prompt(path, prompt, backbone=best.get("backbone"), task=t, metric=best.get("metric"),
                     dev_score=best.get("best_dev"), test_score=best.get("test"), lr=best.get("lr"),
-                    seed=best.get("data_seed"), job_id=best["job_id"])
+                    seed=best.get("data_seed"), job_id=best["job_id"],
+                    provenance=prompt_provenance(plan.cfg, task, plan.same_seed))
     if by_task:
         log.info("stage 0: wrote %d prompt files (best lr by dev, data seed %d) to %s", len(by_task),
                  plan.same_seed, pdir)

@@ -98,7 +98,11 @@ def load_raw(cfg: IPTConfig, names: list[str], data_seed: int | None = None) -> 
 
 def load_tokenized(cfg: IPTConfig, backbone, names: list[str], data_seed: int | None = None
                    ) -> dict[str, TokenizedTask]:
-    raw = load_raw(cfg, names, data_seed)
+    return tokenize_raw(cfg, backbone, load_raw(cfg, names, data_seed))
+
+
+def tokenize_raw(cfg: IPTConfig, backbone, raw: dict[str, TaskData]) -> dict[str, TokenizedTask]:
+    """Token ids of tasks already loaded by `load_raw` (the on-disk token cache in output_dir)."""
     return tokenize_tasks(raw, backbone, prefix=cfg.data.task_prefix,
                           cache_dir=Path(cfg.output_dir) / "cache" / "tokens")
 

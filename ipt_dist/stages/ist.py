@@ -10,12 +10,13 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from ipt_dist.artifacts import append_jsonl, ensure_writable_dir, load_decoder, read_jsonl
+from ipt_dist.artifacts import append_jsonl, ensure_writable_dir, load_decoder, read_jsonl, read_msf_meta
 from ipt_dist.config import ConfigError, IPTConfig
 from ipt_dist.modeling.autoencoder import random_decoder
 from ipt_dist.modeling.backbone import build_backbone
+from ipt_dist.provenance import check_decoder_provenance, file_digest, mismatch_message
 from ipt_dist.rerun import claim_stage_dir, recorded_inputs, stage_inputs
-from ipt_dist.stages.common import load_tokenized, pick_device, resolve_tasks
+from ipt_dist.stages.common import load_raw, load_tokenized, pick_device, resolve_tasks
 from ipt_dist.train.packed import Job, PackSettings, train_pack
 
 log = logging.getLogger(__name__)
@@ -32,10 +33,30 @@ def msf_checkpoint_dir(cfg: IPTConfig) -> Path:
     return Path(cfg.ist.msf_checkpoint) if cfg.ist.msf_checkpoint else Path(cfg.output_dir) / "msf"
 
 
-def _digest(path: Path) -> str:
-    import hashlib
+def check_msf_provenance(cfg: IPTConfig, train: list[str]) -> None:
+    """The MSF decoder was trained on this config's draw (seen tasks here are setting 3: the same
+    data as MSF) with this backbone. The random-decoder baseline uses no MSF weights: not checked.
 
-    return hashlib.sha1(path.read_bytes()).hexdigest()
+    Raises:
+        FileNotFoundError / ArtifactError: no readable msf.json.
+        ConfigError: every mismatched field (checkpoint vs config) and the fix; also a checkpoint
+            written before provenance was recorded.
+    """
+    if cfg.ist.random_decoder:
+        return
+    ckpt = msf_checkpoint_dir(cfg)
+    prov = read_msf_meta(ckpt).get("provenance")
+    digests = (prov or {}).get("data", {}).get("train_digest") or {}
+    same = load_raw(cfg, [t for t in train if t in digests], cfg.data.data_seed) if digests else {}
+    mismatches = check_decoder_provenance(prov, cfg, same, cfg.data.data_seed)
+    if not mismatches:
+        return
+    if prov:
+        fix = ("run ipt ist with the checkpoint's values of these fields (its seen tasks train on MSF's own "
+               "draw: setting 3; new draws are setting 4 of the IST sweep), or retrain MSF with this config")
+    else:
+        fix = "retrain MSF with this version (ipt msf), or point ist.msf_checkpoint at a checkpoint that has provenance"
+    raise ConfigError(mismatch_message(ckpt, mismatches, fix))
 
 
 def run_ist(cfg: IPTConfig, tracker=None) -> list[dict]:
@@ -43,16 +64,18 @@ def run_ist(cfg: IPTConfig, tracker=None) -> list[dict]:
 
     Raises:
         FileNotFoundError / ArtifactError: MSF checkpoint missing or not matching the backbone.
+        ConfigError: the checkpoint was trained on another draw or backbone (`check_msf_provenance`).
     """
     out = ensure_writable_dir(Path(cfg.output_dir) / "ist")
     split = resolve_tasks(cfg)
+    check_msf_provenance(cfg, split.train)  # before the backbone loads
     results_file = out / "results.jsonl"
     if results_file.is_file() and recorded_inputs(out) is None:
         raise ConfigError(f"{out} holds IST results written without a record of their inputs (an older ipt_dist): "
                           "they cannot be checked against this config. Fix: run with another --out")
     decoder_file = msf_checkpoint_dir(cfg) / "autoencoder.safetensors"
     if decoder_file.is_file():  # else load_decoder below says what to run
-        claim_stage_dir(out, "ist", stage_inputs(cfg, "ist", {"decoder": _digest(decoder_file)}), cfg,
+        claim_stage_dir(out, "ist", stage_inputs(cfg, "ist", {"decoder": file_digest(decoder_file)}), cfg,
                         has_results=bool(read_jsonl(results_file)))
     backbone = build_backbone(cfg.backbone, pick_device())
     decoder, meta = load_decoder(msf_checkpoint_dir(cfg), backbone=backbone.name, hidden=backbone.hidden_size,

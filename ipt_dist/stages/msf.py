@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ipt_dist.artifacts import (
+    ArtifactError,
     append_jsonl,
     atomic_write_bytes,
     ensure_writable_dir,
@@ -28,8 +29,9 @@ from ipt_dist.data.batching import TokenizedTask
 from ipt_dist.data.sampling import TaskBalancedSampler
 from ipt_dist.modeling.autoencoder import PromptAutoencoder
 from ipt_dist.modeling.backbone import Backbone, build_backbone
+from ipt_dist.provenance import check_msf_prompts, msf_provenance
 from ipt_dist.rerun import claim_stage_dir, msf_inputs, recorded_inputs
-from ipt_dist.stages.common import load_tokenized, pick_device, resolve_tasks
+from ipt_dist.stages.common import load_raw, pick_device, resolve_tasks, tokenize_raw
 from ipt_dist.train.optim import linear_warmup_decay, warmup_steps_for
 from ipt_dist.train.steps import MSFModel, evaluate_groups, msf_step
 
@@ -90,7 +92,15 @@ def run_msf(cfg: IPTConfig, tracker=None) -> dict:
     backbone = build_backbone(cfg.backbone, device)
     H, L = backbone.hidden_size, cfg.pt.prompt_len
     prompts = load_task_prompts(msf_prompts_dir(cfg), split.train, L, H, backbone.name).to(device)
-    tok = load_tokenized(cfg, backbone, split.train)
+    raw = load_raw(cfg, split.train)
+    problem, unrecorded = check_msf_prompts(cfg, raw, cfg.data.data_seed, msf_prompts_dir(cfg))
+    if problem:
+        raise ArtifactError(problem)
+    if unrecorded:
+        log.warning("MSF: %d stage-0 prompt files record no provenance (%s): their draw and backbone are not "
+                    "checked", len(unrecorded), ", ".join(unrecorded[:5]))
+    provenance = msf_provenance(cfg, raw, cfg.data.data_seed, msf_prompts_dir(cfg))
+    tok = tokenize_raw(cfg, backbone, raw)
     data = [tok[t] for t in split.train]
     ae = build_autoencoder(cfg, H).to(device)
     model = MSFModel(backbone, ae, prompts, cfg.msf.alpha)
@@ -118,7 +128,8 @@ def run_msf(cfg: IPTConfig, tracker=None) -> dict:
             if row["dev_mean"] > best:
                 best, best_step = row["dev_mean"], done
                 save_msf_checkpoint(out, ae, {"backbone": backbone.name, "tasks": split.train, "alpha": m.alpha,
-                                              "best_dev": best, "step": done, "temperature": m.temperature})
+                                              "best_dev": best, "step": done, "temperature": m.temperature,
+                                              "provenance": provenance})
             log.info("MSF step %d: loss %.4f (lm %.4f, rec %.6f), mean dev %.4f", done, row["loss"],
                      row["lm_loss"], row["rec_loss"], row["dev_mean"])
         append_jsonl(history, row)

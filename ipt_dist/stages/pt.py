@@ -20,8 +20,9 @@ from ipt_dist.artifacts import (
 )
 from ipt_dist.config import ConfigError, IPTConfig
 from ipt_dist.modeling.backbone import build_backbone
+from ipt_dist.provenance import prompt_provenance
 from ipt_dist.rerun import claim_stage_dir, recorded_inputs, stage_inputs
-from ipt_dist.stages.common import load_tokenized, pick_device, resolve_tasks
+from ipt_dist.stages.common import load_raw, pick_device, resolve_tasks, tokenize_raw
 from ipt_dist.train.packed import Job, PackSettings, train_pack
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,8 @@ def run_pt(cfg: IPTConfig, tasks: list[str] | None = None, tracker=None) -> list
         log.info("stage 0: %d of %d prompts already trained with these inputs (skipped); training %d", len(done),
                  len(tasks), len(todo))
     backbone = build_backbone(cfg.backbone, pick_device())
-    data = load_tokenized(cfg, backbone, todo)  # fails on bad data before any training
+    raw = load_raw(cfg, todo)  # fails on bad data before any training
+    data = tokenize_raw(cfg, backbone, raw)
     init = None
     if cfg.pt.init_from:
         init = torch.stack([load_prompt(find_prompt(cfg.pt.init_from, t))[0] for t in todo])
@@ -80,7 +82,8 @@ def run_pt(cfg: IPTConfig, tasks: list[str] | None = None, tracker=None) -> list
         for r in results:
             save_prompt(prompt_path(prompts_dir, r.job.task), r.best_param, backbone=backbone.name,
                         task=r.job.task, metric=r.metric, dev_score=r.best_dev, test_score=r.test, lr=r.job.lr,
-                        seed=r.job.seed)
+                        seed=r.job.seed,
+                        provenance=prompt_provenance(cfg, raw[r.job.task], cfg.data.data_seed))
             rec = r.record()
             append_jsonl(results_file, rec)
             done[r.job.task] = rec

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.distributed.conftest import TRAIN_TASKS, free_port, msf_overrides, write_seeded_prompts
+from tests.distributed.conftest import HIDDEN, PROMPT_LEN, TRAIN_TASKS, free_port, msf_overrides, write_seeded_prompts
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = 4
@@ -130,11 +130,40 @@ def zero2_run(ray_local, tmp_path_factory, demo_dir, tiny_t5_dir):
     return out, summary
 
 
-def test_zero2_two_workers_match_single_process(zero2_run, reference):
+def test_zero2_two_workers_match_single_process(zero2_run, reference, demo_dir, tiny_t5_dir):
+    from ipt_dist.artifacts import read_msf_meta
+    from ipt_dist.config import load_config
+    from ipt_dist.provenance import msf_provenance
+    from ipt_dist.stages.common import load_raw
+
     out, summary = zero2_run
     info = json.loads((out / "msf_dist" / "backbone_rank0.json").read_text())
     assert info["backbone_parameters_on_rank"] == info["backbone_parameters"]  # replicated
     assert_matches_reference(out, summary, reference)
+    # msf.json records its provenance with the same helper as single-process MSF
+    cfg = load_config(None, msf_overrides(out, demo_dir, backbone=tiny_t5_dir, steps=STEPS))
+    expected = msf_provenance(cfg, load_raw(cfg, TRAIN_TASKS), None, out / "prompts")
+    assert read_msf_meta(out / "msf")["provenance"] == expected
+
+
+def test_prompts_of_another_draw_are_refused_before_any_worker_starts(tmp_path, demo_dir):
+    from dataclasses import replace
+
+    from ipt_dist.artifacts import prompt_path, save_prompt
+    from ipt_dist.config import load_config
+    from ipt_dist.distributed.msf import MSFInputError, check_inputs
+    from ipt_dist.provenance import prompt_provenance
+    from ipt_dist.stages.common import load_raw
+
+    cfg = load_config(None, msf_overrides(tmp_path, demo_dir) + ["data.train_size=6", "data.data_seed=42"])
+    cfg = replace(cfg, msf=replace(cfg.msf, prompts_dir=str(tmp_path / "prompts")))
+    write_seeded_prompts(tmp_path / "prompts")
+    assert check_inputs(cfg)["provenance"]["data"]["data.data_seed"] == 42  # no provenance in the files: unchecked
+    task = load_raw(cfg, ["demo_topic"], 13)["demo_topic"]
+    save_prompt(prompt_path(tmp_path / "prompts", "demo_topic"), torch.zeros(PROMPT_LEN, HIDDEN),
+                backbone="tiny-t5", provenance=prompt_provenance(cfg, task, 13))
+    with pytest.raises(MSFInputError, match="demo_topic: data.data_seed: prompt 13 vs config 42"):
+        check_inputs(cfg)
 
 
 def final_ae_state(summary: dict) -> dict[str, torch.Tensor]:

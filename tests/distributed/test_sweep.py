@@ -406,7 +406,8 @@ def test_a_failing_pack_is_recorded_and_the_rest_of_the_sweep_completes(stage0, 
 
     meta = read_msf_meta(stage0["ckpt"])
     wrong = PromptAutoencoder(5, 4, 32, 16)  # prompts of hidden size 32: tiny-t5 has 64
-    save_msf_checkpoint(tmp_path / "msf_d5", wrong, {"backbone": "tiny-t5", "tasks": meta["tasks"]})
+    save_msf_checkpoint(tmp_path / "msf_d5", wrong, {"backbone": "tiny-t5", "tasks": meta["tasks"],
+                                                     "provenance": meta["provenance"]})
     cfg = sweep_cfg(stage0, tmp_path, f"sweep.dims={{4: {stage0['ckpt']}, 5: {tmp_path / 'msf_d5'}}}",
                     "sweep.lrs=[0.3]", "sweep.settings=[ist_seen_same]", tracking=False)
     res = run_sweep(cfg, stage="ist")
@@ -693,7 +694,7 @@ def test_ist_lrs_set_the_ist_grid_apart_from_pt(stage0, tmp_path):
     (["data.tasks=[demo_sentiment, no_such_task]"], "no_such_task"),
     (["sweep.dims={4: CKPT, 8: /nonexistent/msf_d8}"], r"sweep.dims\[8\]: no MSF checkpoint"),
     (["sweep.dims={8: CKPT}"], "has d=4, not 8"),
-    (["pt.prompt_len=6"], "prompt length 4 != pt.prompt_len 6"),
+    (["pt.prompt_len=6"], "pt.prompt_len: checkpoint 4 vs config 6"),
     (["sweep.data_seeds=[42]"], "ist_seen_new"),
     (["sweep.data_seeds=[13, 42]"], r"data_seeds\[0\] \(13\) must be the data seed"),
     (["data.unseen_tasks=[]"], "no unseen tasks"),
@@ -707,6 +708,104 @@ def test_bad_sweeps_fail_before_any_work(stage0, tmp_path, extra, match):
     extra = [e.replace("CKPT", str(stage0["ckpt"])) for e in extra]
     with pytest.raises((ConfigError, DataError), match=match):
         plan_sweep(sweep_cfg(stage0, tmp_path, *extra, tracking=False), "ist")
+
+
+# ----------------------------------------------------------------------------- provenance (no Ray)
+
+
+def test_decoder_of_another_draw_is_refused_listing_every_mismatch(stage0, tmp_path):
+    """MSF trained on seed 42; a sweep whose setting 3 draws seed 13 and whose 'new data' holds 42:
+    one error naming the seed, the digests, setting 4 and the backbone field, with the fix."""
+    from ipt_dist.distributed.sweep import plan_sweep
+
+    cfg = sweep_cfg(stage0, tmp_path, "data.data_seed=13", "sweep.data_seeds=[13, 42]", "backbone.dtype=bfloat16",
+                    tracking=False)
+    with pytest.raises(ConfigError) as err:
+        plan_sweep(cfg, "ist")
+    msg = str(err.value)
+    assert "sweep.dims[4]: the MSF checkpoint" in msg and "(4 mismatches, checkpoint value vs config value)" in msg
+    assert "data.data_seed: checkpoint 42 vs config 13 (setting 3's draw)" in msg
+    assert "training data (digest of the train split) differs for 3 of 3 tasks: demo_sentiment (checkpoint" in msg
+    assert "draw 42 is among setting 4's new draws (sweep.data_seeds[1:] = [42])" in msg
+    assert "backbone.dtype: checkpoint 'float32' vs config 'bfloat16'" in msg
+    assert "Fix: train MSF for d=4 on setting 3's draw" in msg and "sweep.data_seeds[0] = 13" in msg
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["backbone.chat_template=true"], "backbone.chat_template: checkpoint False vs config True"),
+    (["data.task_prefix=false"], "data.task_prefix: checkpoint True vs config False"),
+    (["data.train_size=5"], "data.train_size: checkpoint 6 vs config 5"),
+])
+def test_decoder_of_another_backbone_or_tokenisation_is_refused(stage0, tmp_path, extra, match):
+    from ipt_dist.distributed.sweep import plan_sweep
+
+    with pytest.raises(ConfigError, match=match):
+        plan_sweep(sweep_cfg(stage0, tmp_path, *extra, tracking=False), "ist")
+
+
+def test_decoder_is_refused_when_a_data_file_changed_under_the_same_seed(stage0, tmp_path):
+    import shutil
+
+    from ipt_dist.distributed.sweep import plan_sweep
+
+    data = tmp_path / "data"
+    shutil.copytree(stage0["demo_dir"], data)
+    cfg = sweep_cfg(stage0, tmp_path, f"data.data_dir={data}", tracking=False)
+    assert len(plan_sweep(cfg, "ist").jobs) == N_JOBS  # a copy of the same data is the same data
+    train = data / "demo_topic" / "train.jsonl"
+    rows = [json.loads(x) for x in train.read_text().splitlines()]
+    train.write_text("".join(json.dumps({**r, "input": r["input"] + " again"}) + "\n" for r in rows))
+    with pytest.raises(ConfigError, match=r"differs for 1 of 3 tasks: demo_topic \(checkpoint \w+ vs config \w+\)"):
+        plan_sweep(cfg, "ist")
+
+
+def test_settings_1_2_refuse_prompts_of_another_draw_or_changed_since_msf(stage0, tmp_path):
+    import shutil
+
+    from ipt_dist.artifacts import load_prompt, prompt_path, save_prompt
+    from ipt_dist.distributed.sweep import plan_sweep
+    from ipt_dist.provenance import prompt_provenance
+    from ipt_dist.stages.common import load_raw
+
+    prompts = tmp_path / "prompts"
+    shutil.copytree(stage0["prompts"], prompts)
+    cfg = sweep_cfg(stage0, tmp_path, f"msf.prompts_dir={prompts}", tracking=False)
+    p, meta = load_prompt(prompt_path(prompts, "demo_topic"))
+    save_prompt(prompt_path(prompts, "demo_topic"), p + 1.0, **{k: v for k, v in meta.items()
+                                                               if k not in ("prompt_len", "hidden")})
+    p, meta = load_prompt(prompt_path(prompts, "demo_copy_first"))
+    meta["provenance"] = prompt_provenance(cfg, load_raw(cfg, ["demo_copy_first"], 13)["demo_copy_first"], 13)
+    save_prompt(prompt_path(prompts, "demo_copy_first"), p, **{k: v for k, v in meta.items()
+                                                              if k not in ("prompt_len", "hidden")})
+    with pytest.raises(ConfigError) as err:
+        plan_sweep(cfg, "ist")
+    msg = str(err.value)
+    assert "demo_copy_first: data.data_seed: prompt 13 vs config 42" in msg
+    assert "sweep.dims[4]: the stage-0 prompt files of demo_topic changed since MSF read them" in msg
+
+
+def test_checkpoint_without_provenance_is_refused(stage0, tmp_path):
+    import shutil
+
+    from ipt_dist.distributed.sweep import plan_sweep
+
+    old = tmp_path / "old_msf"
+    shutil.copytree(stage0["ckpt"], old)
+    meta = json.loads((old / "msf.json").read_text())
+    del meta["provenance"]
+    (old / "msf.json").write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match=r"sweep.dims\[4\]: the MSF checkpoint .* records no provenance.*"
+                                          r"Fix: retrain MSF for d=4"):
+        plan_sweep(sweep_cfg(stage0, tmp_path, f"sweep.dims={{4: {old}}}", tracking=False), "ist")
+
+
+def test_chat_template_changes_job_ids(stage0, tmp_path):
+    """Token ids change with the chat template: jobs with it on are other jobs (not 'already done')."""
+    from ipt_dist.distributed.sweep import plan_sweep
+
+    off = plan_sweep(sweep_cfg(stage0, tmp_path, tracking=False), "pt")
+    on = plan_sweep(sweep_cfg(stage0, tmp_path, "backbone.chat_template=true", tracking=False), "pt")
+    assert len(on.jobs) == len(off.jobs) and not {j.job_id for j in on.jobs} & {j.job_id for j in off.jobs}
 
 
 def test_shipped_sweep_configs_load():

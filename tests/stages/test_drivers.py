@@ -29,11 +29,21 @@ def test_cli_pipeline_writes_every_artifact(tiny_cfg, tmp_path):
         p, meta = load_prompt(prompt_path(out / "prompts", t))
         assert p.shape == (4, 64) and meta["backbone"] == "tiny-t5" and meta["task"] == t
         assert meta["prompt_len"] == 4 and meta["hidden"] == 64 and "dev_score" in meta
+        prov = meta["provenance"]  # what the prompt was trained from: this task's draw, this backbone
+        assert list(prov["data"]["train_digest"]) == [t] and prov["data"]["data.data_seed"] is None
+        assert prov["backbone"]["backbone"] == "tiny-t5" and prov["backbone"]["backbone.chat_template"] is False
     assert len(read_jsonl(out / "pt" / "results.jsonl")) == 4
 
     assert main(["msf", "--config", cfg_path]) == 0
     meta = json.loads((out / "msf" / "msf.json").read_text())
     assert meta["d"] == 4 and meta["tasks"] == tiny_cfg.data.tasks and (out / "msf" / "autoencoder.safetensors").is_file()
+    prov = meta["provenance"]
+    assert prov["data"]["tasks"] == tiny_cfg.data.tasks == list(prov["prompts"])
+    assert prov["data"]["train_digest"]["demo_topic"] == load_prompt(prompt_path(out / "prompts", "demo_topic"))[1][
+        "provenance"]["data"]["train_digest"]["demo_topic"]  # MSF trained on the data its prompts were tuned on
+    assert prov["backbone"] == {"backbone": "tiny-t5", "backbone.dtype": "float32", "backbone.chat_template": False,
+                                "backbone.max_input_len": 32, "backbone.max_target_len": 8, "data.task_prefix": True,
+                                "pt.prompt_len": 4}
     history = read_jsonl(out / "msf" / "history.jsonl")
     assert len(history) == 8 and {"loss", "lm_loss", "rec_loss", "lr"} <= set(history[0])
 
@@ -64,6 +74,34 @@ def test_msf_refuses_missing_and_misshaped_prompts_all_at_once(tiny_cfg):
     assert "demo_topic.safetensors: prompt shape (5, 64) does not match" in msg
 
 
+def test_msf_refuses_prompts_of_another_draw_or_backbone(tiny_cfg):
+    """A prompt file records what it was tuned on; MSF refuses prompts of another draw or backbone
+    (files without provenance, written by hand or before it was recorded, are not checked)."""
+    from dataclasses import replace
+
+    from ipt_dist.provenance import prompt_provenance
+    from ipt_dist.stages.common import load_raw
+
+    tiny_cfg.data.train_size, tiny_cfg.data.data_seed = 6, 42
+    prompts = tiny_cfg.out / "prompts"
+    tasks = load_raw(tiny_cfg, ["demo_sentiment", "demo_topic"], 42)
+    other_draw = load_raw(tiny_cfg, ["demo_topic"], 13)["demo_topic"]
+    bf16 = replace(tiny_cfg, backbone=replace(tiny_cfg.backbone, dtype="bfloat16"))
+    save_prompt(prompt_path(prompts, "demo_sentiment"), torch.zeros(4, 64), backbone="tiny-t5",
+                provenance=prompt_provenance(bf16, tasks["demo_sentiment"], 42))
+    save_prompt(prompt_path(prompts, "demo_topic"), torch.zeros(4, 64), backbone="tiny-t5",
+                provenance=prompt_provenance(tiny_cfg, other_draw, 13))
+    save_prompt(prompt_path(prompts, "demo_parity"), torch.zeros(4, 64), backbone="tiny-t5")
+    with pytest.raises(ArtifactError) as e:
+        run_msf(tiny_cfg)
+    msg = str(e.value)
+    assert "demo_sentiment: backbone.dtype: prompt 'bfloat16' vs config 'float32'" in msg
+    assert "demo_topic: data.data_seed: prompt 13 vs config 42\n" in msg
+    assert "demo_topic: training data (digest of the train split) differs for 1 of 1 tasks" in msg
+    assert "demo_parity" not in msg and "Fix: train stage 0 with this config's data and backbone" in msg
+    assert not (tiny_cfg.out / "msf" / "msf.json").exists()
+
+
 def test_nan_prompt_and_truncated_prompt_are_rejected(tiny_cfg):
     prompts = tiny_cfg.out / "prompts"
     bad = torch.zeros(4, 64)
@@ -89,16 +127,91 @@ def test_unknown_tasks_fail_before_training(tiny_cfg, tmp_path):
         run_pt(tiny_cfg)
 
 
-def test_ist_refuses_a_checkpoint_of_another_backbone(tiny_cfg):
+def _msf_checkpoint(cfg, ae=None, *, seed=None, **changes):
+    """An MSF checkpoint of `cfg`'s run whose provenance is built by the real helper from a config
+    with `changes` ({"backbone.dtype": "bfloat16", ...}) and the data drawn with `seed`."""
+    from dataclasses import replace
+
     from ipt_dist.artifacts import save_msf_checkpoint
     from ipt_dist.modeling.autoencoder import PromptAutoencoder
+    from ipt_dist.provenance import msf_provenance
+    from ipt_dist.stages.common import load_raw, resolve_tasks
 
-    save_msf_checkpoint(tiny_cfg.out / "msf", PromptAutoencoder(4, 4, 64, 32), {"backbone": "tiny-bart"})
-    with pytest.raises(ArtifactError, match="backbone: checkpoint 'tiny-bart' vs config 'tiny-t5'"):
+    trained = replace(cfg, backbone=replace(cfg.backbone), data=replace(cfg.data), pt=replace(cfg.pt))
+    for key, value in changes.items():
+        section, name = key.split(".")
+        setattr(getattr(trained, section), name, value)
+    tasks = resolve_tasks(cfg).train
+    for t in tasks:
+        save_prompt(prompt_path(cfg.out / "prompts", t), torch.zeros(4, 64), backbone="tiny-t5")
+    seed = trained.data.data_seed if seed is None else seed
+    prov = msf_provenance(trained, load_raw(trained, tasks, seed), seed, cfg.out / "prompts")
+    ae = ae or PromptAutoencoder(4, trained.pt.prompt_len, 64, 32)
+    save_msf_checkpoint(cfg.out / "msf", ae, {"backbone": trained.backbone.name_or_path, "tasks": tasks,
+                                              "provenance": prov})
+
+
+def test_ist_refuses_a_checkpoint_of_another_backbone(tiny_cfg):
+    from ipt_dist.config import ConfigError
+
+    _msf_checkpoint(tiny_cfg, **{"backbone.name_or_path": "tiny-bart"})
+    with pytest.raises(ConfigError, match="backbone: checkpoint 'tiny-bart' vs config 'tiny-t5'"):
         run_ist(tiny_cfg)
-    save_msf_checkpoint(tiny_cfg.out / "msf", PromptAutoencoder(4, 6, 64, 32), {"backbone": "tiny-t5"})
-    with pytest.raises(ArtifactError, match="prompt length: checkpoint 6 vs pt.prompt_len 4"):
+    _msf_checkpoint(tiny_cfg, **{"pt.prompt_len": 6})
+    with pytest.raises(ConfigError, match="pt.prompt_len: checkpoint 6 vs config 4"):
         run_ist(tiny_cfg)
+
+
+def test_ist_refuses_a_decoder_of_another_draw_or_backbone_listing_every_mismatch(tiny_cfg):
+    """`ipt ist` trains the seen tasks on the config's draw (setting 3): MSF must have trained on it."""
+    from ipt_dist.config import ConfigError
+
+    tiny_cfg.data.train_size, tiny_cfg.data.data_seed = 6, 42
+    _msf_checkpoint(tiny_cfg, seed=13, **{"backbone.dtype": "bfloat16", "backbone.chat_template": True})
+    with pytest.raises(ConfigError) as e:
+        run_ist(tiny_cfg)
+    msg = str(e.value)
+    assert "(4 mismatches, checkpoint value vs config value)" in msg
+    assert "data.data_seed: checkpoint 13 vs config 42 (setting 3's draw)" in msg
+    assert "backbone.dtype: checkpoint 'bfloat16' vs config 'float32'" in msg
+    assert "backbone.chat_template: checkpoint True vs config False" in msg
+    assert "training data (digest of the train split) differs for 3 of 3 tasks: demo_sentiment (" in msg
+    assert "Fix: " in msg
+    assert not (tiny_cfg.out / "ist" / "results.jsonl").exists()  # refused before any job
+
+
+def test_ist_refuses_a_decoder_whose_data_file_changed(tiny_cfg, tmp_path, demo_dir):
+    """Same seed, same config, one changed example in a data file: the digest names the task."""
+    import shutil
+
+    from ipt_dist.config import ConfigError
+
+    data = tmp_path / "data"
+    shutil.copytree(demo_dir, data)
+    tiny_cfg.data.data_dir = str(data)
+    _msf_checkpoint(tiny_cfg)
+    lines = (data / "demo_topic" / "train.jsonl").read_text().splitlines(keepends=True)
+    row = json.loads(lines[0])
+    row["input"] += " again"
+    (data / "demo_topic" / "train.jsonl").write_text(json.dumps(row) + "\n" + "".join(lines[1:]))
+    with pytest.raises(ConfigError, match=r"differs for 1 of 3 tasks: demo_topic \(checkpoint \w+ vs config \w+\)"):
+        run_ist(tiny_cfg)
+
+
+def test_ist_refuses_a_checkpoint_without_provenance(tiny_cfg):
+    """Checkpoints written before provenance was recorded: an error (a research tool must not trust
+    a decoder whose training draw it cannot check), whose fix is to retrain MSF."""
+    from ipt_dist.artifacts import save_msf_checkpoint
+    from ipt_dist.config import ConfigError
+    from ipt_dist.modeling.autoencoder import PromptAutoencoder
+
+    save_msf_checkpoint(tiny_cfg.out / "msf", PromptAutoencoder(4, 4, 64, 32), {"backbone": "tiny-t5"})
+    with pytest.raises(ConfigError, match="records no provenance .*Fix: retrain MSF"):
+        run_ist(tiny_cfg)
+    tiny_cfg.ist.random_decoder = True  # the baseline uses no MSF weights: nothing to check
+    from ipt_dist.stages.ist import check_msf_provenance
+
+    check_msf_provenance(tiny_cfg, ["demo_sentiment"])
 
 
 def test_ist_without_msf_checkpoint_says_what_to_run(tiny_cfg):

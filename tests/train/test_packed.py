@@ -30,7 +30,7 @@ def setups(tmp_path_factory, demo_dir):
             out = tmp_path_factory.mktemp("packed")
             cfg = load_config(None, tiny_overrides(out, demo_dir, backbone) + [
                 "backbone.label_smoothing=0.1", "backbone.dropout=false", "backbone.max_new_tokens=4",
-                "data.max_examples=8", "data.train_size=6"])
+                "data.max_examples=8", "data.train_size=6", "data.data_seed=42"])
             bb = build_backbone(cfg.backbone, "cpu")
             tasks = ["demo_sentiment", "demo_topic", "demo_copy_first"]
             # Two few-shot draws of the same tasks: jobs of one pack may train on different data.

@@ -1,0 +1,42 @@
+"""The token cache: its key changes with everything that changes token ids."""
+
+from types import SimpleNamespace
+
+from ipt_dist.config import BackboneConfig
+from ipt_dist.data.batching import token_cache_key, tokenize_task, tokenizer_tag
+from ipt_dist.data.tasks import Example, TaskData, TaskInfo
+
+
+def _task(text: str = "the dog was good") -> TaskData:
+    ex = Example(text, ("positive",))
+    return TaskData(TaskInfo("demo"), train=[ex], dev=[ex], test=[ex])
+
+
+def _backbone(**cfg) -> SimpleNamespace:
+    return SimpleNamespace(name="tiny-t5", tokenizer=[0] * 100, cfg=BackboneConfig(**cfg))
+
+
+def test_cache_key_changes_with_every_field_that_changes_token_ids():
+    base = token_cache_key(_task(), tokenizer_tag(_backbone()), True)
+    assert base == token_cache_key(_task(), tokenizer_tag(_backbone()), True)  # deterministic
+    assert base != token_cache_key(_task(), tokenizer_tag(_backbone(chat_template=True)), True)
+    assert base != token_cache_key(_task(), tokenizer_tag(_backbone(max_input_len=32)), True)
+    assert base != token_cache_key(_task(), tokenizer_tag(_backbone(max_target_len=8)), True)
+    assert base != token_cache_key(_task(), tokenizer_tag(_backbone()), False)  # task prefix
+    assert base != token_cache_key(_task("the dog was bad"), tokenizer_tag(_backbone()), True)
+    # fields that do not change token ids share the cache
+    assert base == token_cache_key(_task(), tokenizer_tag(_backbone(num_beams=1, dtype="bfloat16")), True)
+
+
+def test_toggling_the_chat_template_does_not_reuse_cached_tokens(tmp_path):
+    calls = []
+
+    def tokenize(inputs, targets):
+        calls.append(len(inputs))
+        return [[1, 2]] * len(inputs), [[3]] * len(targets)
+
+    for chat in (False, True, False):
+        tokenize_task(_task("a fresh input"), tokenize, tag=tokenizer_tag(_backbone(chat_template=chat)),
+                      cache_dir=tmp_path)
+    assert calls == [1, 1, 1] * 2  # two tag values: each tokenised once (3 splits), the third call cached
+    assert len(list(tmp_path.glob("*.json"))) == 2

@@ -1,0 +1,62 @@
+"""Fingerprints of the data draw and the backbone, and the decoder check (pure: no files, no model)."""
+
+from ipt_dist.config import load_config
+from ipt_dist.data.tasks import Example, TaskData, TaskInfo
+from ipt_dist.provenance import (
+    NO_PROVENANCE,
+    backbone_fingerprint,
+    check_decoder_provenance,
+    data_fingerprint,
+    draw_seed,
+    mismatch_message,
+    split_digest,
+)
+
+
+def _tasks(*inputs: str) -> dict[str, TaskData]:
+    exs = [Example(x, ("yes",)) for x in inputs]
+    return {"t": TaskData(TaskInfo("t"), train=exs, dev=exs[:1], test=exs[:1])}
+
+
+def _record(cfg, tasks, seed) -> dict:
+    return {"version": 1, "data": data_fingerprint(cfg, tasks, seed), "backbone": backbone_fingerprint(cfg)}
+
+
+def test_the_seed_is_part_of_the_draw_only_when_it_picks_examples():
+    cfg = load_config(None)
+    assert draw_seed(cfg, 42) is None  # all examples of one file: any seed reads the same data
+    assert draw_seed(load_config(None, ["data.train_size=8", "data.data_seed=1"]), 42) == 42
+    assert draw_seed(load_config(None, ["data.k=16"]), 42) == 42
+
+
+def test_split_digest_follows_content_and_order():
+    a, b = Example("x", ("1",)), Example("y", ("2",))
+    assert split_digest([a, b]) == split_digest([Example("x", ("1",)), Example("y", ("2",))])
+    assert split_digest([a, b]) != split_digest([b, a])
+    assert split_digest([a]) != split_digest([Example("x", ("1", "one"))])  # another acceptable answer
+
+
+def test_a_matching_decoder_passes_and_each_mismatch_is_named():
+    cfg = load_config(None, ["data.train_size=2", "data.data_seed=100", "sweep.data_seeds=[100, 13]"])
+    rec = _record(cfg, _tasks("a", "b"), 100)
+    assert check_decoder_provenance(rec, cfg, _tasks("a", "b"), 100, [13]) == []
+    # MSF trained on seed 13, which the sweep now calls new data
+    rec13 = _record(cfg, _tasks("a", "c"), 13)
+    out = check_decoder_provenance(rec13, cfg, _tasks("a", "b"), 100, [13])
+    assert out[0] == "data.data_seed: checkpoint 13 vs config 100 (setting 3's draw)"
+    assert out[1].startswith("training data (digest of the train split) differs for 1 of 1 tasks: t (checkpoint")
+    assert "draw 13 is among setting 4's new draws (sweep.data_seeds[1:] = [13])" in out[2] and len(out) == 3
+    other = load_config(None, ["data.train_size=2", "data.data_seed=100", "backbone.chat_template=true",
+                               "backbone.max_input_len=64"])
+    out = check_decoder_provenance(rec, other, _tasks("a", "b"), 100)
+    assert out == ["backbone.chat_template: checkpoint False vs config True",
+                   "backbone.max_input_len: checkpoint 256 vs config 64"]
+    msg = mismatch_message("/ckpt", out, "retrain")
+    assert "(2 mismatches, checkpoint value vs config value):" in msg and msg.endswith("Fix: retrain")
+
+
+def test_a_checkpoint_without_provenance_is_one_clear_problem():
+    cfg = load_config(None)
+    assert check_decoder_provenance(None, cfg, {}, None) == [NO_PROVENANCE]
+    assert mismatch_message("/ckpt", [NO_PROVENANCE], "retrain MSF") == \
+        f"the MSF checkpoint /ckpt {NO_PROVENANCE}. Fix: retrain MSF"
