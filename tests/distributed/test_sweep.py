@@ -568,7 +568,9 @@ def test_pca_decoder_adds_ist_jobs_for_settings_3_to_5_with_their_own_ids(stage0
     shutil.copytree(stage0["prompts"], prompts)
     p, meta = load_prompt(prompts / "demo_sentiment.safetensors")
     save_prompt(prompts / "demo_sentiment.safetensors", p + 0.01, **meta)
+    # (without msf_seen: it encodes the seen tasks' prompt files, which must be those MSF read)
     moved = plan_sweep(sweep_cfg(stage0, tmp_path / "a", "sweep.pca_decoder=true", f"msf.prompts_dir={prompts}",
+                                 "sweep.settings=[msf_unseen, ist_seen_same, ist_seen_new, ist_unseen]",
                                  tracking=False), "ist")
     ids = {j.job_id for j in moved.jobs}
     assert not ids & {j.job_id for j in pca}
