@@ -425,7 +425,7 @@ class MSFWorker:
         row = {"loss": self.model.objective(lm_total, global_tgt, rec_loss),  # as optimised
                "lm_loss": lm_total / max(global_tgt, 1.0),  # token-mean under either reduction
                "rec_loss": rec_loss, "target_tokens": global_tgt, "lr": lr}
-        grad_norm = self.engine.get_global_grad_norm()  # before clipping; None where DeepSpeed has none (ZeRO-0)
+        grad_norm = self.engine.get_global_grad_norm()  # before clipping; None with ZeRO-0 in fp32
         if grad_norm is not None:
             row["grad_norm"] = float(grad_norm)
         dt = time.perf_counter() - t0
