@@ -5,6 +5,8 @@ Runs (about 4-5 minutes on 2 cores in all):
   (FailureConfig) and the run resumes at step 2; its losses equal a single-process run.
 - ZeRO-3, 2 workers (backbone sharded at creation, generation while partitioned): stopped by a
   worker death with max_failures=0, continued with resume=True; losses equal the single-process run.
+- msf.lm_reduction sum / mean x ZeRO-2 / ZeRO-3 x grad_accum 1 / 2: MSFWorker.train_step on 2 workers
+  equals one process (losses, gradient norm, weights), all 8 cases in one TorchTrainer run (~1 min).
 - `ray job submit` of the smoke test against a head node started here.
 """
 
