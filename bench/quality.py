@@ -307,7 +307,8 @@ def write_quality(out: Path, cfg: IPTConfig, baselines: dict, command: str, timi
             f"- data: train_size {dt.train_size}, max_examples {dt.max_examples}, data seeds {cfg.sweep.data_seeds} "
             f"(the first is PT/MSF's; the others are the 'new data' of setting 4)",
             f"- PT {p.steps} steps x batch {p.batch_size}; MSF {cfg.msf.steps} steps x batch {cfg.msf.batch_size} "
-            f"(alpha {cfg.msf.alpha}, lr {cfg.msf.lr}); IST {i.steps} steps x batch {i.batch_size}; "
+            f"(alpha {cfg.msf.alpha} with the LM loss as token {cfg.msf.lm_reduction}, lr {cfg.msf.lr}); "
+            f"IST {i.steps} steps x batch {i.batch_size}; "
             f"PT lrs {cfg.sweep.lrs}, IST lrs {cfg.sweep.ist_lrs or cfg.sweep.lrs}; PT init {p.init}; d in {dims}",
             "- paper (random split of 120 CrossFit tasks, BART-base): d=5 recovers 87% (seen tasks, new data) / "
             "65% (unseen); d=250: 97% / 83%", ""]

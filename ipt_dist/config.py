@@ -183,7 +183,10 @@ class MSFConfig:
     prompts_dir: str | None = None  # stage-0 prompt files; default <output_dir>/prompts
     d: int = 250  # intrinsic dimension
     mid_dim: int = 768  # H_mid of the decoder
-    alpha: float = 200.0  # weight of the reconstruction loss
+    alpha: float = 200.0  # weight of the reconstruction loss (reference 200, tuned for lm_reduction "sum")
+    # LM loss over the global batch's target tokens: "sum" (reference: label_smoothed_nll_loss returns
+    # a token sum) or "mean" (token mean; weighs the reconstruction ~ tokens-per-batch times more at equal alpha)
+    lm_reduction: str = "sum"
     lr: float = 3e-5
     batch_size: int = 64  # global batch
     steps: int = 10000
@@ -206,6 +209,10 @@ class MSFConfig:
             out.append(f"msf.mid_dim: must be > 0, got {self.mid_dim}")
         if self.alpha < 0:
             out.append(f"msf.alpha: must be >= 0, got {self.alpha}")
+        if self.lm_reduction not in ("sum", "mean"):
+            out.append(f"msf.lm_reduction: must be 'sum' or 'mean', got {self.lm_reduction!r}. Fix: 'sum' (the "
+                       "reference: LM loss summed over the global batch's target tokens, for which alpha 200 "
+                       "is tuned) or 'mean' (token mean)")
         if self.temperature <= 0:
             out.append(f"msf.temperature: must be > 0, got {self.temperature}")
         if self.checkpoint_every <= 0:

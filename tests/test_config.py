@@ -11,6 +11,7 @@ def test_defaults_follow_the_reference():
     cfg = IPTConfig()
     assert cfg.pt.prompt_len == 100 and cfg.pt.init_std == 0.02 and cfg.pt.grad_clip == 0.1
     assert cfg.msf.alpha == 200 and cfg.msf.mid_dim == 768 and cfg.msf.lr == 3e-5 and cfg.msf.batch_size == 64
+    assert cfg.msf.lm_reduction == "sum"  # the reference sums the LM loss over target tokens; alpha 200 is tuned for it
     assert cfg.ist.lr == 1e-5 and cfg.ist.batch_size == 4
     assert cfg.backbone.label_smoothing == 0.1 and cfg.backbone.num_beams == 4 and cfg.backbone.max_new_tokens == 64
 
@@ -67,6 +68,14 @@ def test_round_trip_and_flatten(tmp_path):
                          ids=lambda p: p.name)
 def test_every_shipped_config_loads(path):
     load_config(path)
+
+
+def test_msf_lm_reduction_is_checked():
+    with pytest.raises(ConfigError) as e:
+        config_from_dict({"msf": {"lm_reduction": "token_mean"}})
+    msg = str(e.value)
+    assert "msf.lm_reduction: must be 'sum' or 'mean', got 'token_mean'" in msg and "Fix:" in msg
+    assert config_from_dict({"msf": {"lm_reduction": "mean"}}).msf.lm_reduction == "mean"
 
 
 def test_pt_init_is_checked():

@@ -357,7 +357,7 @@ class MSFWorker:
         else:
             ae = build_autoencoder(cfg, H).to(self.device)
         self.ae_shape = ae.shape_dict()
-        model = MSFModel(self.backbone, ae, self.prompts, m.alpha)
+        model = MSFModel(self.backbone, ae, self.prompts, m.alpha, m.lm_reduction)
         warmup = warmup_steps_for(m.steps, m.warmup_ratio)
         steps = m.steps
 
@@ -408,31 +408,43 @@ class MSFWorker:
         pairs = self.sampler.next_batch()  # (micro * accum) rows of this rank
         micro_batches = [collate_msf(self.backbone, self.data, pairs[i * b.micro:(i + 1) * b.micro])
                          for i in range(b.accum)]
-        tgt = [int((mb["labels"] != -100).sum()) for mb in micro_batches]
+        # Counted on the CPU tensors of the collated batches: no device sync.
+        tgt = sum(int((mb["labels"] != -100).sum()) for mb in micro_batches)
         inp = sum(int(mb["attention_mask"].sum()) for mb in micro_batches)
-        global_tgt, global_inp = self._all_reduce([float(sum(tgt)), float(inp)])
-        lm_sum = rec_sum = 0.0
-        for mb, n in zip(micro_batches, tgt, strict=True):
+        # DeepSpeed averages gradients over ranks and over the accum micro-batches of a step (1/accum in
+        # engine.backward). MSFModel multiplies each micro-batch's LM token sum by replicas = world * accum
+        # to undo that average, so the step's gradient is that of the global batch's objective, as one
+        # process computes it (msf_step): with "sum", the token sum over the whole global batch; with
+        # "mean", additionally divided by the global target-token count, which must then be known before
+        # the first backward (one extra all-reduce). The reconstruction MSE is a mean over rows and every
+        # micro-batch has `micro` rows, so the average of the micro-batch means is the global mean.
+        replicas = b.world * b.accum
+        global_tgt = self._all_reduce([float(tgt)])[0] if self.model.lm_reduction == "mean" else None
+        lm_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        rec_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        for mb in micro_batches:
             mb = {k: v.to(self.device) for k, v in mb.items()}
-            # Reference semantics: the LM loss is the token-mean over the *global* batch. Each rank's
-            # own token-mean would weight a token on a rank with few target tokens more than one on a
-            # busy rank. Scaling by n * world * accum / N_global makes DeepSpeed's gradient averaging
-            # (over ranks, and 1/accum over micro-batches) sum to exactly the global token-mean. The
-            # reconstruction MSE is a mean over equally many rows per micro-batch: no weight needed.
-            weight = n * b.world * b.accum / max(global_tgt, 1.0)
-            loss, lm, rec = self.engine(mb, lm_weight=weight)
+            loss, lm, rec = self.engine(mb, replicas=replicas, global_tokens=global_tgt)
             self.engine.backward(loss)
             self.engine.step()
-            lm_sum += float(lm) * n
-            rec_sum += float(rec)
-        lm_total, rec_total = self._all_reduce([lm_sum, rec_sum])
+            lm_sum += lm  # stays on the device: one host sync per step, below
+            rec_sum += rec
+        totals = torch.stack([lm_sum, rec_sum, torch.tensor(float(tgt), dtype=torch.float64, device=self.device),
+                              torch.tensor(float(inp), dtype=torch.float64, device=self.device)])
+        self.dist.all_reduce(totals)
+        lm_total, rec_total, global_tgt, global_inp = totals.tolist()
         self.step += 1
-        lm_loss = lm_total / max(global_tgt, 1.0)
-        rec_loss = rec_total / (b.accum * b.world)
+        rec_loss = rec_total / replicas
+        row = {"loss": self.model.objective(lm_total, global_tgt, rec_loss),  # as optimised
+               "lm_loss": lm_total / max(global_tgt, 1.0),  # token-mean under either reduction
+               "rec_loss": rec_loss, "target_tokens": global_tgt, "lr": lr}
+        grad_norm = self.engine.get_global_grad_norm()  # before clipping; None with ZeRO-0 in fp32
+        if grad_norm is not None:
+            row["grad_norm"] = float(grad_norm)
         dt = time.perf_counter() - t0
-        return {"loss": lm_loss + self.cfg.msf.alpha * rec_loss, "lm_loss": lm_loss, "rec_loss": rec_loss,
-                "lr": lr, "step_time": dt, "samples_per_second": b.global_batch / dt,
-                "tokens_per_second": (global_tgt + global_inp) / dt}  # input + target tokens, all ranks
+        row.update({"step_time": dt, "samples_per_second": b.global_batch / dt,
+                    "tokens_per_second": (global_tgt + global_inp) / dt})  # input + target tokens, all ranks
+        return row
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()

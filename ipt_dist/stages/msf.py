@@ -103,7 +103,7 @@ def run_msf(cfg: IPTConfig, tracker=None) -> dict:
     tok = tokenize_raw(cfg, backbone, raw)
     data = [tok[t] for t in split.train]
     ae = build_autoencoder(cfg, H).to(device)
-    model = MSFModel(backbone, ae, prompts, cfg.msf.alpha)
+    model = MSFModel(backbone, ae, prompts, cfg.msf.alpha, cfg.msf.lm_reduction)
     m = cfg.msf
     opt = torch.optim.AdamW(ae.parameters(), lr=m.lr, eps=m.adam_eps, weight_decay=m.weight_decay)
     warmup = warmup_steps_for(m.steps, m.warmup_ratio)

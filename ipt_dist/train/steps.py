@@ -78,58 +78,98 @@ def ist_step(backbone: Backbone, decoder: PromptDecoder, z: torch.Tensor, optimi
     return packed_step(backbone, z, decoder, optimizer, batch, lr_mult, max_rows)
 
 
+LM_REDUCTIONS = ("sum", "mean")
+
+
 class MSFModel(nn.Module):
     """Frozen backbone + trainable prompt autoencoder + the stage-0 prompts of the training tasks.
 
     `forward(batch)` builds the prompts and `inputs_embeds` itself, so under DeepSpeed ZeRO-3
     the engine's hooks gather the partitioned embedding where it is used.
+
+    The objective of a global batch (`lm_reduction`, config `msf.lm_reduction`):
+      "sum" (reference, `bartPrompt.py: MyBartPrompt_AE.forward`): sum over the batch's target tokens
+            of the label-smoothed token NLL  +  alpha * MSE(P*, P);
+      "mean": the token-mean of the same NLL  +  alpha * MSE(P*, P).
+    The MSE is a mean over the batch's rows (each row's P*_i against its P_i) in both.
     """
 
     def __init__(self, backbone: Backbone, autoencoder: PromptAutoencoder, task_prompts: torch.Tensor,
-                 alpha: float) -> None:
+                 alpha: float, lm_reduction: str = "sum") -> None:
         super().__init__()
+        if lm_reduction not in LM_REDUCTIONS:
+            raise ValueError(f"lm_reduction: must be one of {LM_REDUCTIONS}, got {lm_reduction!r}")
         self.backbone_model = backbone.model  # registered so DeepSpeed sees (and may shard) it
         self.autoencoder = autoencoder
         self.register_buffer("task_prompts", task_prompts, persistent=False)  # (T, L, H)
         self.alpha = alpha
+        self.lm_reduction = lm_reduction
         object.__setattr__(self, "_backbone", backbone)  # not a Module: no double registration
 
     @property
     def backbone(self) -> Backbone:
         return self._backbone
 
-    def forward(self, batch: dict[str, torch.Tensor], lm_weight: float | torch.Tensor = 1.0
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns (loss, lm_loss, reconstruction_loss) for a batch whose rows carry `group` = task index.
+    def lm_weight(self, global_tokens: float | torch.Tensor, replicas: int = 1) -> float | torch.Tensor:
+        """The factor on a batch's LM token *sum* in the objective.
 
-        `loss = lm_weight * lm_loss + alpha * reconstruction_loss`. Data-parallel callers pass
-        `lm_weight = local_tokens * world * accum / global_tokens` so that averaging gradients over
-        ranks and micro-batches gives the token-mean of the whole global batch
-        (see ipt_dist.distributed.msf). The returned lm_loss is always the plain local token-mean.
+        `replicas` batches (data-parallel ranks x accumulated micro-batches) make one global batch,
+        and DeepSpeed averages their gradients, i.e. divides by `replicas`: the factor undoes that.
+        "sum" needs nothing else; "mean" divides by the global batch's target-token count.
+        """
+        if self.lm_reduction == "sum":
+            return float(replicas)
+        return replicas / max(global_tokens, 1)
+
+    def objective(self, lm_sum: float | torch.Tensor, global_tokens: float | torch.Tensor,
+                  rec: float | torch.Tensor) -> float | torch.Tensor:
+        """The loss of a global batch from its LM token sum, target-token count and mean MSE."""
+        return self.lm_weight(global_tokens) * lm_sum + self.alpha * rec
+
+    def forward(self, batch: dict[str, torch.Tensor], replicas: int = 1,
+                global_tokens: float | torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns (loss, lm_sum, rec) for a batch whose rows carry `group` = task index.
+
+        loss = lm_weight(global_tokens, replicas) * lm_sum + alpha * rec, to back-propagate.
+        lm_sum (detached) is the token sum of the LM loss over this batch's target tokens, rec
+        (detached) the reconstruction MSE (mean over its rows). A single process leaves `replicas`
+        and `global_tokens` at their defaults: `loss` is then the objective of this batch. Data-parallel
+        callers pass `replicas = world * accum` and, for "mean", the global batch's target-token count,
+        so that DeepSpeed's gradient average gives the gradient of the global batch's objective
+        (see ipt_dist.distributed.msf).
         """
         tasks, inverse = torch.unique(batch["group"], return_inverse=True)
         originals = self.task_prompts[tasks]  # (U, L, H)
         # Cast to the AE's dtype: fp32, or bf16/fp16 when DeepSpeed mixed precision casts its weights.
         ae_dtype = self.autoencoder.encoder.weight.dtype
         recon = self.autoencoder(originals.to(ae_dtype))  # (U, L, H): P* = Dec(Enc(P))
-        losses, _ = self.backbone.token_losses(recon[inverse], batch)
-        lm = losses.mean()
+        losses, _ = self.backbone.token_losses(recon[inverse], batch)  # (M,) over the M target tokens
+        lm_sum = losses.sum()
         # MSE per example as in the reference: each row's P*_i against its P_i.
         rec = F.mse_loss(recon[inverse].float(), originals[inverse].float())
-        return lm_weight * lm + self.alpha * rec, lm.detach(), rec.detach()
+        tokens = losses.numel() if global_tokens is None else global_tokens
+        loss = self.lm_weight(tokens, replicas) * lm_sum + self.alpha * rec
+        return loss, lm_sum.detach(), rec.detach()
 
 
 def msf_step(model: MSFModel, optimizer: torch.optim.Optimizer, scheduler, batch, grad_clip: float) -> dict:
-    """One single-process MSF step (the distributed path lets DeepSpeed do clip/step)."""
+    """One single-process MSF step (the distributed path lets DeepSpeed do clip/step).
+
+    Returns tensors: `loss` (the objective as optimised, see MSFModel), `lm_loss` (token-mean LM
+    loss, whatever the reduction), `rec_loss`, `target_tokens` and `grad_norm` (before clipping).
+    """
     optimizer.zero_grad(set_to_none=True)
-    loss, lm, rec = model(batch)
+    loss, lm_sum, rec = model(batch)
     loss.backward()
     params = [p for p in model.autoencoder.parameters()]
-    if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    # max_norm inf: the norm is still computed (a logged metric) and nothing is scaled.
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
     optimizer.step()
     scheduler.step()
-    return {"loss": loss.detach(), "lm_loss": lm, "rec_loss": rec}
+    tokens = (batch["labels"] != -100).sum()
+    return {"loss": loss.detach(), "lm_loss": lm_sum / tokens.clamp(min=1), "rec_loss": rec,
+            "target_tokens": tokens, "grad_norm": grad_norm.detach()}
 
 
 # ------------------------------------------------------------------ evaluation

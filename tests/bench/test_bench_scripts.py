@@ -43,3 +43,24 @@ def test_msf_throughput_runs_without_ray_and_mlflow_and_profiles(tmp_path):
     prof = rows[0]["profile"]
     assert prof["top"] and abs(sum(prof["shares"].values()) - 1) < 1e-6 and "matmul" in prof["shares"]
     assert "# profile ZeRO-2 workers=1 micro=2" in r.stdout
+
+
+def test_msf_balance_measures_both_terms_on_a_tiny_config(tmp_path, demo_dir):
+    """bench/msf_balance.py (used to re-tune alpha for msf.lm_reduction): runs, and its numbers hang together."""
+    sys.path.insert(0, str(ROOT))
+    try:
+        from bench.msf_balance import measure
+    finally:
+        sys.path.remove(str(ROOT))
+    from ipt_dist.config import load_config
+    from tests.conftest import tiny_overrides
+
+    cfg = load_config(None, tiny_overrides(tmp_path, demo_dir) + ["data.tasks=[demo_sentiment, demo_topic]"])
+    res = measure(cfg, None, batches=2, tokens_only=False)
+    assert res["prompts"] == "untrained (pt.init random)" and len(res["rows"]) == 2
+    for r in res["rows"]:
+        assert r["tokens"] > cfg.msf.batch_size  # several target tokens per row
+        assert abs(r["lm_sum"] - r["lm_mean"] * r["tokens"]) < 1e-3 * r["lm_sum"]
+        assert r["gn_lm_sum"] > r["gn_lm_mean"] > 0 and r["gn_alpha_mse"] > 0 and r["mse"] > 0
+    counted = measure(cfg, None, batches=2, tokens_only=True)["rows"]
+    assert [r["tokens"] for r in counted] == [r["tokens"] for r in res["rows"]]

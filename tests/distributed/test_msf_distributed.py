@@ -5,6 +5,8 @@ Runs (about 4-5 minutes on 2 cores in all):
   (FailureConfig) and the run resumes at step 2; its losses equal a single-process run.
 - ZeRO-3, 2 workers (backbone sharded at creation, generation while partitioned): stopped by a
   worker death with max_failures=0, continued with resume=True; losses equal the single-process run.
+- msf.lm_reduction sum / mean x ZeRO-2 / ZeRO-3 x grad_accum 1 / 2: MSFWorker.train_step on 2 workers
+  equals one process (losses, gradient norm, weights), all 8 cases in one TorchTrainer run (~1 min).
 - `ray job submit` of the smoke test against a head node started here.
 """
 
@@ -38,10 +40,11 @@ pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 # ----------------------------------------------------------------------------- reference
 
 
-def single_process_run(cfg, steps: int) -> tuple[list[float], dict[int, dict[str, torch.Tensor]]]:
+def single_process_run(cfg, steps: int) -> tuple[list[dict[str, float]], dict[int, dict[str, torch.Tensor]]]:
     """The single-process MSF loop of ipt_dist.stages.msf.run_msf over the same global batches.
 
-    Returns the loss of every step and the AE weights after every step.
+    Returns the stats of every step (loss, lm_loss, rec_loss, target_tokens, grad_norm) and the AE
+    weights after every step.
     """
     from ipt_dist.artifacts import load_task_prompts
     from ipt_dist.data.sampling import TaskBalancedSampler
@@ -58,19 +61,19 @@ def single_process_run(cfg, steps: int) -> tuple[list[float], dict[int, dict[str
     tok = load_tokenized(cfg, backbone, TRAIN_TASKS)
     data = [tok[t] for t in TRAIN_TASKS]
     ae = build_autoencoder(cfg, backbone.hidden_size)
-    model = MSFModel(backbone, ae, prompts, m.alpha)
+    model = MSFModel(backbone, ae, prompts, m.alpha, m.lm_reduction)
     opt = torch.optim.AdamW(ae.parameters(), lr=m.lr, eps=m.adam_eps, weight_decay=m.weight_decay)
     warmup = warmup_steps_for(m.steps, m.warmup_ratio)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: linear_warmup_decay(s, m.steps, warmup))
     sampler = TaskBalancedSampler([len(d.train) for d in data], m.batch_size, temperature=m.temperature,
                                   seed=m.seed)  # world_size=1: the same global batches as 2 ranks together
-    losses, states = [], {}
+    rows, states = [], {}
     for step in range(1, steps + 1):
         backbone.set_train_mode(True)
         stats = msf_step(model, opt, sched, collate_msf(backbone, data, sampler.next_batch()), m.grad_clip)
-        losses.append(float(stats["loss"]))
+        rows.append({k: float(v) for k, v in stats.items()})
         states[step] = {k: v.detach().clone() for k, v in ae.state_dict().items()}
-    return losses, states
+    return rows, states
 
 
 def history(out: Path) -> list[dict]:
@@ -88,7 +91,8 @@ def final_losses(rows: list[dict]) -> list[float]:
 def assert_matches_reference(out: Path, summary: dict, reference) -> None:
     from ipt_dist.artifacts import load_msf_checkpoint
 
-    ref_losses, ref_states = reference
+    ref_rows, ref_states = reference
+    ref_losses = [r["loss"] for r in ref_rows]
     got = final_losses(history(out))
     assert len(got) == STEPS
     for step, (a, b) in enumerate(zip(got, ref_losses, strict=True), start=1):
@@ -240,6 +244,107 @@ def test_stopped_run_continues_with_resume(zero3_run):
     assert run.data.tags["resumed"] == "true"
     # dev scores were produced by generation under ZeRO-3 (parameters partitioned)
     assert all(f"dev/{t}" in run.data.metrics for t in TRAIN_TASKS)
+
+
+# ----------------------------------------------------------------------------- loss reduction x ZeRO x accum
+
+EQ_STEPS = 3
+# (lm_reduction, ds_config, grad_accum); ZeRO-2 first: a ZeRO-3 worker's HfDeepSpeedConfig must not be
+# alive while a later ZeRO-2 worker builds its backbone (transformers would build it under zero.Init).
+EQ_CASES = [(red, f"ds_configs/zero{z}.json", acc) for z in (2, 3) for red in ("sum", "mean") for acc in (1, 2)]
+
+
+def _case_name(case) -> str:
+    red, ds, acc = case
+    return f"{red}-{Path(ds).stem}-accum{acc}"
+
+
+@pytest.fixture(scope="module")
+def reduction_runs(ray_local, tmp_path_factory, demo_dir, tiny_t5_dir):
+    """Every EQ_CASES configuration for EQ_STEPS steps through MSFWorker.train_step (the production
+    step: DeepSpeed engine, gradient averaging over 2 ranks and accumulation), all inside ONE
+    TorchTrainer run to keep the cost of a Ray worker group to one. Rank 0 saves each case's step
+    rows and full fp32 AE weights to `<dir>/<case>.pt`."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from ipt_dist.config import config_to_dict, load_config
+    from ipt_dist.distributed.deepspeed_config import build_ds_config
+    from ipt_dist.distributed.msf import absolutize
+
+    out = tmp_path_factory.mktemp("msf_reductions")
+    write_seeded_prompts(out / "prompts", backbone=tiny_t5_dir)
+    runs = {}
+    for case in EQ_CASES:
+        red, ds, acc = case
+        cfg = absolutize(load_config(None, msf_overrides(out, demo_dir, backbone=tiny_t5_dir, ds_config=ds,
+                                                         steps=STEPS)
+                                     + [f"msf.lm_reduction={red}", f"distributed.grad_accum={acc}"]))
+        runs[_case_name(case)] = {"cfg": config_to_dict(cfg), "ds_config": build_ds_config(cfg),
+                                  "run": {"name": _case_name(case), "dir": str(out), "mlflow_run_id": None,
+                                          "crash_at_step": None}}
+
+    def train_func(config: dict) -> None:  # local: cloudpickle ships it by value to the workers
+        import gc
+
+        import torch as th
+
+        from ipt_dist.distributed.msf import MSFWorker, full_fp32_state
+
+        for name, sub in config["runs"].items():
+            worker = MSFWorker(sub)
+            assert worker.sizes.accum == sub["cfg"]["distributed"]["grad_accum"]
+            rows = [worker.train_step() for _ in range(config["steps"])]
+            state = full_fp32_state(worker.ae)  # collective
+            if worker.rank == 0:
+                th.save({"rows": rows, "state": state}, f"{config['dir']}/{name}.pt")
+            del worker
+            gc.collect()
+
+    t0 = time.time()
+    TorchTrainer(train_func, train_loop_config={"runs": runs, "steps": EQ_STEPS, "dir": str(out)},
+                 scaling_config=ray.train.ScalingConfig(num_workers=2, use_gpu=False),
+                 run_config=ray.train.RunConfig(name=f"reductions-{out.name}", storage_path=str(out / "ray"),
+                                                worker_runtime_env={"env_vars": {"DS_ACCELERATOR": "cpu"}})).fit()
+    print(f"{len(EQ_CASES)} reduction / ZeRO / accum cases in one TorchTrainer run: {time.time() - t0:.1f} s")
+    return {name: torch.load(out / f"{name}.pt", weights_only=False) for name in runs}
+
+
+@pytest.fixture(scope="module")
+def reference_mean(tmp_path_factory, demo_dir, tiny_t5_dir):
+    from ipt_dist.config import load_config
+
+    out = tmp_path_factory.mktemp("msf_ref_mean")
+    write_seeded_prompts(out / "prompts", backbone=tiny_t5_dir)
+    cfg = load_config(None, msf_overrides(out, demo_dir, backbone=tiny_t5_dir, steps=STEPS)
+                      + ["msf.lm_reduction=mean"])
+    return single_process_run(cfg, EQ_STEPS)
+
+
+@pytest.mark.parametrize("case", EQ_CASES, ids=_case_name)
+def test_two_workers_match_one_process_for_each_reduction_zero_stage_and_accum(case, reduction_runs, reference,
+                                                                              reference_mean):
+    """Gradient of the global batch == the single-process gradient: its norm (before clipping) and the
+    resulting AE weights; logged loss (the objective) and token-mean lm_loss equal too."""
+    red = case[0]
+    ref_rows, ref_states = reference if red == "sum" else reference_mean
+    got = reduction_runs[_case_name(case)]
+    for step, (row, ref) in enumerate(zip(got["rows"], ref_rows, strict=False), start=1):
+        for key in ("loss", "lm_loss", "rec_loss", "target_tokens", "grad_norm"):
+            assert math.isclose(row[key], ref[key], rel_tol=LOSS_RTOL), \
+                f"step {step} {key}: 2 workers {row[key]} vs 1 process {ref[key]}"
+    assert len(got["rows"]) == EQ_STEPS
+    if red == "sum":  # the objective really is the token sum: loss = lm_loss * tokens + alpha * rec
+        r = got["rows"][0]
+        assert math.isclose(r["loss"], r["lm_loss"] * r["target_tokens"] + 2.0 * r["rec_loss"], rel_tol=1e-9)
+    for k, v in ref_states[EQ_STEPS].items():
+        torch.testing.assert_close(got["state"][k], v, atol=WEIGHT_ATOL, rtol=0)
+
+
+def test_sum_and_mean_train_differently(reference, reference_mean):
+    """The reduction changes the LM / reconstruction balance, hence the weights (the cases above can tell)."""
+    diff = max((reference[1][EQ_STEPS][k] - v).abs().max().item() for k, v in reference_mean[1][EQ_STEPS].items())
+    assert diff > 100 * WEIGHT_ATOL
 
 
 def test_resume_without_a_previous_run_is_a_clear_error(tmp_path, demo_dir):

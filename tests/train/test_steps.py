@@ -135,12 +135,14 @@ def test_train_pack_ist_trains_exactly_jobs_times_d_parameters(setup, monkeypatc
     assert all(r.best_param.shape == (4,) for r in res)
 
 
-def test_msf_step_lowers_loss_and_only_the_autoencoder_trains(setup):
+# alpha balances the LM term: this 12-row batch has 34 target tokens, so its token sum is 34x its mean.
+@pytest.mark.parametrize("reduction, alpha", [("sum", 30.0), ("mean", 1.0)])
+def test_msf_step_lowers_loss_and_only_the_autoencoder_trains(setup, reduction, alpha):
     cfg, bb, data = setup
     torch.manual_seed(0)
     prompts = torch.randn(3, 4, bb.hidden_size) * 0.5
     ae = PromptAutoencoder(d=4, prompt_len=4, hidden=bb.hidden_size, mid_dim=32)
-    model = MSFModel(bb, ae, prompts, alpha=1.0)
+    model = MSFModel(bb, ae, prompts, alpha=alpha, lm_reduction=reduction)
     opt = torch.optim.AdamW(ae.parameters(), lr=3e-3)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     sampler = TaskBalancedSampler([len(data[t].train) for t in TASKS], 12, seed=0)
@@ -149,10 +151,66 @@ def test_msf_step_lowers_loss_and_only_the_autoencoder_trains(setup):
     for _ in range(40):
         last = msf_step(model, opt, sched, collate_msf(bb, tok, sampler.global_batch_at(0)), 1.0)
     assert last["loss"] < first["loss"] - 0.5
-    assert last["rec_loss"] < first["rec_loss"]
+    assert last["lm_loss"] < first["lm_loss"] - 0.5 and last["rec_loss"] < first["rec_loss"], (first, last)
     assert all(p.grad is None for p in bb.model.parameters())
     assert {n for n, p in model.named_parameters() if p.requires_grad} == {
         n for n, _ in model.named_parameters() if n.startswith("autoencoder.")}
+
+
+def _msf_model(bb, reduction, alpha=2.0):
+    torch.manual_seed(0)
+    prompts = torch.randn(3, 4, bb.hidden_size) * 0.5
+    ae = PromptAutoencoder(d=4, prompt_len=4, hidden=bb.hidden_size, mid_dim=32)
+    return MSFModel(bb, ae, prompts, alpha=alpha, lm_reduction=reduction)
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_msf_loss_is_the_token_sum_or_mean_plus_alpha_mse(setup, reduction):
+    """The objective, computed by hand: HF's own token-mean loss (no label smoothing here) x tokens."""
+    _, bb, data = setup
+    assert bb.cfg.label_smoothing == 0.0
+    model = _msf_model(bb, reduction)
+    batch = collate_msf(bb, [data[t] for t in TASKS], [(0, 0), (1, 3), (2, 5), (0, 7), (1, 1)])
+    n = int((batch["labels"] != -100).sum())
+    assert n > len(batch["labels"])  # several target tokens per row: sum and mean differ
+    with torch.no_grad():
+        P = model.task_prompts[batch["group"]]  # (B, L, H)
+        recon = model.autoencoder(P)
+        embeds, mask = bb.embed_with_prompt(recon, batch["input_ids"], batch["attention_mask"])
+        hf_mean = bb.model(inputs_embeds=embeds, attention_mask=mask, labels=batch["labels"]).loss
+        mse = ((recon - P) ** 2).mean()
+        lm = hf_mean * n if reduction == "sum" else hf_mean
+        loss, lm_sum, rec = model(batch)
+    torch.testing.assert_close(loss, lm + 2.0 * mse, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(lm_sum, hf_mean * n, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(rec, mse)
+    opt = torch.optim.SGD(model.autoencoder.parameters(), lr=0.0)
+    stats = msf_step(model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0), batch, 0.0)
+    torch.testing.assert_close(stats["loss"], loss)  # the logged loss is the objective as optimised
+    torch.testing.assert_close(stats["lm_loss"], hf_mean, rtol=1e-5, atol=1e-6)  # always the token mean
+    assert int(stats["target_tokens"]) == n and float(stats["grad_norm"]) > 0
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_msf_micro_batches_average_to_the_global_batch_gradient(setup, reduction):
+    """What DeepSpeed does with 2 ranks x accum 2: average the gradients of 4 equal-row micro-batches,
+    each called with replicas=4 (and, for "mean", the global token count): the gradient of the whole batch."""
+    _, bb, data = setup
+    tok = [data[t] for t in TASKS]
+    pairs = TaskBalancedSampler([len(d.train) for d in tok], 12, seed=3).global_batch_at(0)
+    model = _msf_model(bb, reduction)
+    params = list(model.autoencoder.parameters())
+    full = collate_msf(bb, tok, pairs)
+    whole = torch.autograd.grad(model(full)[0], params)
+    micro = [collate_msf(bb, tok, pairs[i:i + 3]) for i in range(0, 12, 3)]
+    assert len({int((m["labels"] != -100).sum()) for m in micro}) > 1, "uneven token counts make the test bite"
+    n = int((full["labels"] != -100).sum())
+    avg = [torch.zeros_like(p) for p in params]
+    for m in micro:
+        for a, g in zip(avg, torch.autograd.grad(model(m, replicas=4, global_tokens=n)[0], params)):
+            a += g / 4
+    for a, w in zip(avg, whole):
+        torch.testing.assert_close(a, w, rtol=1e-4, atol=1e-6)
 
 
 def test_train_pack_tracks_best_dev_and_scores_test(setup):
