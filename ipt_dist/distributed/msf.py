@@ -481,6 +481,7 @@ class MSFWorker:
     # ------------------------------------------------------------------ checkpoints
     def _meta(self) -> dict:
         return {"backbone": self.backbone.name, "tasks": self.tasks, "alpha": self.cfg.msf.alpha,
+                "lm_reduction": self.cfg.msf.lm_reduction,
                 "best_dev": self.best, "step": self.best_step, "temperature": self.cfg.msf.temperature,
                 "distributed": {"num_workers": self.world, "zero_stage": self.stage,
                                 "ray_run": self.run["name"]},

@@ -128,7 +128,7 @@ def run_msf(cfg: IPTConfig, tracker=None) -> dict:
             if row["dev_mean"] > best:
                 best, best_step = row["dev_mean"], done
                 save_msf_checkpoint(out, ae, {"backbone": backbone.name, "tasks": split.train, "alpha": m.alpha,
-                                              "best_dev": best, "step": done, "temperature": m.temperature,
+                                              "lm_reduction": m.lm_reduction, "best_dev": best, "step": done, "temperature": m.temperature,
                                               "provenance": provenance})
             log.info("MSF step %d: loss %.4f (lm %.4f, rec %.6f), mean dev %.4f", done, row["loss"],
                      row["lm_loss"], row["rec_loss"], row["dev_mean"])
