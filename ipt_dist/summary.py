@@ -75,7 +75,7 @@ RELATIVE_RULE = (
     f"with a 95% percentile bootstrap interval over tasks ({BOOTSTRAP_RESAMPLES} resamples of the tasks with "
     f"replacement, seed {BOOTSTRAP_SEED}; blank with fewer than 2 tasks); ratio_of_means = mean over tasks "
     "of the score on the paired draws / mean over tasks of <col>/pt. A draw whose PT test is 0 or missing "
-    "has no ratio; such draws are listed in these notes")
+    "has no ratio (the notes list such draws)")
 
 
 def _num(v: Any) -> float | None:
@@ -134,7 +134,8 @@ def select_best_lr(records: list[dict]) -> Selection:
         by_draw[r.get("data_seed")].append(r)
     return Selection(lr=best_key, dev=dev, test=test, test_std=test_std, n_seeds=n,
                      job_ids=sorted(r["job_id"] for r in group if "job_id" in r),
-                     test_by_draw={s: mean_std(r.get("test") for r in by_draw[s])[0] for s in _draw_order(by_draw)})
+                     test_by_draw={s: mean_std(r.get("test") for r in by_draw[s])[0]
+                                   for s in _draw_order(by_draw)})
 
 
 def _draw_order(draws: Iterable[Any]) -> list[Any]:
@@ -151,8 +152,8 @@ def pt_scores_by_draw(pt_records: list[dict]) -> dict[tuple[str, Any], float | N
     return {(t, s): v for t, sel in _pt_by_task(pt_records).items() for s, v in sel.test_by_draw.items()}
 
 
-def bootstrap_mean_ci(values: list[float], *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
-                      level: float = 0.95) -> tuple[float | None, float | None]:
+def bootstrap_mean_ci(values: list[float], *, resamples: int = BOOTSTRAP_RESAMPLES,
+                      seed: int = BOOTSTRAP_SEED, level: float = 0.95) -> tuple[float | None, float | None]:
     """Percentile bootstrap interval of the mean of `values` (resampled with replacement).
 
     (None, None) with fewer than 2 values: one task gives no interval, not a zero-width one.
@@ -399,8 +400,8 @@ def summarize_ist(records: list[dict], pt_records: list[dict] | None = None, see
                        "mean_std_over_seeds"]
     notes = ["score = mean test over data seeds at the lr with the best mean dev (per setting and task)",
              RELATIVE_RULE,
-             "n_tasks = tasks with a score; n_relative = tasks with at least one paired ratio (mean_relative, "
-             "its interval and ratio_of_means are over these)"]
+             "n_tasks = tasks with a score; n_relative = tasks with at least one paired ratio "
+             "(mean_relative, its interval and ratio_of_means are over these)"]
     missing_pt = [t for t in tasks if t not in pt_sel]
     if missing_pt:
         notes.append(f"no PT score for {', '.join(missing_pt)}: their ratios are blank")
