@@ -136,8 +136,11 @@ def results(sweep_dir: Path) -> list[dict]:
 
 @distributed
 @slow
-def test_sweep_completes_with_mlflow_parent_children_and_summary(main_sweep):
+def test_sweep_completes_with_mlflow_parent_children_and_summary(main_sweep, stage0):
+    from ipt_dist.summary import pt_scores_by_draw
+
     result, cfg = main_sweep["result"], main_sweep["cfg"]
+    pt = pt_scores_by_draw(stage0["pt"])  # the denominators, per (task, draw)
     assert (result.jobs_total, result.jobs_started, result.jobs_failed) == (N_JOBS, N_JOBS, 0)
     recs = results(result.sweep_dir)
     assert len(recs) == N_JOBS == len({r["job_id"] for r in recs})
@@ -162,6 +165,7 @@ def test_sweep_completes_with_mlflow_parent_children_and_summary(main_sweep):
         assert p["task"] == rec["task"] and int(p["seed"]) == rec["data_seed"] and int(p["d"]) == 4
         assert p["setting"] == rec["setting"]
         assert m["test"] == pytest.approx(rec["test"]) and m["best_dev"] == pytest.approx(rec["best_dev"])
+        assert m["pt_test"] == pytest.approx(pt[(rec["task"], rec["data_seed"])])  # PT on the same draw
         assert c.info.status == "FINISHED"
         if rec["role"] == "ist":
             assert float(p["lr"]) == rec["lr"] and float(p["lr"]) in LRS
