@@ -29,6 +29,7 @@ def test_cli_pipeline_writes_every_artifact(tiny_cfg, tmp_path):
         p, meta = load_prompt(prompt_path(out / "prompts", t))
         assert p.shape == (4, 64) and meta["backbone"] == "tiny-t5" and meta["task"] == t
         assert meta["prompt_len"] == 4 and meta["hidden"] == 64 and "dev_score" in meta
+        assert meta["data_seed"] == tiny_cfg.data.data_seed  # the draw its PT score pairs with
     assert len(read_jsonl(out / "pt" / "results.jsonl")) == 4
 
     assert main(["msf", "--config", cfg_path]) == 0
