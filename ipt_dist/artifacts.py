@@ -16,10 +16,11 @@ from pathlib import Path
 
 import torch
 
+from ipt_dist.errors import UserError
 from ipt_dist.modeling.autoencoder import PromptAutoencoder, PromptDecoder
 
 
-class ArtifactError(ValueError):
+class ArtifactError(UserError):
     """A missing, truncated or mis-shaped artifact; the message names the file and the fix."""
 
 

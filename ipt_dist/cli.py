@@ -7,6 +7,9 @@
     ipt report RUN_DIR
     ipt demo-data DIR
     ipt save-tiny tiny-t5 DIR
+
+A user error (config, data, artifact, backbone name) prints one `error: ...` line and exits 2;
+Ctrl-C exits 130 with finished work kept. `--debug` (or IPT_DEBUG=1) shows tracebacks.
 """
 
 from __future__ import annotations
@@ -16,7 +19,12 @@ import json
 import sys
 
 
+def _debug_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--debug", action="store_true", help="show tracebacks (also: IPT_DEBUG=1)")
+
+
 def _common(p: argparse.ArgumentParser) -> None:
+    _debug_flag(p)
     p.add_argument("--config", help="YAML config (see configs/); defaults apply when omitted")
     p.add_argument("--out", help="output directory (overrides output_dir)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -34,6 +42,7 @@ def load_cli_config(args):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ipt", description="Intrinsic Prompt Tuning at cluster scale")
+    _debug_flag(parser)
     sub = parser.add_subparsers(dest="cmd", required=True)
     for name, help_ in [("pt", "stage 0: prompt tuning per task (single process)"),
                         ("msf", "stage 1: multi-task subspace finding (single process)"),
@@ -47,26 +56,38 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     p.add_argument("--single-process-msf", action="store_true",
                    help="train MSF in this process instead of Ray Train + DeepSpeed workers")
+    _debug_flag(p)
     p = sub.add_parser("report", help="report.md + PNG plots of a run directory")
     p.add_argument("run_dir")
+    _debug_flag(p)
     p = sub.add_parser("demo-data", help="write the built-in demo tasks (JSONL layout + tasks.json)")
     p.add_argument("dir")
+    _debug_flag(p)
     p = sub.add_parser("save-tiny", help="save a tiny random backbone as an HF checkpoint directory")
     p.add_argument("kind", choices=["tiny-t5", "tiny-bart", "tiny-llama", "tiny-gpt2"])
     p.add_argument("dir")
+    _debug_flag(p)
     args = parser.parse_args(argv)
+    from ipt_dist.errors import debug_requested, run_entry
 
+    return run_entry(lambda: _run(args), debug=args.debug or debug_requested())
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ipt_dist.artifacts import ensure_writable_dir
     from ipt_dist.stages.common import setup_logging
 
     setup_logging()
     if args.cmd == "demo-data":
         from ipt_dist.data.tasks import write_demo_tasks
 
+        ensure_writable_dir(args.dir, "demo-data DIR")
         print("\n".join(write_demo_tasks(args.dir)))
         return 0
     if args.cmd == "save-tiny":
         from ipt_dist.modeling.tiny import save_tiny_backbone
 
+        ensure_writable_dir(args.dir, "save-tiny DIR")
         print(save_tiny_backbone(args.kind, args.dir))
         return 0
     if args.cmd == "report":
@@ -84,10 +105,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nreport: {result['report']}\nMLflow store: {db}\nopen the UI with: mlflow ui --backend-store-uri {db}")
         return 0
     cfg = load_cli_config(args)
-    from ipt_dist.config import save_config
     from ipt_dist.tracking import make_tracker
 
-    save_config(cfg, f"{cfg.output_dir}/{args.cmd}_config.yaml")
+    ensure_writable_dir(cfg.output_dir)  # --out that is a file, read-only, ...: before anything is written
+
     tracker = make_tracker(cfg, run_name=f"{args.cmd}", tags={"stage": args.cmd, "backbone": cfg.backbone.name_or_path})
     status = "FAILED"
     try:

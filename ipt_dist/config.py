@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ipt_dist.errors import UserError
+
 __all__ = [
     "ConfigError",
     "BackboneConfig",
@@ -40,7 +42,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 SETTINGS = ("msf_seen", "msf_unseen", "ist_seen_same", "ist_seen_new", "ist_unseen")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A configuration problem; the message names every offending field and the fix."""
 
 
@@ -275,6 +277,9 @@ class SweepConfig:
     max_in_flight: int = 8
     max_retries: int = 3
     random_decoder: bool = False  # also run the random-decoder baseline
+    # also run the PCA-subspace baseline: Dec(z) = mean(P) + top-d principal directions of the MSF
+    # training tasks' stage-0 prompts (ipt_dist.modeling.pca_decoder)
+    pca_decoder: bool = False
     ipt_init_pt: bool = False  # also run PT initialised from Dec(z*)
 
     def problems(self) -> list[str]:
@@ -469,6 +474,35 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     return key.strip().split("."), yaml.safe_load(raw)
 
 
+def _load_yaml_strict(text: str, source: str) -> Any:
+    """yaml.safe_load that refuses a repeated key: PyYAML keeps the last one silently, so a second
+    `pt:` block would reset every field of the first to its default."""
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        pass
+
+    repeats: list[str] = []
+
+    def construct_mapping(loader, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                repeats.append(f"{key!r} on line {line} repeats line {seen[key]}")
+            else:
+                seen[key] = line
+        return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+    StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
+    data = yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    if repeats:
+        raise ConfigError(f"{source}: repeated keys (YAML would keep only the last): {'; '.join(repeats)}. "
+                          "Fix: merge them into one")
+    return data
+
+
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> IPTConfig:
     """Load a YAML config (or defaults when `path` is None) and apply KEY=VALUE overrides.
 
@@ -486,7 +520,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
             raise FileNotFoundError(f"config file {p} does not exist; pass the path of a YAML file (see configs/)")
         source = str(p)
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            data = _load_yaml_strict(p.read_text(encoding="utf-8-sig"), str(p)) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{p}: not valid YAML: {exc}") from exc
         if not isinstance(data, dict):

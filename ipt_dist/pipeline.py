@@ -32,11 +32,42 @@ def quickstart_config(out: str | Path, *, config: str | Path | None = None, data
     """The quickstart config with the command line's choices applied; all paths absolute."""
     out = Path(out).expanduser().resolve()
     items = [f"output_dir={out}", f"tracking.tracking_uri=sqlite:///{out / 'mlflow.db'}"]
+    overrides = list(overrides or [])
     if data:
-        items += [f"data.data_dir={Path(data).expanduser().resolve()}", "data.unseen_tasks=[]"]
+        root = Path(data).expanduser().resolve()
+        items.append(f"data.data_dir={root}")
+        chosen = any(o.split("=", 1)[0].strip() in ("data.unseen_tasks", "data.split_file", "data.tasks")
+                     for o in overrides)
+        if not chosen:  # the demo's unseen tasks do not exist in DIR: hold out a share of DIR's own tasks
+            items += _held_out_items(root)
     if model:
         items.append(f"backbone.name_or_path={model}")
-    return load_config(config or quickstart_config_path(), items + list(overrides or []))
+    return load_config(config or quickstart_config_path(), items + overrides)
+
+
+HOLD_OUT_SHARE = 6  # the paper's random split holds out 20 of 120 tasks: 1 in 6
+HOLD_OUT_SEED = 0
+
+
+def _held_out_items(root: Path) -> list[str]:
+    """Overrides that hold out a seeded random 1-in-6 share of the tasks in `root` as unseen tasks
+    (at least one when there are 3 or more), so settings 2 and 5 are evaluated; with fewer tasks
+    those two settings are dropped, and both choices are said."""
+    import random
+
+    from ipt_dist.data.tasks import list_tasks
+
+    tasks = list_tasks(root)
+    if len(tasks) < 3:
+        log.warning("quickstart: %s holds %d tasks, too few to hold any out: settings msf_unseen and ist_unseen "
+                    "(unseen tasks) are not run. Give more tasks or --set data.unseen_tasks=[...]", root, len(tasks))
+        return ["data.unseen_tasks=[]", "sweep.settings=[msf_seen, ist_seen_same, ist_seen_new]"]
+    n = max(1, round(len(tasks) / HOLD_OUT_SHARE))
+    unseen = sorted(random.Random(HOLD_OUT_SEED).sample(tasks, n))
+    log.info("quickstart: holding out %d of %d tasks of %s as unseen (seeded 1-in-%d draw; override with --set "
+             "data.unseen_tasks=[...] or data.split_file): %s", n, len(tasks), root, HOLD_OUT_SHARE,
+             ", ".join(unseen))
+    return [f"data.unseen_tasks=[{', '.join(unseen)}]"]
 
 
 def _msf_config(cfg: IPTConfig, d: int) -> IPTConfig:
@@ -55,24 +86,14 @@ def _msf_config(cfg: IPTConfig, d: int) -> IPTConfig:
 
 
 MSF_MARKER = "pipeline_msf.json"
-# What an MSF checkpoint depends on besides its stage-0 prompts (paths and logging left out).
-_MSF_KEYS = ("backbone.", "data.", "pt.prompt_len", "msf.", "seed")
 
 
 def _msf_inputs(cfg_d: IPTConfig) -> dict:
     """The config fields and stage-0 prompt files (content hashes) the MSF of `cfg_d` is trained from."""
-    import hashlib
-
-    from ipt_dist.artifacts import prompt_path
-    from ipt_dist.config import flatten_config
+    from ipt_dist.rerun import msf_inputs
     from ipt_dist.stages.common import resolve_tasks
 
-    flat = {k: v for k, v in flatten_config(cfg_d).items()
-            if k.startswith(_MSF_KEYS) and k not in ("msf.prompts_dir", "data.split_file")}
-    for t in resolve_tasks(cfg_d).train:
-        f = prompt_path(cfg_d.msf.prompts_dir, t)
-        flat[f"prompt:{t}"] = hashlib.sha1(f.read_bytes()).hexdigest()[:16] if f.is_file() else None
-    return {k: flat[k] for k in sorted(flat)}
+    return msf_inputs(cfg_d, resolve_tasks(cfg_d).train, cfg_d.msf.prompts_dir)
 
 
 def check_msf_reuse(cfg_d: IPTConfig, d: int) -> bool:

@@ -9,9 +9,9 @@ and writes RUN_DIR/report/{report.md, relative_performance.png, ist_vs_pt.png,
 msf_loss.png, ist_vectors.png}. Relative performance is paired per few-shot draw (IST on draw s /
 PT on draw s, `ipt_dist.summary.RELATIVE_RULE`), with a 95% bootstrap interval over tasks.
 Plots: relative performance vs intrinsic dimension for seen tasks (new data) and unseen tasks,
-with the random-decoder baseline and the intervals as error bars; per-task IST vs PT (same draws);
-MSF LM and reconstruction loss curves; a 2-D projection (PCA) of the learned IST vectors
-coloured by task category (the paper's task-similarity view).
+with the random- and PCA-decoder baselines and the intervals as error bars; per-task IST vs PT
+(same draws); MSF LM and reconstruction loss curves; a 2-D projection (PCA) of the learned IST
+vectors coloured by task category (the paper's task-similarity view).
 
 Plain Python + matplotlib + torch; MLflow only in `log_report_to_mlflow`.
 """
@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 
 SETTING_TITLES = {"ist_seen_new": "seen tasks, new data", "ist_unseen": "unseen tasks",
                   "ist_seen_same": "seen tasks, same data"}
+# Line style and marker per IST decoder in the relative-performance plot (colour = setting).
+DECODER_STYLES = {"msf": "-", "random": "--", "pca": ":"}
+DECODER_MARKERS = {"msf": "o", "random": "x", "pca": "s"}
+DECODER_TITLES = {"random": "random decoder", "pca": "PCA decoder"}
 
 
 def _plt():
@@ -48,8 +52,9 @@ def _load_summary(run: Path) -> dict | None:
 
 
 def plot_relative_performance(summary: dict, path: Path) -> bool:
-    """Mean relative performance (IST / PT, paired per draw) vs d, one line per setting, the 95%
-    bootstrap interval over tasks as error bars (none with one task); random decoder dashed."""
+    """Mean relative performance (IST / PT, paired per draw) vs d, one line per setting and decoder
+    (MSF solid, random decoder dashed, PCA decoder dotted), the 95% bootstrap interval over tasks
+    as error bars (none with one task)."""
     lines: dict[tuple[str, str], list[tuple[int, float, float | None, float | None]]] = defaultdict(list)
     for s in summary.get("settings", []):
         if s.get("setting") in SETTING_TITLES and s.get("d") and s.get("mean_relative") is not None:
@@ -63,9 +68,9 @@ def plot_relative_performance(summary: dict, path: Path) -> bool:
     colours = {"ist_seen_new": "tab:blue", "ist_unseen": "tab:orange", "ist_seen_same": "tab:green"}
     for (setting, decoder), pts in sorted(lines.items(), key=lambda kv: kv[0]):
         pts.sort(key=lambda p: p[0])
-        label = SETTING_TITLES[setting] + (" (random decoder)" if decoder == "random" else "")
-        ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker="o", color=colours[setting],
-                linestyle="--" if decoder == "random" else "-", label=label)
+        label = SETTING_TITLES[setting] + ("" if decoder == "msf" else f" ({DECODER_TITLES.get(decoder, decoder)})")
+        ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker=DECODER_MARKERS.get(decoder, "o"),
+                color=colours[setting], linestyle=DECODER_STYLES.get(decoder, "-."), label=label)
         ci = [p for p in pts if p[2] is not None and p[3] is not None]
         if ci:  # asymmetric bars: the percentile interval need not be centred on the mean
             ax.errorbar([p[0] for p in ci], [100 * p[1] for p in ci], fmt="none", ecolor=colours[setting],
@@ -255,7 +260,8 @@ def make_report(run_dir: str | Path) -> Path:
     """
     run = Path(run_dir)
     if not run.is_dir():
-        raise FileNotFoundError(f"run directory {run} does not exist")
+        raise FileNotFoundError(f"run directory {run} does not exist. Fix: pass the --out of a run, "
+                                "e.g. ipt report runs/quickstart")
     out = run / "report"
     out.mkdir(parents=True, exist_ok=True)
     summary = _load_summary(run)

@@ -5,8 +5,8 @@ Input is what the sweeps write, one dict per job (`<sweep_dir>/results.jsonl`)::
     {"job_id", "task", "kind", "role", "setting", "d", "decoder", "data_seed", "lr", "seen",
      "metric", "best_dev", "test", ...}
 
-`role` says what a record is for: `ist` (settings 3-5, plus the random-decoder baseline when
-`decoder == "random"`), `msf_eval` (settings 1-2), `pt` (stage-0 PT, the denominator of relative
+`role` says what a record is for: `ist` (settings 3-5, plus the baselines when `decoder` is
+`"random"` or `"pca"`), `msf_eval` (settings 1-2), `pt` (stage-0 PT, the denominator of relative
 performance), `pt_control` (plain PT next to IPT-initialised PT) and `ipt_pt` (PT started from
 Dec(z*)).
 
@@ -176,9 +176,9 @@ def _percentile(sorted_xs: list[float], q: float) -> float:
 
 
 def column_name(setting: str, d: int | None, decoder: str | None = "msf") -> str:
-    """`ist_seen_new@d250`; the random-decoder baseline is `ist_seen_new@d250:random`."""
+    """`ist_seen_new@d250`; a baseline decoder is a suffix: `ist_seen_new@d250:random`, `...:pca`."""
     name = setting if d is None else f"{setting}@d{d}"
-    return f"{name}:random" if decoder == "random" else name
+    return name if decoder in (None, "msf") else f"{name}:{decoder}"
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -332,7 +332,7 @@ def summarize_ist(records: list[dict], pt_records: list[dict] | None = None, see
         m = col_meta[c]
         s = m["setting"]
         rank = _SETTING_ORDER.index(s) if s in _SETTING_ORDER else len(_SETTING_ORDER) + (s == "ipt_pt")
-        return (m["decoder"] == "random", rank, m["d"] or 0)
+        return (m["decoder"] not in (None, "msf"), m["decoder"] or "", rank, m["d"] or 0)  # baselines last
 
     setting_cols = sorted(col_meta, key=col_key)
     tasks = _task_order(records + pt_records, seen, unseen)

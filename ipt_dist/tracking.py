@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ipt_dist.config import IPTConfig, flatten_config
+from ipt_dist.config import ConfigError, IPTConfig, flatten_config
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,71 @@ def resolve_tracking_uri(cfg: IPTConfig) -> str:
     db = Path(cfg.output_dir).expanduser().resolve() / "mlflow.db"
     db.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{db}"
+
+
+def _uri_field(cfg: IPTConfig) -> str:
+    if cfg.tracking.tracking_uri:
+        return "tracking.tracking_uri"
+    return "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "the default tracking store"
+
+
+def check_tracking_store(cfg: IPTConfig, timeout: float = 5.0) -> str:
+    """Prove the tracking store is usable before any work; returns the resolved URI.
+
+    Checks what fails slowly or obscurely inside MLflow: a bare path (MLflow 3 reads it as the
+    refused file store), an SQLite file whose directory cannot be created or written (MLflow
+    retries ~100 s, then a raw sqlalchemy error), a server that does not answer. Other schemes
+    (databricks, postgresql, ...) are left to MLflow. A server that goes away *during* a run is
+    handled by the trackers' queue-and-retry.
+
+    Raises:
+        ConfigError: naming tracking.tracking_uri (or MLFLOW_TRACKING_URI), the cause and the fix.
+    """
+    uri = resolve_tracking_uri(cfg)
+    where = f"{_uri_field(cfg)} ({uri})"
+    fix_db = "sqlite:////abs/path/mlflow.db (four slashes for an absolute path) or a server URL http://host:5000"
+    scheme = uri.split("://", 1)[0] if "://" in uri else ""
+    if not scheme:
+        raise ConfigError(f"{where}: a path without a scheme; MLflow 3 would read it as a file store, which it "
+                          f"refuses. Fix: use {fix_db}")
+    if scheme == "file" and not os.environ.get("MLFLOW_ALLOW_FILE_STORE"):
+        raise ConfigError(f"{where}: MLflow 3 refuses the file store unless MLFLOW_ALLOW_FILE_STORE=true. Fix: use "
+                          f"{fix_db}")
+    if scheme == "sqlite":
+        rest = uri[len("sqlite://"):]
+        if rest in ("", "/", "/:memory:"):
+            return uri
+        db = Path(rest[1:] if rest.startswith("/") else rest).expanduser()  # sqlite:////abs -> /abs
+        if db.is_dir():
+            raise ConfigError(f"{where}: {db} is a directory, not a database file. Fix: name a file, e.g. "
+                              f"sqlite:///{(db / 'mlflow.db').resolve()}")
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+            probe = db.parent / f".mlflow_probe_{os.getpid()}"
+            probe.write_bytes(b"ok")
+            probe.unlink()
+            if db.exists() and not os.access(db, os.R_OK | os.W_OK):
+                raise PermissionError(13, "the database file is not readable and writable")
+        except OSError as exc:
+            raise ConfigError(f"{where}: cannot write the SQLite database at {db} ({exc.strerror or exc}). Fix: "
+                              f"choose a writable location, e.g. sqlite:///{Path(cfg.output_dir).resolve()}"
+                              f"/mlflow.db, or a server URL") from exc
+        return uri
+    if scheme in ("http", "https"):
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):
+                pass
+        except urllib.error.HTTPError as exc:  # it answers: auth, a proxy, an old server; MLflow will tell
+            log.warning("%s: /health answered HTTP %s; continuing", where, exc.code)
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise ConfigError(f"{where}: no MLflow server answers ({reason}). Fix: start it (mlflow server "
+                              f"--backend-store-uri sqlite:////abs/mlflow.db --host 0.0.0.0 --port 5000), check the "
+                              f"address, or use {fix_db}") from exc
+    return uri
 
 
 # MLflow's REST client retries a refused connection 7 times with backoff factor 2 (about 4 minutes
@@ -168,7 +233,7 @@ def make_tracker(cfg: IPTConfig, run_name: str, *, enabled: bool = True, tags: d
     """A tracker for this process: MLflow when enabled in config, else NullTracker."""
     if not (enabled and cfg.tracking.enabled):
         return NullTracker()
-    tracker = MLflowTracker(resolve_tracking_uri(cfg), cfg.tracking.experiment,
+    tracker = MLflowTracker(check_tracking_store(cfg), cfg.tracking.experiment,
                             cfg.tracking.run_name or run_name, parent_run_id=parent_run_id, tags=tags)
     if log_config:
         tracker.log_params(flatten_config(cfg))

@@ -31,26 +31,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="continue the stopped run recorded in --out")
     parser.add_argument("--smoke-test", action="store_true",
                         help="tiny CPU run end to end: trains its stage-0 prompts, then 2-worker MSF")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks (also: IPT_DEBUG=1)")
     args = parser.parse_args(argv)
     if args.config is None and not args.smoke_test:
         parser.error("--config is required (or pass --smoke-test)")
 
     if str(ROOT) not in sys.path:  # run as a script without the package installed
         sys.path.insert(0, str(ROOT))
-    from ipt_dist.config import ConfigError, load_config
-    from ipt_dist.distributed.msf import DistributedMSFError, MSFInputError, run_distributed_msf
+    from ipt_dist.errors import debug_requested, run_entry
+
+    return run_entry(lambda: _run(args), debug=args.debug or debug_requested(),
+                     interrupted="MSF interrupted: its checkpoints are kept; run the same command with --resume "
+                                 "to continue")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ipt_dist.config import load_config
+    from ipt_dist.distributed.msf import DistributedMSFError, run_distributed_msf
+    from ipt_dist.errors import one_line
     from ipt_dist.stages.common import setup_logging
 
     setup_logging()
     overrides = list(args.set) + ([f"output_dir={args.out}"] if args.out else [])
+    cfg = load_config(args.config or SMOKE_CONFIG, overrides)
     try:
-        cfg = load_config(args.config or SMOKE_CONFIG, overrides)
         summary = run_distributed_msf(cfg, resume=args.resume, smoke_test=args.smoke_test)
-    except (ConfigError, MSFInputError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except DistributedMSFError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except DistributedMSFError as exc:  # the run started and failed: not a user error (exit 1)
+        if args.debug:
+            raise
+        print(f"error: {one_line(str(exc))}", file=sys.stderr)
         return 1
     print(json.dumps(summary, indent=2, default=str))
     return 0

@@ -74,3 +74,19 @@ def test_pt_init_is_checked():
         config_from_dict({"pt": {"init": "vocabulary", "init_vocab_top": 0}})
     assert "pt.init: must be 'random' or 'vocab'" in str(e.value) and "pt.init_vocab_top" in str(e.value)
     assert config_from_dict({"pt": {"init": "vocab"}}).pt.init == "vocab"
+
+
+def test_repeated_sections_and_keys_are_refused(tmp_path):
+    import pytest
+
+    from ipt_dist.config import ConfigError, load_config
+
+    p = tmp_path / "c.yaml"
+    p.write_text("pt:\n  lr: 0.3\n  steps: 5\nmsf:\n  d: 4\npt:\n  batch_size: 2\n")
+    with pytest.raises(ConfigError, match=r"repeated keys.*'pt' on line 6 repeats line 1"):
+        load_config(p)
+    p.write_text("pt:\n  lr: 0.3\n  lr: 0.1\n")
+    with pytest.raises(ConfigError, match=r"'lr' on line 3 repeats line 2"):
+        load_config(p)
+    p.write_text("\ufeffpt:\n  lr: 0.3\n")  # a UTF-8 BOM (Windows editors) is fine
+    assert load_config(p).pt.lr == 0.3

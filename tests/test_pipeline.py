@@ -35,3 +35,17 @@ def test_trained_msf_is_reused_only_for_the_same_inputs(tmp_path):
     save_prompt(prompt_path(tmp_path / "prompts", "demo_topic"), torch.zeros(4, 8), backbone="x")
     with pytest.raises(ConfigError, match="prompt:demo_topic"):
         check_msf_reuse(cfg_d, 4)
+
+
+def test_quickstart_with_data_holds_out_unseen_tasks(tmp_path, demo_dir):
+    from ipt_dist.data.tasks import list_tasks
+    from ipt_dist.pipeline import quickstart_config
+
+    tasks = list_tasks(demo_dir)
+    cfg = quickstart_config(tmp_path / "o", data=str(demo_dir))
+    unseen = cfg.data.unseen_tasks
+    assert len(unseen) == max(1, round(len(tasks) / 6)) and set(unseen) <= set(tasks)
+    assert quickstart_config(tmp_path / "o", data=str(demo_dir)).data.unseen_tasks == unseen  # seeded
+    assert {"msf_unseen", "ist_unseen"} <= set(cfg.sweep.settings)
+    given = quickstart_config(tmp_path / "o", data=str(demo_dir), overrides=[f"data.unseen_tasks=[{tasks[0]}]"])
+    assert given.data.unseen_tasks == [tasks[0]]

@@ -50,6 +50,27 @@ def test_mean_std_ignores_missing_values():
     assert mean_std([]) == (None, None, 0)
 
 
+def test_baseline_decoder_columns_flow_through_beside_msf():
+    """Any IST decoder besides MSF's gets its own suffixed columns, ratios and aggregate row, after MSF's."""
+    assert column_name("ist_unseen", 8, "pca") == "ist_unseen@d8:pca"
+    assert column_name("ist_unseen", 8, "msf") == column_name("ist_unseen", 8, None) == "ist_unseen@d8"
+    pt = [rec("A", "pt", test=0.8, dev=0.8), rec("C", "pt", test=0.5, dev=0.5)]
+    ist = [rec("A", "ist", test=0.4, dev=0.4, setting="ist_seen_new", decoder=dec)
+           for dec in ("random", "pca", "msf")]
+    ist += [rec("C", "ist", test=t, dev=t, setting="ist_unseen", decoder=dec)
+            for dec, t in (("pca", 0.25), ("msf", 0.3), ("random", 0.05))]
+    s = summarize_ist(ist, pt, seen=["A"], unseen=["C"])
+    a, c = s.rows
+    assert a["ist_seen_new@d4:pca/ratio"] == pytest.approx(0.5)
+    assert c["ist_unseen@d4:pca/ratio"] == pytest.approx(0.5)
+    assert c["ist_unseen@d4:random/ratio"] == pytest.approx(0.1)
+    agg = {r["column"]: r for r in s.settings}
+    pca = agg["ist_unseen@d4:pca"]
+    assert pca["decoder"] == "pca" and pca["mean_relative"] == pytest.approx(0.5)
+    assert [r["column"] for r in s.settings] == ["ist_seen_new@d4", "ist_unseen@d4", "ist_seen_new@d4:pca",
+                                                 "ist_unseen@d4:pca", "ist_seen_new@d4:random", "ist_unseen@d4:random"]
+
+
 def paper_like_records():
     # PT of A: lr 0.1 wins on mean dev (0.6 > 0.5); at it, draw 21 scores 0.6 and draw 13 0.8.
     pt = [rec("A", "pt", test=0.6, dev=0.5, lr=0.1, seed=21), rec("A", "pt", test=0.8, dev=0.7, lr=0.1, seed=13),

@@ -43,3 +43,50 @@ def test_pipeline_msf_runs_log_to_the_pipeline_store(tmp_path, monkeypatch):
     assert sub.output_dir == str(tmp_path / "msf_d5") and sub.msf.d == 5
     assert sub.tracking.tracking_uri == resolve_tracking_uri(cfg) == resolve_tracking_uri(sub)
     assert sub.tracking.run_name == "msf-d5" and sub.msf.prompts_dir == str(tmp_path / "prompts")
+
+
+def _cfg(tmp_path, uri):
+    return load_config(None, [f"output_dir={tmp_path / 'out'}", f"tracking.tracking_uri={uri}"])
+
+
+def test_tracking_store_problems_are_clear_errors_before_any_work(tmp_path, monkeypatch):
+    import time
+
+    import pytest
+
+    from ipt_dist.config import ConfigError
+    from ipt_dist.tracking import check_tracking_store
+
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    (tmp_path / "a_dir").mkdir()
+    cases = {
+        f"sqlite:///{blocker}/x.db": "tracking.tracking_uri.*cannot write the SQLite database",  # like /etc/passwd/x.db
+        str(tmp_path / "mlflow.db"): "a path without a scheme.*sqlite:////abs/path/mlflow.db",
+        f"file://{tmp_path}/mlruns": "refuses the file store",
+        f"sqlite:///{tmp_path / 'a_dir'}": "is a directory, not a database file",
+        "http://127.0.0.1:9/": "no MLflow server answers.*mlflow server",
+    }
+    for uri, message in cases.items():
+        t0 = time.perf_counter()
+        with pytest.raises(ConfigError, match=message):
+            check_tracking_store(_cfg(tmp_path, uri))
+        assert time.perf_counter() - t0 < 10, uri
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    with pytest.raises(ConfigError, match="^MLFLOW_TRACKING_URI"):
+        check_tracking_store(load_config(None, [f"output_dir={tmp_path}"]))
+    ok = f"sqlite:///{tmp_path / 'new' / 'dir' / 'mlflow.db'}"
+    assert check_tracking_store(_cfg(tmp_path, ok)) == ok  # a missing directory is created
+
+
+def test_cli_refuses_a_bad_tracking_store_in_one_line(tmp_path, capsys):
+    from ipt_dist.cli import main
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    rc = main(["pt", "--out", str(tmp_path / "o"), "--set", "tracking.enabled=true",
+               "--set", f"tracking.tracking_uri=sqlite:///{blocker}/x.db"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: tracking.tracking_uri") and "Traceback" not in err
+    assert not (tmp_path / "o" / "prompts").exists()  # nothing trained

@@ -123,5 +123,18 @@ def tokenizer_tag(backbone) -> str:
 def tokenize_tasks(tasks: dict[str, TaskData], backbone, *, prefix: bool = True,
                    cache_dir: str | Path | None = None) -> dict[str, TokenizedTask]:
     tag = tokenizer_tag(backbone)
-    return {n: tokenize_task(t, backbone.tokenize, tag=tag, prefix=prefix, cache_dir=cache_dir)
-            for n, t in tasks.items()}
+    out = {}
+    for n, t in tasks.items():
+        cut = [0, 0, 0]  # inputs cut, targets cut, examples tokenised (fresh tokenisation only)
+
+        def counted(inputs, targets, _cut=cut):
+            ids, tgt, (n_in, n_tgt) = backbone.tokenize_counted(inputs, targets)
+            _cut[0], _cut[1], _cut[2] = _cut[0] + n_in, _cut[1] + n_tgt, _cut[2] + len(inputs)
+            return ids, tgt
+
+        out[n] = tokenize_task(t, counted, tag=tag, prefix=prefix, cache_dir=cache_dir)
+        if cut[0] or cut[1]:  # said once, when the task is first tokenised (not on cache hits)
+            log.info("task %s: %d of %d inputs longer than backbone.max_input_len=%d and %d targets longer than "
+                     "max_target_len-1=%d were cut (see Backbone.tokenize_counted for what is kept)", n, cut[0],
+                     cut[2], backbone.cfg.max_input_len, cut[1], backbone.cfg.max_target_len - 1)
+    return out

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ipt_dist.errors import UserError
+
 __all__ = [
     "METRICS",
     "SPLITS",
@@ -60,7 +62,7 @@ _MAX_PROBLEMS_PER_FILE = 10
 _UTF8_BOM = b"\xef\xbb\xbf"
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """Bad input data: message names the file, line/field and the fix."""
 
 
@@ -385,6 +387,20 @@ def _parse_tsv(path: Path, problems: list[str]) -> list[Example]:
 # --------------------------------------------------------------------------------------------
 
 
+def _read_json(path: Path, expected: str) -> Any:
+    """A JSON file, UTF-8 with or without a BOM (as JSONL and TSV files are read)."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not valid UTF-8 ({e.reason}). Fix: re-save the file as UTF-8") from e
+    if not text.strip():
+        raise DataError(f"{path}: the file is empty. Fix: write {expected} into it")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path} line {e.lineno}: invalid JSON ({e.msg}). Fix: correct the JSON syntax") from e
+
+
 def load_task_info(tasks_file: str | Path) -> dict[str, TaskInfo]:
     """Read task metadata from a ``tasks.json`` file.
 
@@ -401,14 +417,7 @@ def load_task_info(tasks_file: str | Path) -> dict[str, TaskInfo]:
     path = Path(tasks_file)
     if not path.is_file():
         raise DataError(f"{path}: tasks file not found. Fix: pass the path of an existing tasks.json")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not valid UTF-8 ({e.reason}). Fix: re-save the file as UTF-8") from e
-    except json.JSONDecodeError as e:
-        raise DataError(
-            f"{path} line {e.lineno}: invalid JSON ({e.msg}). Fix: correct the JSON syntax"
-        ) from e
+    data = _read_json(path, "a list of task records")
 
     if isinstance(data, dict):
         entries = []
@@ -504,6 +513,9 @@ def list_tasks(data_dir: str | Path) -> list[str]:
 
 
 def _no_data_dir(root: Path) -> str:
+    if root.exists():
+        return (f"{root}: is a file, not a data directory. Fix: point data_dir at the folder holding the "
+                "task folders")
     return f"{root}: data directory not found. Fix: point data_dir at the folder holding the tasks"
 
 
@@ -757,12 +769,7 @@ def load_split(path: str | Path, available: Iterable[str] | None = None) -> dict
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{p}: split file not found. Fix: pass the path of an existing split JSON file")
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e:
-        raise DataError(f"{p}: not valid UTF-8 ({e.reason}). Fix: re-save the file as UTF-8") from e
-    except json.JSONDecodeError as e:
-        raise DataError(f"{p} line {e.lineno}: invalid JSON ({e.msg}). Fix: correct the JSON syntax") from e
+    data = _read_json(p, '{"train": [...], "dev": [...], "test": [...]}')
     if not isinstance(data, dict):
         raise DataError(
             f'{p}: expected an object {{"train": [...], "dev": [...], "test": [...]}}, '

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ipt_dist.config import IPTConfig
+from ipt_dist.errors import UserError
 
 __all__ = [
     "DeepSpeedConfigError",
@@ -75,7 +76,7 @@ OPTIMIZER_PARAMS = frozenset({"lr", "eps", "weight_decay", "betas", "torch_adam"
                               "fp32_optimizer_states", "bias_correction", "amsgrad"})
 
 
-class DeepSpeedConfigError(ValueError):
+class DeepSpeedConfigError(UserError):
     """A DeepSpeed config that is invalid or contradicts our config; the message lists every problem."""
 
 

@@ -51,6 +51,7 @@ from ipt_dist.distributed.deepspeed_config import (
     build_ds_config,
     zero_stage,
 )
+from ipt_dist.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ BEST_DIR = "best"  # inside every Ray checkpoint: the best autoencoder so far, i
 CRASH_MARKER = "crash_injected"
 
 
-class MSFInputError(ValueError):
+class MSFInputError(UserError):
     """Inputs of a distributed MSF run are unusable; the message lists every problem and its fix."""
 
 
@@ -695,6 +696,10 @@ def run_distributed_msf(cfg: IPTConfig, *, resume: bool = False, smoke_test: boo
         log.info("smoke test: training the stage-0 prompts first")
         run_pt(cfg, tasks=resolve_tasks(cfg).train)
     checked = check_inputs(cfg, resume=resume)
+    if cfg.tracking.enabled:
+        from ipt_dist.tracking import check_tracking_store
+
+        check_tracking_store(cfg)  # a clear ConfigError before Ray starts
     ds_config = checked["ds_config"]
     run_dir = ensure_writable_dir(dist_dir(cfg))
     record = json.loads((run_dir / RUN_FILE).read_text()) if resume else None

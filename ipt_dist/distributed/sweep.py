@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 
 STAGES = ("ist", "pt")
 IST_SETTINGS = ("ist_seen_same", "ist_seen_new", "ist_unseen")
+# Decoders of IST jobs: MSF's, and the baselines sweep.random_decoder / sweep.pca_decoder add.
+IST_DECODERS = ("msf", "random", "pca")
 # Test hook: "<job id or task>:<marker file>" makes the pack holding that job kill its worker
 # process (os._exit) on the first attempt, so Ray's task retry can be tested with real workers.
 CRASH_ENV = "IPT_SWEEP_TEST_CRASH_ONCE"
@@ -97,7 +99,7 @@ class JobSpec:
     lr: float | None = None
     grad_clip: float = 0.0
     d: int | None = None
-    decoder: str | None = None  # "msf" | "random"
+    decoder: str | None = None  # "msf" | "random" | "pca" (see IST_DECODERS)
     z_source: str | None = None  # ipt_pt: the IST job whose z* gives the initial prompt Dec(z*)
     msf_run_id: str | None = None  # logged when the MSF checkpoint knows its MLflow run
 
@@ -272,6 +274,8 @@ def plan_sweep(cfg: IPTConfig, stage: str = "ist", check_data: bool = True) -> S
     decoders: dict[int, DecoderInfo] = {}
     if stage == "ist":
         decoders = _check_ist(cfg, split.train, split.unseen, problems)
+        if cfg.sweep.pca_decoder:
+            warnings += _check_pca(cfg, decoders, split.train, problems)
     if problems:
         raise ConfigError("invalid sweep:\n  - " + "\n  - ".join(problems))
     same = cfg.sweep.data_seeds[0]
@@ -355,6 +359,36 @@ def _check_ist(cfg: IPTConfig, train: list[str], unseen: list[str],
     return decoders
 
 
+def _pca_tasks(info: DecoderInfo, train: list[str]) -> list[str]:
+    """The tasks whose stage-0 prompts span the PCA decoder of d: the MSF checkpoint's training tasks."""
+    return list(info.meta.get("tasks") or train)
+
+
+def _check_pca(cfg: IPTConfig, decoders: dict[int, DecoderInfo], train: list[str],
+               problems: list[str]) -> list[str]:
+    """sweep.pca_decoder: the stage-0 prompts of each d's MSF training tasks must load (they are what
+    the PCA is computed from, on the driver). Returns warnings: a d above the prompts' rank."""
+    warnings: list[str] = []
+    if not set(cfg.sweep.settings) & set(IST_SETTINGS):
+        problems.append("sweep.pca_decoder needs an IST setting (ist_seen_same, ist_seen_new or ist_unseen): "
+                        "the PCA decoder is a baseline of IST")
+    checked: set[tuple] = set()
+    for d, info in sorted(decoders.items()):
+        tasks = _pca_tasks(info, train)
+        key = (tuple(tasks), info.meta.get("hidden"))
+        if key not in checked:
+            checked.add(key)
+            try:
+                load_task_prompts(_prompts_dir(cfg), tasks, cfg.pt.prompt_len, info.meta.get("hidden"))
+            except ArtifactError as exc:
+                problems.append(f"sweep.pca_decoder (d={d}) is computed from the stage-0 prompts of the MSF "
+                                f"training tasks: {exc}")
+        if d > len(tasks) - 1:
+            warnings.append(f"sweep.pca_decoder: d={d} exceeds the rank of {len(tasks)} centred prompts "
+                            f"(at most {len(tasks) - 1}); the PCA decoder's extra dimensions are zero (inert)")
+    return warnings
+
+
 def _msf_eval_tasks(cfg: IPTConfig, train: list[str], unseen: list[str]) -> list[str]:
     settings = cfg.sweep.settings
     return (train if "msf_seen" in settings else []) + (unseen if "msf_unseen" in settings else [])
@@ -371,7 +405,7 @@ def _expand_pt(cfg: IPTConfig, train: list[str], unseen: list[str]) -> list[JobS
 
 def _expand_ist(cfg: IPTConfig, train: list[str], unseen: list[str], decoders: dict[int, DecoderInfo],
                 same: int) -> tuple[list[JobSpec], int]:
-    """Settings 1-5 per d (and the random-decoder baseline), plus plain PT beside IPT-init PT.
+    """Settings 1-5 per d (and the random- and PCA-decoder baselines), plus plain PT beside IPT-init PT.
 
     Returns (jobs, number of phase-2 IPT-init PT jobs once the IST results exist).
     """
@@ -387,14 +421,18 @@ def _expand_ist(cfg: IPTConfig, train: list[str], unseen: list[str], decoders: d
     if "ist_unseen" in settings:
         grid += [("ist_unseen", t, s) for t in unseen for s in sw.data_seeds]
     jobs: list[JobSpec] = []
+    wanted = {"msf": True, "random": sw.random_decoder, "pca": sw.pca_decoder}
     for d, info in sorted(decoders.items()):
-        for decoder in ["msf"] + (["random"] if sw.random_decoder else []):
+        for decoder in [name for name in IST_DECODERS if wanted[name]]:
             if decoder == "msf":
                 dec_id = info.fingerprint
-            else:  # the no-MSF baseline: same shapes, PyTorch's default init seeded with ist.seed
+            elif decoder == "random":  # the no-MSF baseline: same shapes, PyTorch's default init seeded with ist.seed
                 m = info.meta
                 dec_id = _digest({"random": cfg.ist.seed,
                                   "shape": [m["d"], m["prompt_len"], m["hidden"], m["mid_dim"]]})
+            else:  # PCA of the stage-0 prompts: changed prompt files (or d) give new ids
+                tasks = _pca_tasks(info, train)
+                dec_id = _digest({"pca": d, "prompts": {t: _file_digest(prompt_path(pdir, t)) for t in tasks}})
             common = {"stage": "ist", "d": d, "decoder": decoder,
                       "msf_run_id": info.msf_run_id if decoder == "msf" else None}
             if decoder == "msf":
@@ -636,8 +674,13 @@ def _run_pack(cfg_dict: dict, jobs: list[dict], shared: dict | None, inits: dict
         if m["hidden"] != backbone.hidden_size:
             raise ValueError(f"MSF decoder d={m['d']} makes prompts of hidden size {m['hidden']}, the backbone "
                              f"{backbone.name} has {backbone.hidden_size}: use the checkpoint of this backbone")
-        decoder = PromptDecoder(m["d"], m["prompt_len"], m["hidden"], m["mid_dim"])
-        decoder.load_state_dict(shared["decoder"])
+        if specs[0].decoder == "pca":
+            from ipt_dist.modeling.pca_decoder import PCADecoder
+
+            decoder = PCADecoder(**shared["decoder"], prompt_len=m["prompt_len"], hidden=m["hidden"])
+        else:
+            decoder = PromptDecoder(m["d"], m["prompt_len"], m["hidden"], m["mid_dim"])
+            decoder.load_state_dict(shared["decoder"])
         results = train_pack(backbone, train_jobs, data, ist_settings(cfg), decoder=decoder)
         name = "z"
     else:
@@ -889,6 +932,12 @@ class _Fanout:
                 dec = random_decoder(meta["d"], meta["prompt_len"], meta["hidden"], meta["mid_dim"],
                                      seed=self.plan.cfg.ist.seed)
                 obj = {"meta": meta, "decoder": dec.state_dict()}
+            elif job.decoder == "pca":  # computed here, once per d, from the prompts the job ids digest
+                from ipt_dist.modeling.pca_decoder import pca_decoder
+
+                tasks = _pca_tasks(self.plan.decoders[job.d], self.plan.train_tasks)
+                prompts = load_task_prompts(_prompts_dir(self.plan.cfg), tasks, meta["prompt_len"], meta["hidden"])
+                obj = {"meta": meta, "decoder": pca_decoder(prompts, job.d).state_dict()}
             else:
                 obj = {"meta": meta, "decoder": ae.decoder.state_dict()}
             self.refs[key] = self.ray.put(obj)  # once per (kind, d, decoder): workers share it

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import signal
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,6 +24,7 @@ def parse_args(stage: str, description: str, argv: list[str] | None = None) -> a
                                           "sqlite:///<out>/mlflow.db)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set sweep.pack_size=8 (repeatable)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks (also: IPT_DEBUG=1)")
     args = p.parse_args(argv)
     if args.config is None and not args.smoke_test:
         p.error("--config is required unless --smoke-test is given")
@@ -32,8 +32,17 @@ def parse_args(stage: str, description: str, argv: list[str] | None = None) -> a
 
 
 def main(stage: str, description: str, argv: list[str] | None = None) -> int:
-    """Parse, load the config, run the sweep; exit status 0 done, 1 some jobs failed, 130 interrupted."""
+    """Parse, load the config, run the sweep; exit status 0 done, 1 some jobs failed, 2 a user error
+    (one `error:` line), 130 interrupted."""
+    from ipt_dist.errors import debug_requested, run_entry
+
     args = parse_args(stage, description, argv)
+    return run_entry(lambda: _run(stage, args), debug=args.debug or debug_requested(),
+                     interrupted="sweep interrupted: finished jobs are kept in results.jsonl; re-submit the same "
+                                 "command to resume it")
+
+
+def _run(stage: str, args: argparse.Namespace) -> int:
     from ipt_dist.config import load_config
     from ipt_dist.distributed.sweep import run_sweep
     from ipt_dist.stages.common import setup_logging
@@ -48,11 +57,7 @@ def main(stage: str, description: str, argv: list[str] | None = None) -> int:
     # `ray job stop` sends SIGTERM: turn it into KeyboardInterrupt so the driver cancels its Ray
     # tasks and closes the MLflow parent run as KILLED (a re-submission resumes the sweep).
     signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        result = run_sweep(cfg, stage=stage, smoke_test=args.smoke_test)
-    except KeyboardInterrupt:
-        print("sweep interrupted; re-submit the same command to resume it", file=sys.stderr)
-        return 130
+    result = run_sweep(cfg, stage=stage, smoke_test=args.smoke_test)
     print(result.summary.to_markdown())
     print(f"{result.jobs_total} jobs: {result.jobs_started} run now, {result.jobs_skipped} already done, "
           f"{result.jobs_failed} failed; results in {result.sweep_dir}")

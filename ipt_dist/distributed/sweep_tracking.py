@@ -215,7 +215,7 @@ class SweepTracker:
         parts = [rec.get("role"), rec.get("task"), f"s{rec.get('data_seed', rec.get('seed'))}",
                  f"lr{rec['lr']}" if rec.get("lr") is not None else None,
                  f"d{rec['d']}" if rec.get("d") is not None else None,
-                 "random" if rec.get("decoder") == "random" else None]
+                 rec.get("decoder") if rec.get("decoder") not in (None, "msf") else None]
         return ":".join(str(p) for p in parts if p)
 
     def _write_child(self, rec: dict, param_path: Path | None, pt_score: float | None) -> None:
@@ -328,9 +328,9 @@ def make_sweep_tracker(cfg: IPTConfig, stage: str, sweep_dir: Path):
     """The driver's tracker: MLflow when `tracking.enabled`, else a no-op one."""
     if not cfg.tracking.enabled:
         return NullSweepTracker()
-    from ipt_dist.tracking import resolve_tracking_uri
+    from ipt_dist.tracking import check_tracking_store
 
-    uri = resolve_tracking_uri(cfg)
+    uri = check_tracking_store(cfg)  # a clear ConfigError before any pack runs
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         log.warning("tracking URI %s is relative to the current directory; under `ray job submit` that is a "
                     "temporary copy. Use sqlite:////abs/path/mlflow.db or a server URL", uri)

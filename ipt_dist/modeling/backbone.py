@@ -18,8 +18,13 @@ import torch
 import torch.nn.functional as F
 
 from ipt_dist.config import BackboneConfig
+from ipt_dist.errors import UserError
 
 log = logging.getLogger(__name__)
+
+
+class BackboneError(UserError):
+    """`backbone.name_or_path` names no loadable model; the message lists the accepted forms."""
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -81,7 +86,14 @@ class Backbone:
 
     # ---------------------------------------------------------------- tokenisation
     def tokenize(self, inputs: list[str], targets: list[str]) -> tuple[list[list[int]], list[list[int]]]:
-        """Token ids of inputs and targets. Called once per task (cached by the data layer).
+        """Token ids of inputs and targets (see `tokenize_counted`)."""
+        ids, tgt, _ = self.tokenize_counted(inputs, targets)
+        return ids, tgt
+
+    def tokenize_counted(self, inputs: list[str], targets: list[str]
+                         ) -> tuple[list[list[int]], list[list[int]], tuple[int, int]]:
+        """Token ids of inputs and targets, and how many of each were cut. Called once per task
+        (cached by the data layer).
 
         Truncation policy: inputs keep their first `max_input_len` tokens (the task prefix
         sits at the start; with `chat_template`, the first and last halves, so that the
@@ -98,16 +110,22 @@ class Backbone:
                                  "set backbone.chat_template: false")
             texts = [tok.apply_chat_template([{"role": "user", "content": x}], add_generation_prompt=True,
                                              tokenize=False) for x in inputs]
+            full = tok(texts, add_special_tokens=False)["input_ids"]
             # Keep the end of the template (the assistant turn) when truncating the user text.
             enc = [ids if len(ids) <= max_in else ids[: max_in // 2] + ids[len(ids) - (max_in - max_in // 2):]
-                   for ids in tok(texts, add_special_tokens=False)["input_ids"]]
+                   for ids in full]
             tgt = tok(list(targets), add_special_tokens=False)["input_ids"]
         else:
             enc = tok(inputs, add_special_tokens=True, truncation=True, max_length=max_in)["input_ids"]
             # The answer follows the input after a space, as continuous text.
             tgt = tok([" " + t for t in targets], add_special_tokens=False)["input_ids"]
+        if self.cfg.chat_template and not self.is_encoder_decoder:
+            n_in = sum(len(ids) > max_in for ids in full)
+        else:  # one more pass without truncation, once per task: how many inputs were cut
+            n_in = sum(len(ids) > max_in for ids in tok(inputs, add_special_tokens=True)["input_ids"])
+        cut = (n_in, sum(len(t) > max_tgt - 1 for t in tgt))
         tgt = [t[: max_tgt - 1] + [self.eos_id] for t in tgt]
-        return [list(x) for x in enc], tgt
+        return [list(x) for x in enc], tgt, cut
 
     # ---------------------------------------------------------------- batching
     def collate_train(self, inputs: list[list[int]], targets: list[list[int]]) -> dict[str, torch.Tensor]:
@@ -222,8 +240,9 @@ class Backbone:
             inputs_embeds=embeds,
             attention_mask=mask,
             num_beams=self.cfg.num_beams,
+            # a beam-search flag: set with greedy decoding, transformers warns on every call
+            early_stopping=self.cfg.num_beams > 1,
             max_new_tokens=self.cfg.max_new_tokens,
-            early_stopping=True,
             do_sample=False,
             pad_token_id=self.pad_id,
             eos_token_id=self.eos_id,
@@ -240,11 +259,31 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith(("/", "./", "../", "~")) or name.count("/") >= 2
 
 
+def _offline() -> bool:
+    import os
+
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _accepted_forms(name: str) -> str:
+    """The accepted values of backbone.name_or_path, with the closest built-in name if one is close."""
+    import difflib
+
+    from ipt_dist.modeling import tiny
+
+    builtin = [*tiny.TINY_KINDS, *tiny.DEMO_KINDS, "smollm2-135m"]
+    close = difflib.get_close_matches(name, builtin, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return (f"{hint}give a local model directory (saved with save_pretrained), a hub model name (e.g. "
+            f"facebook/bart-base; needs network or the HF cache), 'smollm2-135m', or one of {builtin}")
+
+
 def load_model_and_tokenizer(cfg: BackboneConfig):
     """Resolve `cfg.name_or_path` / `cfg.arch` to (model, tokenizer, name) without freezing.
 
     Raises:
-        FileNotFoundError: a local path that does not exist.
+        BackboneError: a local path that does not exist or holds no model, a name that does not
+            load (unknown on the hub, or offline), with the accepted forms and the closest name.
         ValueError: an unknown tiny kind or architecture.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
@@ -271,12 +310,18 @@ def load_model_and_tokenizer(cfg: BackboneConfig):
         name = smollm2_checkpoint(cfg.cache_dir)
     path = Path(name).expanduser()
     if _looks_like_path(name) and not path.exists():
-        raise FileNotFoundError(
-            f"backbone.name_or_path: {name} does not exist. Fix: give an existing local model directory, "
-            f"a hub model name (e.g. facebook/bart-base), 'smollm2-135m', or one of {tiny.TINY_KINDS}"
-        )
+        raise BackboneError(f"backbone.name_or_path: {name} does not exist. Fix: {_accepted_forms(alias)}")
+    if path.is_dir() and not (path / "config.json").is_file() and not any(path.glob("*.gguf")):
+        raise BackboneError(f"backbone.name_or_path: {path} is a directory without a model (no config.json). "
+                            f"Fix: {_accepted_forms(alias)}")
     src = str(path) if path.exists() else name
-    config = AutoConfig.from_pretrained(src)
+    try:
+        config = AutoConfig.from_pretrained(src)
+    except (OSError, ValueError) as exc:  # unknown hub name, offline, gated, malformed config.json
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        offline = " (HF_HUB_OFFLINE is set: only local paths and cached models load)" if _offline() else ""
+        raise BackboneError(f"backbone.name_or_path: cannot load {name!r}{offline}: {first[:300].rstrip('.')}. "
+                            f"Fix: {_accepted_forms(alias)}") from exc
     cls = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
     model = cls.from_pretrained(src, dtype=dtype)
     tok = AutoTokenizer.from_pretrained(src)
@@ -287,9 +332,13 @@ def build_backbone(cfg: BackboneConfig, device: str | torch.device | None = None
     """Load, freeze and place the backbone.
 
     Raises:
-        FileNotFoundError: the model path does not exist.
+        BackboneError: see `load_model_and_tokenizer`; float16 on a machine without CUDA.
         ValueError: the tokenizer lacks both pad and eos tokens.
     """
+    if cfg.dtype == "float16" and not torch.cuda.is_available():
+        raise BackboneError("backbone.dtype: float16 on a machine without CUDA: CPUs have no fast float16 kernels "
+                            "and float16 loses range that bfloat16 keeps. Fix: use bfloat16 (fast on CPUs with "
+                            "AVX512-bf16 or AMX) or float32")
     model, tok, name = load_model_and_tokenizer(cfg)
     if device is not None:
         model.to(device)

@@ -55,15 +55,32 @@ def resolve_tasks(cfg: IPTConfig) -> TaskSplit:
     available = list_tasks(root)
     if cfg.data.split_file:
         split = load_split(cfg.data.split_file, available)
+        if not split["train"]:
+            raise DataError(f"{cfg.data.split_file}: no training tasks ('train' is empty or missing; it lists "
+                            f"{len(split['dev'])} dev and {len(split['test'])} test tasks). Fix: list the MSF "
+                            "training tasks under 'train'")
+        if split["dev"]:
+            log.warning("%s: the %d tasks under 'dev' are not used (ipt_dist trains on 'train' and evaluates "
+                        "unseen tasks from 'test'): %s", cfg.data.split_file, len(split["dev"]),
+                        ", ".join(split["dev"][:5]) + (" ..." if len(split["dev"]) > 5 else ""))
         return TaskSplit(split["train"], split["test"])
-    train = list(cfg.data.tasks) or [t for t in available if t not in cfg.data.unseen_tasks]
-    missing = [t for t in train + list(cfg.data.unseen_tasks) if t not in available]
+    unseen = list(cfg.data.unseen_tasks)
+    train = list(cfg.data.tasks) or [t for t in available if t not in unseen]
+    missing = [t for t in train + unseen if t not in available]
     if missing:
         raise DataError(f"data.tasks / data.unseen_tasks: no such task in {root}: {', '.join(missing)}. "
                         f"Fix: use names of folders in {root}")
+    both = sorted(set(train) & set(unseen))
+    if both:
+        raise DataError(f"data.tasks and data.unseen_tasks both list {', '.join(both)}: a task is either a "
+                        "training task or unseen. Fix: remove it from one of the lists")
     if not train:
-        raise DataError(f"no training tasks: {root} holds no tasks and data.tasks is empty")
-    return TaskSplit(train, list(cfg.data.unseen_tasks))
+        if available:
+            raise DataError(f"no training tasks: every task in {root} is listed in data.unseen_tasks. Fix: "
+                            "leave some out of data.unseen_tasks, or list the training tasks in data.tasks")
+        raise DataError(f"no training tasks: {root} holds no task folders and data.tasks is empty. Fix: point "
+                        "data.data_dir at the folder holding the tasks")
+    return TaskSplit(train, unseen)
 
 
 def load_raw(cfg: IPTConfig, names: list[str], data_seed: int | None = None) -> dict[str, TaskData]:

@@ -11,9 +11,10 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from ipt_dist.artifacts import append_jsonl, ensure_writable_dir, load_decoder, read_jsonl
-from ipt_dist.config import IPTConfig
+from ipt_dist.config import ConfigError, IPTConfig
 from ipt_dist.modeling.autoencoder import random_decoder
 from ipt_dist.modeling.backbone import build_backbone
+from ipt_dist.rerun import claim_stage_dir, recorded_inputs, stage_inputs
 from ipt_dist.stages.common import load_tokenized, pick_device, resolve_tasks
 from ipt_dist.train.packed import Job, PackSettings, train_pack
 
@@ -31,6 +32,12 @@ def msf_checkpoint_dir(cfg: IPTConfig) -> Path:
     return Path(cfg.ist.msf_checkpoint) if cfg.ist.msf_checkpoint else Path(cfg.output_dir) / "msf"
 
 
+def _digest(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha1(path.read_bytes()).hexdigest()
+
+
 def run_ist(cfg: IPTConfig, tracker=None) -> list[dict]:
     """IST on every task of the config (seen and unseen); results in `<output_dir>/ist/results.jsonl`.
 
@@ -39,13 +46,20 @@ def run_ist(cfg: IPTConfig, tracker=None) -> list[dict]:
     """
     out = ensure_writable_dir(Path(cfg.output_dir) / "ist")
     split = resolve_tasks(cfg)
+    results_file = out / "results.jsonl"
+    if results_file.is_file() and recorded_inputs(out) is None:
+        raise ConfigError(f"{out} holds IST results written without a record of their inputs (an older ipt_dist): "
+                          "they cannot be checked against this config. Fix: run with another --out")
+    decoder_file = msf_checkpoint_dir(cfg) / "autoencoder.safetensors"
+    if decoder_file.is_file():  # else load_decoder below says what to run
+        claim_stage_dir(out, "ist", stage_inputs(cfg, "ist", {"decoder": _digest(decoder_file)}), cfg,
+                        has_results=bool(read_jsonl(results_file)))
     backbone = build_backbone(cfg.backbone, pick_device())
     decoder, meta = load_decoder(msf_checkpoint_dir(cfg), backbone=backbone.name, hidden=backbone.hidden_size,
                                  prompt_len=cfg.pt.prompt_len)
     if cfg.ist.random_decoder:
         decoder = random_decoder(meta["d"], meta["prompt_len"], meta["hidden"], meta["mid_dim"], seed=cfg.ist.seed)
     tag = "random" if cfg.ist.random_decoder else "msf"
-    results_file = out / "results.jsonl"
     done = {r["job_id"]: r for r in read_jsonl(results_file)}
     jobs = []
     for t in split.all:

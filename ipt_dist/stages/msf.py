@@ -16,12 +16,19 @@ from pathlib import Path
 
 import torch
 
-from ipt_dist.artifacts import append_jsonl, ensure_writable_dir, load_task_prompts, save_msf_checkpoint
-from ipt_dist.config import IPTConfig
+from ipt_dist.artifacts import (
+    append_jsonl,
+    atomic_write_bytes,
+    ensure_writable_dir,
+    load_task_prompts,
+    save_msf_checkpoint,
+)
+from ipt_dist.config import ConfigError, IPTConfig
 from ipt_dist.data.batching import TokenizedTask
 from ipt_dist.data.sampling import TaskBalancedSampler
 from ipt_dist.modeling.autoencoder import PromptAutoencoder
 from ipt_dist.modeling.backbone import Backbone, build_backbone
+from ipt_dist.rerun import claim_stage_dir, msf_inputs, recorded_inputs
 from ipt_dist.stages.common import load_tokenized, pick_device, resolve_tasks
 from ipt_dist.train.optim import linear_warmup_decay, warmup_steps_for
 from ipt_dist.train.steps import MSFModel, evaluate_groups, msf_step
@@ -64,8 +71,21 @@ def run_msf(cfg: IPTConfig, tracker=None) -> dict:
     Raises:
         ArtifactError: a training task without a usable stage-0 prompt (checked before training).
     """
-    out = ensure_writable_dir(Path(cfg.output_dir) / "msf")
+    final = Path(cfg.output_dir) / "msf"
+    ensure_writable_dir(cfg.output_dir)
     split = resolve_tasks(cfg)
+    inputs = msf_inputs(cfg, split.train, msf_prompts_dir(cfg))
+    finished = _finished_msf(final, inputs)
+    if finished is not None:
+        return finished
+    # Train into msf.partial/ and rename it to msf/ when done: msf/ only ever holds a finished run.
+    partial = Path(cfg.output_dir) / "msf.partial"
+    if partial.exists():
+        aside = partial.with_name(f"msf.interrupted-{time.strftime('%Y%m%d-%H%M%S')}")
+        partial.rename(aside)
+        log.warning("MSF: %s held an interrupted run (kept, moved to %s); starting over", partial, aside)
+    out = ensure_writable_dir(partial)
+    claim_stage_dir(out, "msf", inputs, cfg)
     device = pick_device()
     backbone = build_backbone(cfg.backbone, device)
     H, L = backbone.hidden_size, cfg.pt.prompt_len
@@ -81,8 +101,6 @@ def run_msf(cfg: IPTConfig, tracker=None) -> dict:
     sampler = TaskBalancedSampler([len(d.train) for d in data], m.batch_size, temperature=m.temperature,
                                   seed=m.seed)
     history = out / "history.jsonl"
-    if history.exists():
-        history.unlink()
     best, best_step, t0 = -math.inf, 0, time.time()
     from tqdm.auto import tqdm
 
@@ -107,6 +125,28 @@ def run_msf(cfg: IPTConfig, tracker=None) -> dict:
         if tracker is not None:
             tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, step=done)
     summary = {"best_dev": best, "best_step": best_step, "steps": m.steps, "seconds": time.time() - t0,
-               "checkpoint": str(out), "d": m.d, "tasks": split.train}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+               "checkpoint": str(final), "d": m.d, "tasks": split.train}
+    atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2).encode())
+    if final.is_dir() and not any(final.iterdir()):
+        final.rmdir()  # an empty directory (e.g. made by hand) is not a finished run
+    out.rename(final)
+    log.info("MSF finished: %s", final)
     return summary
+
+
+def _finished_msf(final: Path, inputs: dict) -> dict | None:
+    """The summary of a finished run in `final` with these inputs (skipped), None when there is none.
+
+    Raises:
+        ConfigError: `final` holds a run of other inputs, or one this command cannot check (no
+            inputs record: distributed MSF or an older ipt_dist, or no summary: not finished).
+    """
+    if not final.is_dir() or not any(final.iterdir()):
+        return None
+    if not (final / "summary.json").is_file() or recorded_inputs(final) is None:
+        raise ConfigError(f"{final} holds an MSF checkpoint that is not a finished `ipt msf` run of recorded inputs "
+                          "(written by distributed MSF, an older ipt_dist, or interrupted). It is never "
+                          "overwritten. Fix: run with another --out, or move it away")
+    claim_stage_dir(final, "msf", inputs)  # same inputs, or a ConfigError naming the changed fields
+    log.info("MSF already trained with these inputs in %s (skipped)", final)
+    return json.loads((final / "summary.json").read_text())

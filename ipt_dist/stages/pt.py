@@ -10,8 +10,9 @@ import logging
 import torch
 
 from ipt_dist.artifacts import append_jsonl, ensure_writable_dir, load_prompt, prompt_path, read_jsonl, save_prompt
-from ipt_dist.config import IPTConfig
+from ipt_dist.config import ConfigError, IPTConfig
 from ipt_dist.modeling.backbone import build_backbone
+from ipt_dist.rerun import claim_stage_dir, recorded_inputs, stage_inputs
 from ipt_dist.stages.common import load_tokenized, pick_device, resolve_tasks
 from ipt_dist.train.packed import Job, PackSettings, train_pack
 
@@ -35,11 +36,25 @@ def run_pt(cfg: IPTConfig, tasks: list[str] | None = None, tracker=None) -> list
     out = ensure_writable_dir(cfg.output_dir)
     prompts_dir, results_file = out / "prompts", out / "pt" / "results.jsonl"
     tasks = tasks or resolve_tasks(cfg).all
+    if results_file.is_file() and recorded_inputs(out / "pt") is None:
+        raise ConfigError(f"{out / 'pt'} holds PT results written without a record of their inputs (an older "
+                          "ipt_dist): they cannot be checked against this config. Fix: run with another --out")
+    claim_stage_dir(out / "pt", "pt", stage_inputs(cfg, "pt"), cfg,  # refuses changed inputs, before any work
+                    has_results=bool(read_jsonl(results_file)))
     done = {r["task"]: r for r in read_jsonl(results_file) if prompt_path(prompts_dir, r["task"]).is_file()}
     todo = [t for t in tasks if t not in done]
+    foreign = [t for t in todo if prompt_path(prompts_dir, t).is_file()]
+    if foreign:
+        raise ConfigError(f"{prompts_dir} already holds prompt files that `ipt pt` did not write here (e.g. the PT "
+                          f"sweep's): {', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}. They are never "
+                          "overwritten. Fix: run with another --out, or move those files away")
     if not todo:
-        log.info("stage 0: all %d prompts already exist in %s", len(tasks), prompts_dir)
+        log.info("stage 0: all %d prompts already trained with these inputs in %s (skipped)", len(tasks),
+                 prompts_dir)
         return [done[t] for t in tasks]
+    if done:
+        log.info("stage 0: %d of %d prompts already trained with these inputs (skipped); training %d", len(done),
+                 len(tasks), len(todo))
     backbone = build_backbone(cfg.backbone, pick_device())
     data = load_tokenized(cfg, backbone, todo)  # fails on bad data before any training
     init = None

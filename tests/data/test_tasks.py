@@ -598,3 +598,22 @@ def test_shared_load_real_tasks():
     # references repeat the output in shared/data; it must appear once, first
     assert all(e.outputs.count(e.target) == 1 for e in multi)
     assert load_tasks(SHARED_TASKS, names, max_examples=2)["gym__ag_news"].test.__len__() == 2
+
+
+def test_json_files_accept_a_bom_and_say_when_they_are_empty(tmp_path):
+    f = tmp_path / "split.json"
+    f.write_bytes(b"\xef\xbb\xbf" + json.dumps({"train": ["a"], "test": ["b"]}).encode())
+    assert load_split(f)["train"] == ["a"]
+    t = tmp_path / "tasks.json"
+    t.write_bytes(b"\xef\xbb\xbf" + json.dumps([{"name": "a", "metric": "EM"}]).encode())
+    assert load_task_info(t)["a"].metric == "EM"
+    for path in (f, t):
+        path.write_text("  \n")
+        assert "the file is empty" in error_of(load_split if path is f else load_task_info, path)
+
+
+def test_data_dir_that_is_a_file_says_so(tmp_path):
+    f = tmp_path / "tasks.jsonl"
+    f.write_text("{}")
+    with pytest.raises(DataError, match="is a file, not a data directory"):
+        list_tasks(f)

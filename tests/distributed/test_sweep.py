@@ -476,8 +476,8 @@ def test_pt_sweep_writes_stage0_prompts_and_reruns_nothing(stage0, ray_local, tm
 @slow
 def test_smoke_entry_point_twice_runs_nothing_the_second_time(ray_local, tmp_path, capsys, monkeypatch):
     """`ray_jobs/ist_sweep.py --smoke-test`: runs its own stage-0 PT sweep (the prompts and the PT
-    score of every draw) and MSF, runs IST with the random-decoder baseline and IPT-initialised PT;
-    the second submission runs nothing."""
+    score of every draw) and MSF, runs IST with the random- and PCA-decoder baselines and
+    IPT-initialised PT; the second submission runs nothing."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("ist_sweep_entry", ROOT / "ray_jobs" / "ist_sweep.py")
@@ -487,24 +487,29 @@ def test_smoke_entry_point_twice_runs_nothing_the_second_time(ray_local, tmp_pat
     argv = ["--smoke-test", "--out", str(tmp_path), "--set", "backbone.name_or_path=tiny-t5",
             "--set", "sweep.lrs=[0.3]", "--set", "pt.steps=6",
             "--set", "ist.steps=6", "--set", "msf.steps=4", "--set", "data.max_examples=8",
-            "--set", "data.train_size=6"]
+            "--set", "data.train_size=6", "--set", "sweep.pca_decoder=true"]
     assert entry.main(argv) == 0
     first = capsys.readouterr().out
-    # 12 MSF-decoder jobs + 8 random-decoder + 8 plain PT + 8 IPT-initialised PT
-    assert "36 jobs: 36 run now, 0 already done, 0 failed" in first
+    # 12 MSF-decoder jobs + 8 random-decoder + 8 PCA-decoder + 8 plain PT + 8 IPT-initialised PT
+    assert "44 jobs: 44 run now, 0 already done, 0 failed" in first
     recs = results(tmp_path / "ist_sweep")
     ipt = [r for r in recs if r["role"] == "ipt_pt"]
     assert len(ipt) == 8 and all(r["z_source"] in {x["job_id"] for x in recs} for r in ipt)
-    assert "ipt_pt@d4/std" in (tmp_path / "ist_sweep" / "summary.csv").read_text().splitlines()[0]
+    header = (tmp_path / "ist_sweep" / "summary.csv").read_text().splitlines()[0]
+    assert "ipt_pt@d4/std" in header and "ist_unseen@d4:pca/ratio" in header
+    pca = [r for r in recs if r.get("decoder") == "pca"]
+    assert len(pca) == 8 and {r["setting"] for r in pca} == {"ist_seen_same", "ist_seen_new", "ist_unseen"}
     pt = results(tmp_path / "pt_sweep")  # 4 tasks x 2 draws x 1 lr: a denominator for every IST draw
     assert sorted((r["task"], r["data_seed"]) for r in pt) == sorted(
         (t, s) for t in ["demo_sentiment", "demo_topic", "demo_parity", "demo_copy_first"] for s in (42, 13))
     assert entry.main(argv) == 0
-    assert "36 jobs: 0 run now, 36 already done, 0 failed" in capsys.readouterr().out
+    assert "44 jobs: 0 run now, 44 already done, 0 failed" in capsys.readouterr().out
     assert len(results(tmp_path / "pt_sweep")) == 8  # the PT sweep reran nothing either
     cfg = load_config(ROOT / "configs" / "sweep_smoke.yaml",
                       [f"output_dir={tmp_path}", f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db"])
-    assert len(mlflow_runs(cfg)) == (1 + 8) + (1 + 36)  # PT sweep parent + children, IST sweep's
+    runs = mlflow_runs(cfg)
+    assert len(runs) == (1 + 8) + (1 + 44)  # PT sweep parent + children, the IST sweep's
+    assert sum(r.data.params.get("decoder") == "pca" for r in runs) == 8
 
 
 # ----------------------------------------------------------------------------- MLflow resilience (no Ray)
@@ -596,6 +601,48 @@ def test_job_ids_are_stable_and_content_derived(stage0, tmp_path):
     assert sorted(len(p) for p in packs) == [4, 8, 8, 8]
     for p in packs:
         assert len({j.pack_key() for j in p}) == 1
+
+
+def test_pca_decoder_adds_ist_jobs_for_settings_3_to_5_with_their_own_ids(stage0, tmp_path):
+    """sweep.pca_decoder: the MSF IST grid again with decoder "pca"; its ids digest the training tasks'
+    prompt files (and d), so changed prompts re-run the PCA jobs and only them."""
+    import shutil
+
+    from ipt_dist.artifacts import load_prompt, save_prompt
+    from ipt_dist.distributed.sweep import IST_SETTINGS, plan_sweep
+
+    base = plan_sweep(sweep_cfg(stage0, tmp_path / "a", tracking=False), "ist")
+    plan = plan_sweep(sweep_cfg(stage0, tmp_path / "a", "sweep.pca_decoder=true", tracking=False), "ist")
+    pca = [j for j in plan.jobs if j.decoder == "pca"]
+    msf_ist = [j for j in base.jobs if j.role == "ist"]
+    assert len(pca) == len(msf_ist) == 9 + 9 + 6 and {j.setting for j in pca} == set(IST_SETTINGS)
+    assert all(j.role == j.kind == "ist" and j.msf_run_id is None for j in pca)
+
+    def grid(jobs):
+        return sorted((j.setting, j.task, j.data_seed, j.lr, j.d) for j in jobs)
+
+    assert grid(pca) == grid(msf_ist)
+    assert len({j.job_id for j in plan.jobs}) == len(plan.jobs) == N_JOBS + len(pca)
+    assert {j.job_id for j in base.jobs} <= {j.job_id for j in plan.jobs}  # MSF jobs keep their ids
+    assert len({j.pack_key() for j in pca}) == 1 and pca[0].pack_key() not in {j.pack_key() for j in msf_ist}
+
+    # A retrained stage-0 prompt of a training task: every PCA job gets a new id, MSF's IST jobs do not.
+    prompts = tmp_path / "prompts"
+    shutil.copytree(stage0["prompts"], prompts)
+    p, meta = load_prompt(prompts / "demo_sentiment.safetensors")
+    save_prompt(prompts / "demo_sentiment.safetensors", p + 0.01, **meta)
+    moved = plan_sweep(sweep_cfg(stage0, tmp_path / "a", "sweep.pca_decoder=true", f"msf.prompts_dir={prompts}",
+                                 tracking=False), "ist")
+    ids = {j.job_id for j in moved.jobs}
+    assert not ids & {j.job_id for j in pca}
+    assert {j.job_id for j in msf_ist} <= ids
+
+    with pytest.raises(ConfigError, match=r"sweep.pca_decoder \(d=4\) is computed from the stage-0 prompts"):
+        plan_sweep(sweep_cfg(stage0, tmp_path / "a", "sweep.pca_decoder=true", "sweep.settings=[ist_seen_same]",
+                             f"msf.prompts_dir={tmp_path / 'none'}", tracking=False), "ist")
+    with pytest.raises(ConfigError, match="sweep.pca_decoder needs an IST setting"):
+        plan_sweep(sweep_cfg(stage0, tmp_path / "a", "sweep.pca_decoder=true", "sweep.settings=[msf_seen]",
+                             tracking=False), "ist")
 
 
 def test_packs_are_balanced_fill_the_slots_and_go_longest_first():

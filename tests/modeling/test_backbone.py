@@ -79,8 +79,21 @@ def test_load_local_directory_and_bf16(tmp_path):
 
 
 def test_missing_model_path_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="backbone.name_or_path.*does not exist"):
+    from ipt_dist.modeling.backbone import BackboneError
+
+    with pytest.raises(BackboneError, match="backbone.name_or_path.*does not exist"):
         build_backbone(BackboneConfig(name_or_path=str(tmp_path / "no_such_model")))
+
+
+def test_empty_model_directory_and_unknown_name_say_the_accepted_forms(tmp_path, monkeypatch):
+    from ipt_dist.modeling.backbone import BackboneError
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BackboneError, match="directory without a model.*local model directory"):
+        build_backbone(BackboneConfig(name_or_path=str(tmp_path / "empty")))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no hub here anyway: the name cannot load
+    with pytest.raises(BackboneError, match="cannot load 'tiny_t5'.*HF_HUB_OFFLINE.*did you mean 'tiny-t5'"):
+        build_backbone(BackboneConfig(name_or_path="tiny_t5"))
 
 
 def test_tokenizer_without_pad_uses_eos(tmp_path):
@@ -97,3 +110,29 @@ def test_tokenizer_without_pad_uses_eos(tmp_path):
 def test_unknown_arch_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown architecture"):
         build_backbone(BackboneConfig(arch="gpt-17"))
+
+
+def test_float16_without_cuda_is_a_clear_error():
+    from ipt_dist.modeling.backbone import BackboneError
+
+    if torch.cuda.is_available():
+        pytest.skip("float16 is fine where CUDA is")
+    with pytest.raises(BackboneError, match="float16 on a machine without CUDA.*bfloat16"):
+        build_backbone(BackboneConfig(name_or_path="tiny-t5", dtype="float16"))
+
+
+def test_cut_inputs_are_counted_once_per_task(caplog):
+    import logging
+
+    from ipt_dist.data.batching import tokenize_tasks
+    from ipt_dist.data.tasks import Example, TaskData, TaskInfo
+
+    b = build_backbone(BackboneConfig(name_or_path="tiny-t5", max_input_len=8, max_target_len=4))
+    long, short = "w " * 40, "a b"
+    ex = [Example(long, ("x " * 10,)), Example(short, ("y",)), Example(long, ("y",))]
+    task = TaskData(TaskInfo(name="cutme"), train=ex, dev=ex[:1], test=[])
+    with caplog.at_level(logging.INFO, logger="ipt_dist.data.batching"):
+        tok = tokenize_tasks({"cutme": task}, b, prefix=False)["cutme"]
+    msgs = [r.getMessage() for r in caplog.records if "cutme" in r.getMessage()]
+    assert len(msgs) == 1 and "3 of 4 inputs" in msgs[0] and "2 targets" in msgs[0], msgs
+    assert max(len(x) for x in tok.train.inputs) == 8

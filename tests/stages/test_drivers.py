@@ -110,10 +110,9 @@ def test_ist_without_msf_checkpoint_says_what_to_run(tiny_cfg):
 def test_cli_rejects_bad_config_keys(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("pt:\n  learning_rate: 0.1\n")
-    from ipt_dist.config import ConfigError
-
-    with pytest.raises(ConfigError, match="pt.learning_rate: unknown key"):
-        main(["pt", "--config", str(bad)])
+    assert main(["pt", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "pt.learning_rate: unknown key" in err and "Traceback" not in err
 
 
 def test_unwritable_output_dir_fails_before_any_work(tiny_cfg, tmp_path):
@@ -137,3 +136,33 @@ def test_truncated_msf_checkpoint_is_detected(tiny_cfg):
     (ckpt / "msf.json").write_text('{"d": 4, "prompt_')
     with pytest.raises(ArtifactError, match="msf.json: not valid JSON"):
         load_msf_checkpoint(ckpt)
+
+
+def test_task_split_problems_are_clear_errors(tiny_cfg, tmp_path, caplog):
+    import json
+    import logging
+    from dataclasses import replace
+
+    from ipt_dist.data import DataError
+    from ipt_dist.stages.common import resolve_tasks
+
+    names = resolve_tasks(tiny_cfg).all
+    split = tmp_path / "split.json"
+
+    def with_split(obj):
+        split.write_text(json.dumps(obj))
+        return replace(tiny_cfg, data=replace(tiny_cfg.data, split_file=str(split), tasks=[], unseen_tasks=[]))
+
+    for only in ("dev", "test"):
+        with pytest.raises(DataError, match="no training tasks \\('train' is empty"):
+            resolve_tasks(with_split({only: names[:2]}))
+    with caplog.at_level(logging.WARNING):
+        assert resolve_tasks(with_split({"train": names[:1], "dev": names[1:2]})).train == names[:1]
+    assert "under 'dev' are not used" in caplog.text
+    both = replace(tiny_cfg, data=replace(tiny_cfg.data, tasks=names[:2], unseen_tasks=names[1:3]))
+    with pytest.raises(DataError, match=f"both list {names[1]}"):
+        resolve_tasks(both)
+    every = replace(tiny_cfg, data=replace(tiny_cfg.data, tasks=[], unseen_tasks=[], split_file=None))
+    every = replace(every, data=replace(every.data, unseen_tasks=resolve_tasks(every).all))
+    with pytest.raises(DataError, match="every task in .* is listed in data.unseen_tasks"):
+        resolve_tasks(every)

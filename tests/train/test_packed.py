@@ -21,16 +21,33 @@ SETTINGS = PackSettings(steps=6, batch_size=3, warmup_ratio=0.2, eval_every=3, e
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, demo_dir):
-    out = tmp_path_factory.mktemp("packed")
-    cfg = load_config(None, tiny_overrides(out, demo_dir) + [
-        "backbone.label_smoothing=0.1", "backbone.dropout=false", "backbone.max_new_tokens=4",
-        "data.max_examples=8", "data.train_size=6"])
-    bb = build_backbone(cfg.backbone, "cpu")
-    tasks = ["demo_sentiment", "demo_topic", "demo_copy_first"]
-    # Two few-shot draws of the same tasks: jobs of one pack may train on different data.
-    draws = {seed: load_tokenized(cfg, bb, tasks, data_seed=seed) for seed in (42, 13)}
-    return bb, draws
+def setups(tmp_path_factory, demo_dir):
+    """backbone name -> (backbone, {data seed: tokenized tasks}), built once per module."""
+    built = {}
+
+    def get(backbone: str):
+        if backbone not in built:
+            out = tmp_path_factory.mktemp("packed")
+            cfg = load_config(None, tiny_overrides(out, demo_dir, backbone) + [
+                "backbone.label_smoothing=0.1", "backbone.dropout=false", "backbone.max_new_tokens=4",
+                "data.max_examples=8", "data.train_size=6"])
+            bb = build_backbone(cfg.backbone, "cpu")
+            tasks = ["demo_sentiment", "demo_topic", "demo_copy_first"]
+            # Two few-shot draws of the same tasks: jobs of one pack may train on different data.
+            built[backbone] = bb, {seed: load_tokenized(cfg, bb, tasks, data_seed=seed) for seed in (42, 13)}
+        return built[backbone]
+
+    return get
+
+
+@pytest.fixture
+def setup(setups):
+    return setups("tiny-t5")
+
+
+# An encoder-decoder (prompt on the encoder side) and a decoder-only LM (prompt before the input,
+# its positions without loss): packing must not change either.
+BACKBONES = ["tiny-t5", "tiny-llama"]
 
 
 def pack_jobs(kind: str) -> list[tuple[Job, int]]:
@@ -66,8 +83,10 @@ def assert_jobs_differ(results):
 
 
 @pytest.mark.slow
-def test_packed_pt_equals_separate_runs(setup):
-    bb, draws = setup
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_packed_pt_equals_separate_runs(setups, backbone):
+    bb, draws = setups(backbone)
+    assert bb.model.config.is_encoder_decoder == (backbone == "tiny-t5")
     jobs = pack_jobs("pt")
     packed = run(bb, draws, jobs, prompt_len=4)
     separate = [run(bb, draws, [js], prompt_len=4)[0] for js in jobs]
@@ -76,8 +95,9 @@ def test_packed_pt_equals_separate_runs(setup):
 
 
 @pytest.mark.slow
-def test_packed_ist_equals_separate_runs(setup):
-    bb, draws = setup
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_packed_ist_equals_separate_runs(setups, backbone):
+    bb, draws = setups(backbone)
     dec = random_decoder(d=5, prompt_len=4, hidden=bb.hidden_size, mid_dim=16, seed=0)
     jobs = pack_jobs("ist")
     packed = run(bb, draws, jobs, decoder=dec)

@@ -53,11 +53,9 @@ def test_pt_step_lowers_loss(setup):
     assert all(p.grad is None for p in bb.model.parameters())
 
 
-def test_ist_trains_exactly_d_parameters_and_lowers_loss(setup):
-    _, bb, data = setup
-    batch = _packed_batch(bb, data)
-    # A decoder that spans useful prompts, as MSF would give: PT prompts of the 3 tasks,
-    # memorised by the autoencoder (reconstruction only, no backbone).
+def _memorised_decoder(bb, batch):
+    """A decoder that spans useful prompts, as MSF would give: PT prompts of the 3 tasks,
+    memorised by the autoencoder (reconstruction only, no backbone). Its weights still require grad."""
     prompts = (torch.randn(3, 4, bb.hidden_size) * 0.02).requires_grad_(True)
     opt = BatchedAdamW(prompts, [0.3] * 3, [1.0] * 3)
     for _ in range(30):
@@ -70,16 +68,71 @@ def test_ist_trains_exactly_d_parameters_and_lowers_loss(setup):
         torch.nn.functional.mse_loss(ae(prompts.detach()), prompts.detach()).backward()
         ae_opt.step()
     ae.zero_grad(set_to_none=True)
-    decoder = ae.decoder.requires_grad_(False)
+    return ae.decoder
+
+
+def _grad_leaves(t: torch.Tensor) -> list[torch.Tensor]:
+    """The leaf tensors a backward from `t` accumulates gradients into (autograd's AccumulateGrad nodes)."""
+    seen, leaves, stack = set(), [], [t.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if hasattr(node, "variable"):
+            leaves.append(node.variable)
+        stack.extend(f for f, _ in node.next_functions)
+    return leaves
+
+
+def test_ist_step_lowers_loss(setup):
+    _, bb, data = setup
+    batch = _packed_batch(bb, data)
+    decoder = _memorised_decoder(bb, batch).requires_grad_(False)
     z = (torch.randn(1, 4) * 0.02).requires_grad_(True)
-    trainable = [p for p in [z, *decoder.parameters(), *bb.model.parameters()] if p.requires_grad]
-    assert sum(p.numel() for p in trainable) == 4  # exactly d free parameters
     one_task = {k: v[batch["group"] == 0] for k, v in batch.items()}
     one_task["group"].zero_()
     opt = BatchedAdamW(z, [0.1], [1.0])
     losses = [ist_step(bb, decoder, z, opt, one_task, 1.0) for _ in range(30)]
     assert losses[-1] < losses[0] - 0.3, (losses[0], losses[-1])
     assert all(p.grad is None for p in decoder.parameters())
+
+
+def test_train_pack_ist_trains_exactly_jobs_times_d_parameters(setup, monkeypatch):
+    """Observed inside a real train_pack call, not a list the test builds: every loss backpropagates
+    into one leaf tensor, the (K, d) z the optimiser holds; train_pack itself freezes the decoder
+    (handed over still requiring grad) and the backbone, which end with no gradient."""
+    import ipt_dist.train.packed as packed
+
+    _, bb, data = setup
+    decoder = _memorised_decoder(bb, _packed_batch(bb, data))
+    assert all(p.requires_grad for p in decoder.parameters())  # train_pack must freeze it itself
+    optimisers, leaves = [], []
+
+    class SpyAdamW(BatchedAdamW):
+        def __init__(self, param, *a, **kw):
+            super().__init__(param, *a, **kw)
+            optimisers.append(self)
+
+    def spy_token_losses(prompts, batch):
+        losses, rows = type(bb).token_losses(bb, prompts, batch)
+        if losses.requires_grad:  # training steps (evaluation decodes under no_grad)
+            leaves.append(_grad_leaves(losses))
+        return losses, rows
+
+    monkeypatch.setattr(packed, "BatchedAdamW", SpyAdamW)
+    monkeypatch.setattr(bb, "token_losses", spy_token_losses)
+    jobs = [Job(f"j{t}", t, "ist", lr=0.1, seed=k, grad_clip=1.0) for k, t in enumerate(TASKS)]
+    steps = 4
+    res = train_pack(bb, jobs, {j.job_id: data[j.task] for j in jobs},
+                     PackSettings(steps=steps, batch_size=4, eval_every=steps, eval_max_examples=2), decoder=decoder)
+    [opt] = optimisers
+    assert opt.param.shape == (len(jobs), decoder.d) and opt.param.numel() == len(jobs) * 4
+    assert len(leaves) == steps
+    for step_leaves in leaves:
+        assert len(step_leaves) == 1 and step_leaves[0] is opt.param  # z alone receives gradients
+    assert all(not p.requires_grad and p.grad is None for p in [*decoder.parameters(), *bb.model.parameters()])
+    assert all(r.best_param.shape == (4,) for r in res)
 
 
 def test_msf_step_lowers_loss_and_only_the_autoencoder_trains(setup):
