@@ -2,8 +2,9 @@
 
     python bench/sweep_overhead.py --out /tmp/sweep_bench --packs 1 32
 
-Builds the smoke sweep's inputs once (stage-0 prompts and MSF, single process), then runs the
-same IST sweep (configs/sweep_smoke.yaml: 52 jobs) once per pack size into its own directory
+Builds the smoke sweep's inputs once (the stage-0 PT sweep: prompts and PT on every draw; MSF,
+single process), then runs the same IST sweep (configs/sweep_smoke.yaml: 52 jobs) once per pack
+size into its own directory
 with its own MLflow store and a fresh local Ray (cold workers, as a submitted sweep starts), and
 reports wall time, jobs/hour and the overhead share: the part of the Ray task slots' time
 (wall x slots) not spent inside `train_pack`.
@@ -50,8 +51,11 @@ def main() -> None:
     setup_logging(logging.WARNING)
     out = Path(args.out).resolve()
     base = load_config(args.config, [f"output_dir={out / 'inputs'}", *args.set])
-    base = prepare_smoke(base, "ist")  # prompts + MSF once, shared by all runs
+    base = prepare_smoke(base, "ist")  # PT sweep (prompts, PT denominators) + MSF once, shared by all runs
     import ray
+
+    if ray.is_initialized():  # the PT sweep started a Ray: each K below starts its own, cold
+        ray.shutdown()
 
     rows = []
     for K in args.packs:

@@ -6,10 +6,12 @@ Reads what the stages wrote under RUN_DIR (any part may be missing; its section 
     msf/history.jsonl (ipt msf) or msf_dist/history.jsonl (Ray Train MSF)
 
 and writes RUN_DIR/report/{report.md, relative_performance.png, ist_vs_pt.png,
-msf_loss.png, ist_vectors.png}. Plots: relative performance vs intrinsic dimension for seen
-tasks (new data) and unseen tasks, with the random- and PCA-decoder baselines; per-task IST vs PT;
-MSF LM and reconstruction loss curves; a 2-D projection (PCA) of the learned IST vectors
-coloured by task category (the paper's task-similarity view).
+msf_loss.png, ist_vectors.png}. Relative performance is paired per few-shot draw (IST on draw s /
+PT on draw s, `ipt_dist.summary.RELATIVE_RULE`), with a 95% bootstrap interval over tasks.
+Plots: relative performance vs intrinsic dimension for seen tasks (new data) and unseen tasks,
+with the random- and PCA-decoder baselines and the intervals as error bars; per-task IST vs PT
+(same draws); MSF LM and reconstruction loss curves; a 2-D projection (PCA) of the learned IST
+vectors coloured by task category (the paper's task-similarity view).
 
 Plain Python + matplotlib + torch; MLflow only in `log_report_to_mlflow`.
 """
@@ -50,30 +52,39 @@ def _load_summary(run: Path) -> dict | None:
 
 
 def plot_relative_performance(summary: dict, path: Path) -> bool:
-    """Mean relative performance (IST / PT) vs d, one line per setting and decoder: MSF solid,
-    random decoder dashed, PCA decoder dotted."""
-    lines: dict[tuple[str, str], list[tuple[int, float]]] = defaultdict(list)
+    """Mean relative performance (IST / PT, paired per draw) vs d, one line per setting and decoder
+    (MSF solid, random decoder dashed, PCA decoder dotted), the 95% bootstrap interval over tasks
+    as error bars (none with one task)."""
+    lines: dict[tuple[str, str], list[tuple[int, float, float | None, float | None]]] = defaultdict(list)
     for s in summary.get("settings", []):
         if s.get("setting") in SETTING_TITLES and s.get("d") and s.get("mean_relative") is not None:
-            lines[(s["setting"], s.get("decoder") or "msf")].append((int(s["d"]), float(s["mean_relative"])))
+            lines[(s["setting"], s.get("decoder") or "msf")].append(
+                (int(s["d"]), float(s["mean_relative"]), s.get("mean_relative_ci_low"),
+                 s.get("mean_relative_ci_high")))
     if not lines:
         return False
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
     colours = {"ist_seen_new": "tab:blue", "ist_unseen": "tab:orange", "ist_seen_same": "tab:green"}
-    for (setting, decoder), pts in sorted(lines.items()):
-        pts.sort()
+    for (setting, decoder), pts in sorted(lines.items(), key=lambda kv: kv[0]):
+        pts.sort(key=lambda p: p[0])
         label = SETTING_TITLES[setting] + ("" if decoder == "msf" else f" ({DECODER_TITLES.get(decoder, decoder)})")
-        ax.plot([d for d, _ in pts], [100 * v for _, v in pts], marker=DECODER_MARKERS.get(decoder, "o"),
+        ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker=DECODER_MARKERS.get(decoder, "o"),
                 color=colours[setting], linestyle=DECODER_STYLES.get(decoder, "-."), label=label)
+        ci = [p for p in pts if p[2] is not None and p[3] is not None]
+        if ci:  # asymmetric bars: the percentile interval need not be centred on the mean
+            ax.errorbar([p[0] for p in ci], [100 * p[1] for p in ci], fmt="none", ecolor=colours[setting],
+                        capsize=3, alpha=0.7,
+                        yerr=[[100 * (p[1] - p[2]) for p in ci], [100 * (p[3] - p[1]) for p in ci]])
     ax.axhline(100, color="grey", linewidth=0.8)
     ax.set_xscale("log")
-    ds = sorted({d for pts in lines.values() for d, _ in pts})
+    ds = sorted({p[0] for pts in lines.values() for p in pts})
     ax.set_xticks(ds, [str(d) for d in ds])
     ax.minorticks_off()
     ax.set_xlabel("intrinsic dimension d")
-    ax.set_ylabel("relative performance IST / PT (%)")
-    ax.set_title("Recovered PT performance vs intrinsic dimension")
+    ax.set_ylabel("relative performance IST / PT, same draw (%)")
+    ax.set_title("Recovered PT performance vs intrinsic dimension\n(bars: 95% bootstrap CI over tasks)",
+                 fontsize=10)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -92,14 +103,19 @@ def _best_columns(summary: dict) -> dict[str, str]:
     return {k: v[1] for k, v in best.items()}
 
 
+def _paired_pt(summary: dict, row: dict, col: str):
+    """PT on the same draws as `col` (summaries written before pairing have only the all-draw `pt`)."""
+    return row.get(f"{col}/pt") if f"{col}/pt" in summary.get("columns", []) else row.get("pt")
+
+
 def plot_ist_vs_pt(summary: dict, path: Path) -> bool:
-    """Per task: IST score (largest d) against the PT score; the diagonal is full recovery."""
+    """Per task: IST score (largest d) against PT on the same draws; the diagonal is full recovery."""
     cols = _best_columns(summary)
     pts = []
     for setting, col in cols.items():
         for r in summary.get("rows", []):
-            if r.get(col) is not None and r.get("pt") is not None:
-                pts.append((setting, col, r["task"], float(r["pt"]), float(r[col])))
+            if r.get(col) is not None and _paired_pt(summary, r, col) is not None:
+                pts.append((setting, col, r["task"], float(_paired_pt(summary, r, col)), float(r[col])))
     if not pts:
         return False
     plt = _plt()
@@ -113,7 +129,7 @@ def plot_ist_vs_pt(summary: dict, path: Path) -> bool:
     ax.plot([0, lim], [0, lim], color="grey", linewidth=0.8)
     ax.set_xlim(0, lim)
     ax.set_ylim(0, lim)
-    ax.set_xlabel("PT score")
+    ax.set_xlabel("PT score (same draws)")
     ax.set_ylabel("IST score")
     ax.set_title("Per-task IST vs PT")
     ax.legend(fontsize=7)
@@ -231,6 +247,11 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _fmt_ci(s: dict) -> str:
+    lo, hi = s.get("mean_relative_ci_low"), s.get("mean_relative_ci_high")
+    return "" if lo is None or hi is None else f"[{lo:.3f}, {hi:.3f}]"
+
+
 def make_report(run_dir: str | Path) -> Path:
     """Write RUN_DIR/report/report.md and the PNGs; returns the report path.
 
@@ -251,13 +272,17 @@ def make_report(run_dir: str | Path) -> Path:
     lines = [f"# IPT report: {run.resolve()}", ""]
     figures = []
     if summary is not None:
-        lines += ["## Relative performance (IST / PT)", "",
-                  "| setting | d | decoder | tasks | mean score | mean PT | mean relative | ratio of means |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += ["## Relative performance (IST / PT on the same draw)", "",
+                  "| setting | d | decoder | tasks | mean score | mean PT | mean relative | 95% CI "
+                  "| ratio of means |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for s in summary.get("settings", []):
             lines.append(f"| {s.get('label')} | {_fmt(s.get('d'))} | {_fmt(s.get('decoder'))} | {_fmt(s.get('n_tasks'))}"
                          f" | {_fmt(s.get('mean_score'))} | {_fmt(s.get('mean_pt'))} | {_fmt(s.get('mean_relative'))}"
-                         f" | {_fmt(s.get('ratio_of_means'))} |")
+                         f" | {_fmt_ci(s)} | {_fmt(s.get('ratio_of_means'))} |")
+        # The summary's notes state the rule it was computed with (paired per draw, the interval) and
+        # every (task, draw) left without a ratio.
+        lines += [""] + [f"- {n}" for n in summary.get("notes", [])]
         lines += ["", "Paper (random split, BART-base): d=5 recovers 87% (seen tasks, new data) / 65% (unseen); "
                   "d=250: 97% / 83%.", ""]
         if plot_relative_performance(summary, out / "relative_performance.png"):
@@ -271,12 +296,17 @@ def make_report(run_dir: str | Path) -> Path:
     for title, name in figures:
         lines += [f"## {title}", "", f"![{title}]({name})", ""]
     if summary is not None:
-        cols = _best_columns(summary)
-        lines += ["## Per task", "", "| task | split | metric | PT | " + " | ".join(cols.values()) + " |",
-                  "|---|---|---|---|" + "---|" * len(cols)]
+        cols = list(_best_columns(summary).values())
+        head = " | ".join(f"{c} | {c} PT | {c} ratio" for c in cols)
+        lines += ["## Per task", "", "PT: all draws at PT's lr; `<col> PT`: PT on the column's own draws "
+                  "(its denominator); the ratio is the mean over draws of the per-draw ratios.", "",
+                  "| task | split | metric | PT | " + head + " |",
+                  "|---|---|---|---|" + "---|" * (3 * len(cols))]
         for r in summary.get("rows", []):
-            lines.append(f"| {r['task']} | {r.get('split')} | {r.get('metric')} | {_fmt(r.get('pt'))} | "
-                         + " | ".join(_fmt(r.get(c)) for c in cols.values()) + " |")
+            cells = " | ".join(f"{_fmt(r.get(c))} | {_fmt(_paired_pt(summary, r, c))} | {_fmt(r.get(f'{c}/ratio'))}"
+                               for c in cols)
+            lines.append(f"| {r['task']} | {r.get('split')} | {r.get('metric')} | {_fmt(r.get('pt'))} "
+                         f"| {cells} |")
         lines += ["", "Full tables: `ist_sweep/summary.md`, `ist_sweep/summary.csv`.", ""]
     report = out / "report.md"
     report.write_text("\n".join(lines))

@@ -10,11 +10,15 @@ Input is what the sweeps write, one dict per job (`<sweep_dir>/results.jsonl`)::
 performance), `pt_control` (plain PT next to IPT-initialised PT) and `ipt_pt` (PT started from
 Dec(z*)).
 
-Selection rule (the paper does not state its averaging, so both numbers are reported): for each
-setting and task the learning rate with the best *mean dev over data seeds* is chosen, and the
-reported score is the mean test over seeds at that learning rate. Relative performance is, per
-task, IST score / PT score; a setting's mean relative performance is the mean of those ratios,
-with the ratio of means beside it.
+Selection rule: for each setting and task the learning rate with the best *mean dev over data
+seeds* (few-shot draws) is chosen, and the reported score is the mean test over draws at that lr.
+PT's lr is chosen per task by the same rule over its own draws.
+
+Relative performance is paired per draw (`RELATIVE_RULE`): on each draw s, score on s / PT's test
+on s (PT trained on the same draw, at PT's chosen lr); per task the mean of those ratios over its
+draws; per setting column the mean over tasks (`mean_relative`) with a 95% bootstrap interval over
+tasks, and the ratio of means beside it (the paper does not state its averaging). Dividing by PT
+averaged over other draws would add PT's draw-to-draw variance to every ratio.
 
     summary = summarize_ist(records, pt_records, seen=train_tasks, unseen=unseen_tasks)
     Path("summary.md").write_text(summary.to_markdown())
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import csv
 import math
+import random
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -32,11 +37,16 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "BOOTSTRAP_RESAMPLES",
+    "BOOTSTRAP_SEED",
+    "RELATIVE_RULE",
     "SETTING_LABELS",
     "Selection",
     "Summary",
     "column_name",
+    "bootstrap_mean_ci",
     "mean_std",
+    "pt_scores_by_draw",
     "select_best_lr",
     "summarize_ist",
     "summarize_pt",
@@ -53,6 +63,19 @@ SETTING_LABELS = {
 _EXTRA_LABELS = {"pt_control": "PT, random init (beside IPT-init PT)",
                  "ipt_pt": "PT initialised from Dec(z*)"}
 _SETTING_ORDER = list(SETTING_LABELS)
+
+# Bootstrap over tasks: fixed seed (the same summary from the same results), percentile interval.
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 0
+RELATIVE_RULE = (
+    "relative performance is paired per few-shot draw: ratio = score on draw s / PT test on draw s "
+    "(PT trained on the same task and draw s, at PT's lr with the best mean dev over its draws; the column's "
+    "lr is chosen the same way per setting and task). <col>/ratio = mean over the task's draws of those "
+    "ratios; <col>/pt = mean PT test over the same draws. mean_relative = mean over tasks of <col>/ratio, "
+    f"with a 95% percentile bootstrap interval over tasks ({BOOTSTRAP_RESAMPLES} resamples of the tasks with "
+    f"replacement, seed {BOOTSTRAP_SEED}; blank with fewer than 2 tasks); ratio_of_means = mean over tasks "
+    "of the score on the paired draws / mean over tasks of <col>/pt. A draw whose PT test is 0 or missing "
+    "has no ratio (the notes list such draws)")
 
 
 def _num(v: Any) -> float | None:
@@ -85,6 +108,8 @@ class Selection:
     test_std: float | None  # std of test over seeds at `lr` (the spread)
     n_seeds: int
     job_ids: list[str] = field(default_factory=list)
+    # data seed (few-shot draw) -> mean test of that draw at `lr` (None: no finite test on it)
+    test_by_draw: dict[Any, float | None] = field(default_factory=dict)
 
 
 def select_best_lr(records: list[dict]) -> Selection:
@@ -104,8 +129,50 @@ def select_best_lr(records: list[dict]) -> Selection:
     group = by_lr[best_key] if by_lr else []
     dev, _, _ = mean_std(r.get("best_dev") for r in group)
     test, test_std, n = mean_std(r.get("test") for r in group)
+    by_draw: dict[Any, list[dict]] = defaultdict(list)
+    for r in group:
+        by_draw[r.get("data_seed")].append(r)
     return Selection(lr=best_key, dev=dev, test=test, test_std=test_std, n_seeds=n,
-                     job_ids=sorted(r["job_id"] for r in group if "job_id" in r))
+                     job_ids=sorted(r["job_id"] for r in group if "job_id" in r),
+                     test_by_draw={s: mean_std(r.get("test") for r in by_draw[s])[0]
+                                   for s in _draw_order(by_draw)})
+
+
+def _draw_order(draws: Iterable[Any]) -> list[Any]:
+    """A fixed order of data seeds (None last), so sums and notes do not depend on record order."""
+    return sorted(draws, key=lambda s: (s is None, str(s)))
+
+
+def pt_scores_by_draw(pt_records: list[dict]) -> dict[tuple[str, Any], float | None]:
+    """(task, data seed) -> PT's test on that draw at PT's lr for the task (best mean dev over draws).
+
+    A key is present when PT has a result on that draw at that lr; its value is None when the
+    test score is not finite. These are the denominators of relative performance.
+    """
+    return {(t, s): v for t, sel in _pt_by_task(pt_records).items() for s, v in sel.test_by_draw.items()}
+
+
+def bootstrap_mean_ci(values: list[float], *, resamples: int = BOOTSTRAP_RESAMPLES,
+                      seed: int = BOOTSTRAP_SEED, level: float = 0.95) -> tuple[float | None, float | None]:
+    """Percentile bootstrap interval of the mean of `values` (resampled with replacement).
+
+    (None, None) with fewer than 2 values: one task gives no interval, not a zero-width one.
+    """
+    xs = [x for x in (_num(v) for v in values) if x is not None]
+    n = len(xs)
+    if n < 2:
+        return None, None
+    rng = random.Random(seed)
+    means = sorted(sum(rng.choices(xs, k=n)) / n for _ in range(resamples))
+    return _percentile(means, (1 - level) / 2), _percentile(means, (1 + level) / 2)
+
+
+def _percentile(sorted_xs: list[float], q: float) -> float:
+    """Linear interpolation between order statistics (numpy's default)."""
+    h = (len(sorted_xs) - 1) * q
+    lo = math.floor(h)
+    hi = min(lo + 1, len(sorted_xs) - 1)
+    return sorted_xs[lo] + (h - lo) * (sorted_xs[hi] - sorted_xs[lo])
 
 
 def column_name(setting: str, d: int | None, decoder: str | None = "msf") -> str:
@@ -228,11 +295,12 @@ def summarize_pt(records: list[dict], seen: list[str] | None = None,
 
 def summarize_ist(records: list[dict], pt_records: list[dict] | None = None, seen: list[str] | None = None,
                   unseen: list[str] | None = None) -> Summary:
-    """The IST sweep table: per task PT score, each setting's score and ratio, baselines, IPT-init PT.
+    """The IST sweep table: per task PT score, each setting's score and paired ratio, baselines, IPT-init PT.
 
     Args:
         records: the IST sweep's results (roles ist, msf_eval, pt_control, ipt_pt).
-        pt_records: stage-0 PT results (role pt), the denominator of relative performance.
+        pt_records: stage-0 PT results (role pt) with their `data_seed`: PT on draw s is the
+            denominator of every score on draw s (`RELATIVE_RULE`).
         seen / unseen: task order and split labels (tasks only in `records` are appended).
     """
     pt_records = [r for r in (pt_records or []) if r.get("role", "pt") == "pt"]
@@ -270,12 +338,14 @@ def summarize_ist(records: list[dict], pt_records: list[dict] | None = None, see
     tasks = _task_order(records + pt_records, seen, unseen)
     columns = ["task", "split", "metric", "pt", "pt_std", "pt_lr"]
     for c in setting_cols:
-        if col_meta[c]["setting"] in ("ipt_pt", "pt_control"):
-            columns += [c, f"{c}/std"]
-        else:
-            columns += [c, f"{c}/ratio", f"{c}/lr"]
+        # Every column is paired with PT on its own draws: /pt is that denominator (settings 1-3 use
+        # data_seeds[0], setting 4 the others), so it differs from the all-draw `pt` column.
+        extra = ["/std"] if col_meta[c]["setting"] in ("ipt_pt", "pt_control") else ["/lr"]
+        columns += [c, f"{c}/ratio", f"{c}/pt"] + [f"{c}{e}" for e in extra]
 
     rows = []
+    paired_score: dict[tuple[str, str], float] = {}  # (column, task) -> mean score on the paired draws
+    unpaired: dict[str, list[str]] = defaultdict(list)  # column -> "task@draw" without a PT denominator
     for t in tasks:
         p = pt_sel.get(t)
         row: dict[str, Any] = {"task": t, "split": "unseen" if t in unseen_set else "seen",
@@ -290,31 +360,56 @@ def summarize_ist(records: list[dict], pt_records: list[dict] | None = None, see
             if col_meta[c]["setting"] in ("ipt_pt", "pt_control"):
                 row[f"{c}/std"] = s.test_std
             else:
-                row[f"{c}/ratio"] = _ratio(s.test, row["pt"])
                 row[f"{c}/lr"] = s.lr
+            pairs = []  # (score on draw s, PT test on draw s)
+            for draw, score in s.test_by_draw.items():
+                if score is None:
+                    continue
+                den = p.test_by_draw.get(draw) if p else None
+                if den is None or den == 0:
+                    if p is not None:  # a task without any PT result has its own note
+                        unpaired[c].append(f"{t}@{draw}")
+                    continue
+                pairs.append((score, den))
+            row[f"{c}/ratio"] = mean_std(a / b for a, b in pairs)[0]
+            row[f"{c}/pt"] = mean_std(b for _, b in pairs)[0]
+            if pairs:
+                paired_score[(c, t)] = mean_std(a for a, _ in pairs)[0]
         rows.append(row)
 
     settings = []
     for c in setting_cols:
         m = col_meta[c]
         have = [r for r in rows if r.get(c) is not None]
-        both = [r for r in have if r["pt"] is not None and r["pt"] != 0]
+        paired = [r for r in rows if r.get(f"{c}/ratio") is not None]
+        ratios = [r[f"{c}/ratio"] for r in paired]
         mean_score, _, n = mean_std(r[c] for r in have)
-        mean_rel, _, _ = mean_std(r[c] / r["pt"] for r in both)
-        ratio_of_means = _ratio(mean_std(r[c] for r in both)[0], mean_std(r["pt"] for r in both)[0])
+        mean_rel, _, n_rel = mean_std(ratios)
+        ci_low, ci_high = bootstrap_mean_ci(ratios)
+        mean_pt = mean_std(r[f"{c}/pt"] for r in paired)[0]
+        ratio_of_means = _ratio(mean_std(paired_score[(c, r["task"])] for r in paired)[0], mean_pt)
         spread, _, _ = mean_std(r.get(f"{c}/std") for r in have)
         label = SETTING_LABELS.get(m["setting"]) or _EXTRA_LABELS.get(m["setting"], m["setting"])
         settings.append({"column": c, "setting": m["setting"], "label": label,
                          "d": m["d"], "decoder": m["decoder"], "n_tasks": n, "mean_score": mean_score,
-                         "mean_pt": mean_std(r["pt"] for r in both)[0], "mean_relative": mean_rel,
+                         "mean_pt": mean_pt, "mean_relative": mean_rel, "mean_relative_ci_low": ci_low,
+                         "mean_relative_ci_high": ci_high, "n_relative": n_rel,
                          "ratio_of_means": ratio_of_means, "mean_std_over_seeds": spread})
     setting_columns = ["column", "label", "d", "decoder", "n_tasks", "mean_score", "mean_pt", "mean_relative",
-                       "ratio_of_means", "mean_std_over_seeds"]
+                       "mean_relative_ci_low", "mean_relative_ci_high", "n_relative", "ratio_of_means",
+                       "mean_std_over_seeds"]
     notes = ["score = mean test over data seeds at the lr with the best mean dev (per setting and task)",
-             ("mean_relative = mean over tasks of score/PT; "
-              "ratio_of_means = mean score / mean PT over the same tasks")]
+             RELATIVE_RULE,
+             "n_tasks = tasks with a score; n_relative = tasks with at least one paired ratio "
+             "(mean_relative, its interval and ratio_of_means are over these)"]
     missing_pt = [t for t in tasks if t not in pt_sel]
     if missing_pt:
         notes.append(f"no PT score for {', '.join(missing_pt)}: their ratios are blank")
+    for c in setting_cols:
+        if unpaired[c]:
+            lost = [r["task"] for r in rows if r.get(c) is not None and r["task"] in pt_sel
+                    and r.get(f"{c}/ratio") is None]
+            notes.append(f"{c}: no ratio on {', '.join(unpaired[c])} (PT test 0 or missing on that draw)"
+                         + (f"; left out of its averages: {', '.join(lost)}" if lost else ""))
     return Summary(stage="ist", columns=columns, rows=rows, setting_columns=setting_columns,
                    settings=settings, notes=notes)

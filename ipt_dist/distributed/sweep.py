@@ -49,7 +49,7 @@ from ipt_dist.artifacts import (
     save_prompt,
 )
 from ipt_dist.config import ConfigError, IPTConfig, config_from_dict, config_to_dict
-from ipt_dist.summary import Summary, select_best_lr, summarize_ist, summarize_pt
+from ipt_dist.summary import Summary, pt_scores_by_draw, select_best_lr, summarize_ist, summarize_pt
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +151,7 @@ class SweepPlan:
     decoders: dict[int, DecoderInfo] = field(default_factory=dict)
     expected_ipt_pt: int = 0  # number of phase-2 jobs once phase 1 is complete
     warnings: list[str] = field(default_factory=list)
+    pt_records: list[dict] = field(default_factory=list)  # IST: stage-0 PT results, the denominators
 
 
 @dataclass
@@ -255,7 +256,8 @@ def plan_sweep(cfg: IPTConfig, stage: str = "ist", check_data: bool = True) -> S
             missing seed file or a malformed line fails here and not in a worker.
     Raises:
         ConfigError: bad stage, seeds, settings, MSF checkpoints (missing, d or shape mismatch),
-            missing stage-0 prompts for settings 1-2; all problems listed at once.
+            missing stage-0 prompts for settings 1-2; all problems listed at once. Then (IST) a
+            (task, draw) of a planned job without a stage-0 PT result on that draw.
         DataError: unknown tasks, a bad split file, missing or malformed data files.
     """
     if stage not in STAGES:
@@ -279,11 +281,15 @@ def plan_sweep(cfg: IPTConfig, stage: str = "ist", check_data: bool = True) -> S
         jobs, expected_ipt = _expand_ist(cfg, split.train, split.unseen, decoders, same)
     if check_data and cfg.data.format != "hf":
         _check_data(cfg, jobs)
+    pt_records = []
+    if stage == "ist":
+        pt_records = _pt_baseline_records(cfg)
+        _check_pt_denominators(cfg, jobs, pt_records)
     ids = [j.job_id for j in jobs]
     assert len(set(ids)) == len(ids), "job ids collide: two jobs of the grid have the same defining fields"
     return SweepPlan(stage=stage, cfg=cfg, sweep_dir=sweep_dir(cfg, stage), train_tasks=list(split.train),
                      unseen_tasks=list(split.unseen), same_seed=same, jobs=jobs, decoders=decoders,
-                     expected_ipt_pt=expected_ipt, warnings=warnings)
+                     expected_ipt_pt=expected_ipt, warnings=warnings, pt_records=pt_records)
 
 
 def _check_grid(cfg: IPTConfig, train: list[str], unseen: list[str]) -> tuple[list[str], list[str]]:
@@ -512,6 +518,36 @@ def _expand_ist(cfg: IPTConfig, train: list[str], unseen: list[str], decoders: d
         jobs += [make_job(pt_ctx, stage="ist", role="pt_control", kind="pt", task=t, seen=t in train,
                           data_seed=s, lr=float(cfg.pt.lr), grad_clip=cfg.pt.grad_clip) for t, s in pairs]
     return jobs, expected_ipt
+
+
+def _check_pt_denominators(cfg: IPTConfig, jobs: list[JobSpec], pt_records: list[dict]) -> None:
+    """Every IST / MSF-eval job on draw s of a task is divided by PT on the same task and draw
+    (summary.RELATIVE_RULE): that PT result must exist before the sweep spends any compute.
+
+    Raises:
+        ConfigError: the (task, draw) pairs without a PT result at PT's chosen lr (tasks grouped
+            by their missing draws) and the fix.
+    """
+    have = pt_scores_by_draw(pt_records)
+    missing: dict[str, list] = defaultdict(list)
+    for t, s in sorted({(j.task, j.data_seed) for j in jobs if j.role in ("ist", "msf_eval")}):
+        if (t, s) not in have:
+            missing[t].append(s)
+    if not missing:
+        return
+    by_draws: dict[tuple, list[str]] = defaultdict(list)  # the same missing draws -> one line
+    for t, draws in missing.items():
+        by_draws[tuple(draws)].append(t)
+    lines = [f"draws {list(d)}: {', '.join(ts[:8])}" + (f" (+{len(ts) - 8} more)" if len(ts) > 8 else "")
+             for d, ts in sorted(by_draws.items(), key=lambda kv: -len(kv[1]))]
+    out = Path(cfg.output_dir)
+    raise ConfigError(
+        f"relative performance divides each IST/MSF score on draw s by PT on the same task and draw, but "
+        f"{sum(map(len, missing.values()))} (task, draw) pairs of this sweep have no stage-0 PT result "
+        f"(looked in {out / 'pt_sweep' / 'results.jsonl'}, {out / 'pt' / 'results.jsonl'} and the prompt "
+        f"files in {_prompts_dir(cfg)}):\n  - " + "\n  - ".join(lines) + "\n"
+        f"Fix: run the PT sweep first with the same sweep.data_seeds {cfg.sweep.data_seeds} and output_dir "
+        f"(python ray_jobs/pt_sweep.py --config <this config> --out {out}); `ipt quickstart` does it for you")
 
 
 def _check_data(cfg: IPTConfig, jobs: list[JobSpec]) -> None:
@@ -768,24 +804,20 @@ def _run_msf_eval(cfg, backbone, specs: list[JobSpec], data: dict, shared: dict,
 
 
 def prepare_smoke(cfg: IPTConfig, stage: str) -> IPTConfig:
-    """Build what a smoke sweep needs with the single-process stages: stage-0 prompts
-    (`run_pt`) and one MSF checkpoint per d (`run_msf`). Both skip work already on disk, so a
-    second smoke run trains nothing."""
+    """Build what a smoke IST sweep needs: the stage-0 PT sweep (every task x data seed x lr, as
+    `ipt quickstart` runs it: the PT denominator of every draw, and the prompt files) and one MSF
+    checkpoint per d (`run_msf`, single process). Both skip work already on disk, so a second
+    smoke run trains nothing."""
     cfg = prepare_config(cfg)
     if stage == "pt":
         return cfg
-    from ipt_dist.stages.common import resolve_tasks
     from ipt_dist.stages.msf import run_msf
-    from ipt_dist.stages.pt import run_pt
 
     out = Path(cfg.output_dir)
     if _prompts_dir(cfg) != out / "prompts":
-        raise ConfigError(f"--smoke-test writes the stage-0 prompts to {out / 'prompts'} (ipt pt), but "
+        raise ConfigError(f"--smoke-test writes the stage-0 prompts to {out / 'prompts'} (PT sweep), but "
                           f"msf.prompts_dir is {cfg.msf.prompts_dir}: unset it for a smoke test")
-    split = resolve_tasks(cfg)
-    missing = [t for t in split.all if not prompt_path(out / "prompts", t).is_file()]
-    if missing:  # prompts already there (from an earlier smoke run or pt_sweep.py) are kept
-        run_pt(cfg, tasks=missing)
+    run_sweep(cfg, "pt")  # prompt files already there (from an earlier smoke run or ipt pt) are kept
     dims = cfg.sweep.dims or {cfg.msf.d: str(out / f"msf_d{cfg.msf.d}")}
     for d, path in sorted(dims.items()):
         ckpt = Path(path)
@@ -1015,8 +1047,8 @@ def run_sweep(cfg: IPTConfig, stage: str = "ist", smoke_test: bool = False) -> S
     save_config(cfg, sdir / "config.yaml")
     tracker = make_sweep_tracker(cfg, stage, sdir)
     tracker.start(cfg)
-    pt_records = _pt_baseline_records(cfg) if stage == "ist" else []
-    pt_scores = {t: s.test for t, s in _pt_scores(pt_records).items()}
+    pt_records = plan.pt_records
+    pt_scores = pt_scores_by_draw(pt_records)  # (task, draw) -> PT test: each child's `relative`
     tracker.catch_up(list(done.values()), sdir / "params", pt_scores)
 
     total = len(plan.jobs) + plan.expected_ipt_pt
@@ -1228,15 +1260,17 @@ def _store(plan: SweepPlan, out: dict, done: dict, results_file: Path, tracker, 
     rec["param_file"] = str(ppath.relative_to(plan.sweep_dir))
     append_jsonl(results_file, rec)
     done[job_id] = rec
-    tracker.log_job(rec, ppath, pt_scores.get(rec["task"]))
+    tracker.log_job(rec, ppath, pt_scores.get((rec["task"], rec.get("data_seed"))))
 
 
 # ----------------------------------------------------------------------------- results
 
 
 def _pt_baseline_records(cfg: IPTConfig) -> list[dict]:
-    """Stage-0 PT results per task: the PT sweep's results, else `ipt pt`'s, else the scores
-    stored in the prompt files' metadata (first source that has a task wins)."""
+    """Stage-0 PT results per task, each with its `data_seed` (the draw it pairs with): the PT
+    sweep's results (every draw of sweep.data_seeds), else `ipt pt`'s (one draw), else the scores
+    stored in the prompt files' metadata (one draw; none for files without `data_seed`). The first
+    source that has a task wins for all of that task's draws."""
     out = Path(cfg.output_dir)
     records: list[dict] = []
     have: set[str] = set()
@@ -1257,16 +1291,10 @@ def _pt_baseline_records(cfg: IPTConfig) -> list[dict]:
                 continue
             if meta.get("test_score") is not None:
                 records.append({"job_id": f"prompt:{t}", "task": t, "role": "pt", "kind": "pt",
-                                "lr": meta.get("lr"), "seed": meta.get("seed"), "metric": meta.get("metric"),
+                                "lr": meta.get("lr"), "seed": meta.get("seed"),
+                                "data_seed": meta.get("data_seed"), "metric": meta.get("metric"),
                                 "best_dev": meta.get("dev_score"), "test": meta.get("test_score")})
     return records
-
-
-def _pt_scores(pt_records: list[dict]):
-    by_task: dict[str, list[dict]] = defaultdict(list)
-    for r in pt_records:
-        by_task[r["task"]].append(r)
-    return {t: select_best_lr(rs) for t, rs in by_task.items()}
 
 
 def _write_summary(plan: SweepPlan, records: list[dict], pt_records: list[dict]) -> Summary:
@@ -1316,7 +1344,7 @@ def _write_stage0_prompts(plan: SweepPlan, records: list[dict]) -> None:
         task = load_raw(plan.cfg, [t], plan.same_seed)[t]  # as PT trained on it: the prompt's provenance
         save_prompt(path, prompt, backbone=best.get("backbone"), task=t, metric=best.get("metric"),
                     dev_score=best.get("best_dev"), test_score=best.get("test"), lr=best.get("lr"),
-                    seed=best.get("data_seed"), job_id=best["job_id"],
+                    seed=best.get("data_seed"), data_seed=best.get("data_seed"), job_id=best["job_id"],
                     provenance=prompt_provenance(plan.cfg, task, plan.same_seed))
     if by_task:
         log.info("stage 0: wrote %d prompt files (best lr by dev, data seed %d) to %s", len(by_task),

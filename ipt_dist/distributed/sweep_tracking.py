@@ -178,18 +178,25 @@ class SweepTracker:
 
     # ------------------------------------------------------------------ children
     def catch_up(self, records: list[dict], params_dir: Path, pt_scores: dict | None = None) -> int:
-        """Write a child for every finished job that has none; returns how many were written."""
+        """Write a child for every finished job that has none; returns how many were written.
+
+        `pt_scores`: (task, data seed) -> PT test on that draw (`summary.pt_scores_by_draw`).
+        """
         if self.parent_run_id is None:
             return 0
         missing = [r for r in records if r["job_id"] not in self.children]
         written = sum(self.log_job(r, Path(params_dir) / f"{r['job_id']}.safetensors",
-                                   (pt_scores or {}).get(r["task"])) for r in missing)
+                                   (pt_scores or {}).get((r["task"], r.get("data_seed")))) for r in missing)
         if missing:
             log.info("MLflow: caught up %d of %d finished jobs that had no child run", written, len(missing))
         return written
 
     def log_job(self, record: dict, param_path: Path | None, pt_score: float | None = None) -> bool:
-        """Write the child run of a finished job (once); on failure keep it queued for a retry."""
+        """Write the child run of a finished job (once); on failure keep it queued for a retry.
+
+        `pt_score`: PT's test on the job's task and draw (data seed), logged as `pt_test`; the
+        child's `relative` is test / pt_test, the paired ratio of the summary.
+        """
         if self.parent_run_id is None:
             return False
         job_id = record["job_id"]
@@ -295,7 +302,8 @@ class SweepTracker:
 
         metrics = dict(counts)
         for row in getattr(summary, "settings", None) or []:
-            for name in ("mean_relative", "ratio_of_means", "mean_score", "mean_test", "mean_std_over_seeds"):
+            for name in ("mean_relative", "mean_relative_ci_low", "mean_relative_ci_high", "n_relative",
+                         "ratio_of_means", "mean_score", "mean_test", "mean_std_over_seeds"):
                 if _finite(row.get(name)) is not None:
                     metrics[metric_key(f"{row['column']}/{name}")] = row[name]
         sdir = Path(sweep_dir)

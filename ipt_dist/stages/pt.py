@@ -82,7 +82,7 @@ def run_pt(cfg: IPTConfig, tasks: list[str] | None = None, tracker=None) -> list
         for r in results:
             save_prompt(prompt_path(prompts_dir, r.job.task), r.best_param, backbone=backbone.name,
                         task=r.job.task, metric=r.metric, dev_score=r.best_dev, test_score=r.test, lr=r.job.lr,
-                        seed=r.job.seed,
+                        seed=r.job.seed, data_seed=cfg.data.data_seed,
                         provenance=prompt_provenance(cfg, raw[r.job.task], cfg.data.data_seed))
             rec = r.record()
             append_jsonl(results_file, rec)

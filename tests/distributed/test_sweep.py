@@ -1,7 +1,8 @@
 """PT/IST sweeps on a real local Ray with a real MLflow SQLite store (tiny T5, demo tasks).
 
-The stage-0 prompts and MSF checkpoint are trained once per module with the single-process
-stages; one 28-job IST sweep (one pack's worker is killed on its first attempt) is shared by
+The stage-0 prompts, the PT results of both data seeds (the denominators of relative
+performance, one per task and draw) and the MSF checkpoint are trained once per module with the
+single-process stages; one 28-job IST sweep (one pack's worker is killed on its first attempt) is shared by
 the tests that inspect its results, MLflow runs, retries and resumption.
 """
 
@@ -58,19 +59,38 @@ def base_overrides(out: Path, demo_dir: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def stage0(tmp_path_factory, demo_dir):
-    """Stage-0 prompts of all tasks and one MSF checkpoint (d=4), single process."""
+    """Stage-0 prompts of all tasks, PT results on both data seeds and one MSF checkpoint (d=4),
+    single process (a PT sweep would need Ray, and the planning tests run without it)."""
     from ipt_dist.stages.common import resolve_tasks
     from ipt_dist.stages.msf import run_msf
     from ipt_dist.stages.pt import run_pt
 
     out = tmp_path_factory.mktemp("stage0")
     cfg = load_config(None, base_overrides(out, demo_dir))
-    run_pt(cfg, tasks=resolve_tasks(cfg).all)
+    pt = run_pt(cfg, tasks=resolve_tasks(cfg).all)
+    # The new-data draw: settings 4 and 5 divide by PT trained and tested on seed 13.
+    pt += run_pt(load_config(None, base_overrides(out / "pt_s13", demo_dir) + ["data.data_seed=13"]),
+                 tasks=resolve_tasks(cfg).all)
+    pt = [{**r, "job_id": f"{r['job_id']}-s{r['data_seed']}"} for r in pt]  # `ipt pt` ids omit the draw
+    assert {r["data_seed"] for r in pt} == {42, 13}
     run_msf(cfg)
-    return {"out": out, "ckpt": out / "msf", "prompts": out / "prompts", "demo_dir": demo_dir}
+    return {"out": out, "ckpt": out / "msf", "prompts": out / "prompts", "demo_dir": demo_dir, "pt": pt}
 
 
-def sweep_cfg(stage0, out: Path, *extra: str, tracking: bool = True):
+def write_pt_results(stage0, out: Path) -> None:
+    """The stage-0 PT results of both draws where the IST sweep looks for them (<out>/pt/results.jsonl)."""
+    from ipt_dist.artifacts import append_jsonl
+
+    path = out / "pt" / "results.jsonl"
+    if not path.is_file():
+        for r in stage0["pt"]:
+            append_jsonl(path, r)
+
+
+def sweep_cfg(stage0, out: Path, *extra: str, tracking: bool = True, pt_results: bool = True):
+    """The sweep config of these tests; `pt_results` also puts the PT denominators in `out`."""
+    if pt_results:
+        write_pt_results(stage0, out)
     over = base_overrides(out, stage0["demo_dir"]) + [
         f"msf.prompts_dir={stage0['prompts']}",
         f"sweep.dims={{4: {stage0['ckpt']}}}",
@@ -116,8 +136,11 @@ def results(sweep_dir: Path) -> list[dict]:
 
 @distributed
 @slow
-def test_sweep_completes_with_mlflow_parent_children_and_summary(main_sweep):
+def test_sweep_completes_with_mlflow_parent_children_and_summary(main_sweep, stage0):
+    from ipt_dist.summary import pt_scores_by_draw
+
     result, cfg = main_sweep["result"], main_sweep["cfg"]
+    pt = pt_scores_by_draw(stage0["pt"])  # the denominators, per (task, draw)
     assert (result.jobs_total, result.jobs_started, result.jobs_failed) == (N_JOBS, N_JOBS, 0)
     recs = results(result.sweep_dir)
     assert len(recs) == N_JOBS == len({r["job_id"] for r in recs})
@@ -142,6 +165,7 @@ def test_sweep_completes_with_mlflow_parent_children_and_summary(main_sweep):
         assert p["task"] == rec["task"] and int(p["seed"]) == rec["data_seed"] and int(p["d"]) == 4
         assert p["setting"] == rec["setting"]
         assert m["test"] == pytest.approx(rec["test"]) and m["best_dev"] == pytest.approx(rec["best_dev"])
+        assert m["pt_test"] == pytest.approx(pt[(rec["task"], rec["data_seed"])])  # PT on the same draw
         assert c.info.status == "FINISHED"
         if rec["role"] == "ist":
             assert float(p["lr"]) == rec["lr"] and float(p["lr"]) in LRS
@@ -452,8 +476,9 @@ def test_pt_sweep_writes_stage0_prompts_and_reruns_nothing(stage0, ray_local, tm
 @distributed
 @slow
 def test_smoke_entry_point_twice_runs_nothing_the_second_time(ray_local, tmp_path, capsys, monkeypatch):
-    """`ray_jobs/ist_sweep.py --smoke-test`: trains its own stage-0 prompts and MSF, runs IST with
-    the random- and PCA-decoder baselines and IPT-initialised PT; the second submission runs nothing."""
+    """`ray_jobs/ist_sweep.py --smoke-test`: runs its own stage-0 PT sweep (the prompts and the PT
+    score of every draw) and MSF, runs IST with the random- and PCA-decoder baselines and
+    IPT-initialised PT; the second submission runs nothing."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("ist_sweep_entry", ROOT / "ray_jobs" / "ist_sweep.py")
@@ -475,12 +500,16 @@ def test_smoke_entry_point_twice_runs_nothing_the_second_time(ray_local, tmp_pat
     assert "ipt_pt@d4/std" in header and "ist_unseen@d4:pca/ratio" in header
     pca = [r for r in recs if r.get("decoder") == "pca"]
     assert len(pca) == 8 and {r["setting"] for r in pca} == {"ist_seen_same", "ist_seen_new", "ist_unseen"}
+    pt = results(tmp_path / "pt_sweep")  # 4 tasks x 2 draws x 1 lr: a denominator for every IST draw
+    assert sorted((r["task"], r["data_seed"]) for r in pt) == sorted(
+        (t, s) for t in ["demo_sentiment", "demo_topic", "demo_parity", "demo_copy_first"] for s in (42, 13))
     assert entry.main(argv) == 0
     assert "44 jobs: 0 run now, 44 already done, 0 failed" in capsys.readouterr().out
+    assert len(results(tmp_path / "pt_sweep")) == 8  # the PT sweep reran nothing either
     cfg = load_config(ROOT / "configs" / "sweep_smoke.yaml",
                       [f"output_dir={tmp_path}", f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db"])
     runs = mlflow_runs(cfg)
-    assert len(runs) == 1 + 44
+    assert len(runs) == (1 + 8) + (1 + 44)  # PT sweep parent + children, the IST sweep's
     assert sum(r.data.params.get("decoder") == "pca" for r in runs) == 8
 
 
@@ -516,6 +545,41 @@ def test_child_run_failing_for_a_moment_is_retried_without_duplicates(tmp_path):
     again = SweepTracker(uri, "resilience", sweep_key("ist", tmp_path), "ist-sweep", "ist", tmp_path)
     again.start(cfg)
     assert again.catch_up([rec], tmp_path) == 0 and again.parent_run_id == tracker.parent_run_id
+
+
+def test_child_relative_is_paired_with_pt_on_the_same_draw_and_the_parent_has_the_interval(tmp_path):
+    """A child's `pt_test` / `relative` use PT on its own task and draw; the parent holds each
+    column's mean relative performance with its bootstrap interval."""
+    from mlflow import MlflowClient
+
+    from ipt_dist.distributed.sweep_tracking import SweepTracker, sweep_key
+    from ipt_dist.summary import pt_scores_by_draw, summarize_ist
+
+    cfg = load_config(None, [f"output_dir={tmp_path}"])
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = SweepTracker(uri, "paired", sweep_key("ist", tmp_path), "ist-sweep", "ist", tmp_path)
+    tracker.start(cfg)
+    recs = [{"job_id": f"ist-{t}-{s}", "task": t, "role": "ist", "setting": "ist_unseen", "d": 4,
+             "decoder": "msf", "data_seed": s, "lr": 0.1, "best_dev": 0.5, "test": test}
+            for t, s, test in [("a", 42, 0.4), ("a", 13, 0.4), ("b", 42, 0.3), ("b", 13, 0.3)]]
+    pt = [{"job_id": f"pt-{t}-{s}", "task": t, "role": "pt", "data_seed": s, "lr": 0.3, "best_dev": 0.5,
+           "test": test} for t, s, test in [("a", 42, 0.8), ("a", 13, 0.5), ("b", 42, 0.2), ("b", 13, 0.6)]]
+    assert tracker.catch_up(recs, tmp_path, pt_scores_by_draw(pt)) == 4
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("paired")
+    children = {r.data.tags["ipt.job_id"]: r.data.metrics for r in client.search_runs([exp.experiment_id])
+                if r.data.tags.get("ipt.role") == "job"}
+    assert children["ist-a-42"]["pt_test"] == 0.8 and children["ist-a-42"]["relative"] == pytest.approx(0.5)
+    assert children["ist-a-13"]["pt_test"] == 0.5 and children["ist-a-13"]["relative"] == pytest.approx(0.8)
+    assert children["ist-b-42"]["relative"] == pytest.approx(1.5)
+    summary = summarize_ist(recs, pt, unseen=["a", "b"])
+    tracker.finish("FINISHED", summary, tmp_path, {"jobs_done": 4})
+    parent = client.get_run(tracker.parent_run_id).data.metrics
+    [row] = summary.settings
+    assert parent["ist_unseen_d4/mean_relative"] == pytest.approx((0.65 + 1.0) / 2)
+    assert parent["ist_unseen_d4/mean_relative_ci_low"] == pytest.approx(row["mean_relative_ci_low"])
+    assert parent["ist_unseen_d4/mean_relative_ci_high"] == pytest.approx(row["mean_relative_ci_high"])
+    assert parent["ist_unseen_d4/n_relative"] == 2
 
 
 # ----------------------------------------------------------------------------- planning (no Ray)
@@ -690,6 +754,37 @@ def test_ist_lrs_set_the_ist_grid_apart_from_pt(stage0, tmp_path):
     assert {j.lr for j in pt.jobs} == set(LRS)
     with pytest.raises(ConfigError, match="sweep.ist_lrs: every learning rate must be > 0"):
         sweep_cfg(stage0, tmp_path, "sweep.ist_lrs=[-1.0]", tracking=False)
+
+
+def test_ist_sweep_without_a_pt_denominator_on_some_draw_is_refused_before_any_job(stage0, tmp_path):
+    """Every IST/MSF-eval job on draw s is divided by PT on the same task and draw: a sweep whose
+    PT results miss a (task, draw) fails at planning, listing the pairs and the fix."""
+    from ipt_dist.artifacts import append_jsonl
+    from ipt_dist.distributed.sweep import plan_sweep
+
+    only_42 = [r for r in stage0["pt"] if r["data_seed"] == 42 or r["task"] == "demo_topic"]
+    for r in only_42:
+        append_jsonl(tmp_path / "pt" / "results.jsonl", r)
+    cfg = sweep_cfg(stage0, tmp_path, tracking=False, pt_results=False)
+    with pytest.raises(ConfigError) as err:
+        plan_sweep(cfg, "ist", check_data=False)
+    msg = str(err.value)
+    # settings 4 (seen tasks) and 5 (the unseen task) run on draw 13; demo_topic has PT on it
+    assert "3 (task, draw) pairs of this sweep have no stage-0 PT result" in msg
+    assert "draws [13]: demo_copy_first, demo_parity, demo_sentiment" in msg and "demo_topic" not in msg
+    assert "Fix: run the PT sweep first with the same sweep.data_seeds [42, 13] and output_dir" in msg
+    assert not (tmp_path / "ist_sweep").exists()  # nothing ran, nothing was written
+    # Settings that use the PT/MSF draw only need nothing more.
+    plan = plan_sweep(sweep_cfg(stage0, tmp_path, "sweep.settings=[msf_seen, ist_seen_same]", tracking=False,
+                                pt_results=False), "ist", check_data=False)
+    assert {j.data_seed for j in plan.jobs} == {42}
+    # The prompt files alone (one draw each) cannot pair draw 13 either.
+    with pytest.raises(ConfigError, match="have no stage-0 PT result"):
+        plan_sweep(sweep_cfg(stage0, tmp_path / "empty", tracking=False, pt_results=False), "ist",
+                   check_data=False)
+    plan = plan_sweep(sweep_cfg(stage0, tmp_path / "full", tracking=False), "ist", check_data=False)
+    assert len(plan.jobs) == N_JOBS and {(r["task"], r["data_seed"]) for r in plan.pt_records} == {
+        (t, s) for t in SEEN + UNSEEN for s in (42, 13)}
 
 
 @pytest.mark.parametrize("extra, match", [

@@ -32,6 +32,7 @@ def test_cli_pipeline_writes_every_artifact(tiny_cfg, tmp_path):
         prov = meta["provenance"]  # what the prompt was trained from: this task's draw, this backbone
         assert list(prov["data"]["train_digest"]) == [t] and prov["data"]["data.data_seed"] is None
         assert prov["backbone"]["backbone"] == "tiny-t5" and prov["backbone"]["backbone.chat_template"] is False
+        assert meta["data_seed"] == tiny_cfg.data.data_seed  # the draw its PT score pairs with
     assert len(read_jsonl(out / "pt" / "results.jsonl")) == 4
 
     assert main(["msf", "--config", cfg_path]) == 0
