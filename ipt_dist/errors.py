@@ -19,7 +19,7 @@ import sys
 import traceback
 from collections.abc import Callable
 
-__all__ = ["DEBUG_ENV", "EXIT_INTERRUPTED", "EXIT_USER_ERROR", "UserError", "debug_requested", "one_line",
+__all__ = ["DEBUG_ENV", "EXIT_INTERRUPTED", "EXIT_USER_ERROR", "StageFailed", "UserError", "debug_requested", "one_line",
            "run_entry"]
 
 DEBUG_ENV = "IPT_DEBUG"
@@ -29,6 +29,11 @@ EXIT_INTERRUPTED = 130
 
 class UserError(ValueError):
     """A problem the user can fix; the message names what and where, and the fix."""
+
+
+class StageFailed(RuntimeError):
+    """A stage ran and some of its jobs failed, so the next stage must not start (exit 1); the
+    message says where the failures are recorded and that re-running retries only them."""
 
 
 def debug_requested(argv: list[str] | None = None) -> bool:
@@ -64,6 +69,11 @@ def run_entry(fn: Callable[[], int], *, debug: bool = False,
             traceback.print_exc()
         print(f"error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except StageFailed as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {one_line(str(exc))}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         if debug:
             traceback.print_exc()

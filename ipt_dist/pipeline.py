@@ -156,6 +156,12 @@ def run_pipeline(cfg: IPTConfig, *, distributed_msf: bool = True) -> dict:
     log.info("pipeline: stage 0 (PT sweep) -> MSF for d in %s -> IST sweep -> report, output in %s", dims, out)
 
     pt = run_sweep(cfg, "pt")
+    if pt.jobs_failed:  # every IST setting divides by PT on its draws: MSF would be trained for nothing
+        from ipt_dist.errors import StageFailed
+
+        raise StageFailed(f"stage 0: {pt.jobs_failed} PT jobs failed ({pt.sweep_dir / 'failures.jsonl'}); MSF and "
+                          "IST need every PT result (the prompts, and the denominator of every draw). Run the same "
+                          "command again to retry them: finished jobs are skipped")
     msf_runs = []
     for d in dims:
         cfg_d = _msf_config(cfg, d)

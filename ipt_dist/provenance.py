@@ -35,6 +35,7 @@ __all__ = [
     "data_fingerprint",
     "draw_seed",
     "file_digest",
+    "prompt_digest",
     "mismatch_message",
     "msf_provenance",
     "prompt_provenance",
@@ -90,12 +91,28 @@ def data_fingerprint(cfg: IPTConfig, tasks: dict[str, TaskData], seed: int | Non
             "tasks": list(tasks), "train_digest": {n: split_digest(t.train) for n, t in tasks.items()}}
 
 
-def file_digest(path: str | Path) -> str:
+def file_digest(path: str | Path, length: int = 16) -> str:
+    """sha1 of a file's content; of a directory (a PEFT adapter), of each file's name and content in
+    name order. The first `length` hex digits."""
+    p = Path(path)
+    files = sorted(x for x in p.iterdir() if x.is_file()) if p.is_dir() else [p]
     h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
+    for name in files:
+        if p.is_dir():
+            h.update(name.name.encode() + b"\0")
+        with open(name, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:length]
+
+
+def prompt_digest(prompts_dir: str | Path, task: str, length: int = 16) -> str | None:
+    """`file_digest` of `task`'s stage-0 prompt (a prompt file or a PEFT adapter directory; see
+    `artifacts.find_prompt`), None when it has none."""
+    from ipt_dist.artifacts import find_prompt
+
+    p = find_prompt(prompts_dir, task)
+    return file_digest(p, length) if p.exists() else None
 
 
 def prompt_provenance(cfg: IPTConfig, task: TaskData, seed: int | None) -> dict:
@@ -109,11 +126,9 @@ def msf_provenance(cfg: IPTConfig, tasks: dict[str, TaskData], seed: int | None,
     """What an MSF checkpoint was trained from (the ``provenance`` of msf.json, single-process and
     distributed alike): its training tasks as loaded with data seed `seed`, the backbone, and the
     stage-0 prompt files of those tasks in `prompts_dir`."""
-    from ipt_dist.artifacts import prompt_path
-
     return {"version": VERSION, "data": data_fingerprint(cfg, tasks, seed),
             "backbone": backbone_fingerprint(cfg),
-            "prompts": {t: file_digest(prompt_path(prompts_dir, t)) for t in tasks}}
+            "prompts": {t: prompt_digest(prompts_dir, t) for t in tasks}}
 
 
 def check_decoder_provenance(recorded: dict | None, cfg: IPTConfig, same: dict[str, TaskData],
@@ -168,9 +183,11 @@ def check_msf_prompts(cfg: IPTConfig, tasks: dict[str, TaskData], seed: int | No
         (one problem listing every mismatch and the fix, or None; tasks whose prompt file records no
         provenance, not checked).
     """
-    from ipt_dist.artifacts import load_prompt, prompt_path
+    from ipt_dist.artifacts import find_prompt, load_prompt
 
-    metas = {t: load_prompt(prompt_path(prompts_dir, t))[1] for t in tasks}
+    paths = {t: find_prompt(prompts_dir, t) for t in tasks}
+    # a missing file is reported with every other one by load_task_prompts
+    metas = {t: load_prompt(p)[1] for t, p in paths.items() if p.exists()}
     mismatches, unrecorded = check_prompt_provenance(metas, cfg, tasks, seed)
     if not mismatches:
         return None, unrecorded

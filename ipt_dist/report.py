@@ -82,7 +82,8 @@ def plot_relative_performance(summary: dict, path: Path) -> bool:
     ax.set_xticks(ds, [str(d) for d in ds])
     ax.minorticks_off()
     ax.set_xlabel("intrinsic dimension d")
-    ax.set_ylabel("relative performance IST / PT, same draw (%)")
+    ax.set_ylabel(f"relative performance IST / PT, {_pairing(summary)} (%)", fontsize=9 if _is_paired(summary)
+                  else 7)
     ax.set_title("Recovered PT performance vs intrinsic dimension\n(bars: 95% bootstrap CI over tasks)",
                  fontsize=10)
     ax.legend(fontsize=7, loc="best")
@@ -101,6 +102,15 @@ def _best_columns(summary: dict) -> dict[str, str]:
             if s["setting"] not in best or d > best[s["setting"]][0]:
                 best[s["setting"]] = (d, s["column"])
     return {k: v[1] for k, v in best.items()}
+
+
+def _is_paired(summary: dict) -> bool:
+    """Summaries written before relative performance was paired per draw have no `<col>/pt` columns."""
+    return any(c.endswith("/pt") for c in summary.get("columns", []))
+
+
+def _pairing(summary: dict) -> str:
+    return "same draw" if _is_paired(summary) else "PT averaged over draws: an older, unpaired summary"
 
 
 def _paired_pt(summary: dict, row: dict, col: str):
@@ -129,7 +139,7 @@ def plot_ist_vs_pt(summary: dict, path: Path) -> bool:
     ax.plot([0, lim], [0, lim], color="grey", linewidth=0.8)
     ax.set_xlim(0, lim)
     ax.set_ylim(0, lim)
-    ax.set_xlabel("PT score (same draws)")
+    ax.set_xlabel(f"PT score ({_pairing(summary)})")
     ax.set_ylabel("IST score")
     ax.set_title("Per-task IST vs PT")
     ax.legend(fontsize=7)
@@ -272,7 +282,10 @@ def make_report(run_dir: str | Path) -> Path:
     lines = [f"# IPT report: {run.resolve()}", ""]
     figures = []
     if summary is not None:
-        lines += ["## Relative performance (IST / PT on the same draw)", "",
+        title = ("## Relative performance (IST / PT on the same draw)" if _is_paired(summary) else
+                 "## Relative performance (IST / PT averaged over draws: this summary predates pairing; run the "
+                 "IST sweep command again to rewrite it with paired ratios)")
+        lines += [title, "",
                   "| setting | d | decoder | tasks | mean score | mean PT | mean relative | 95% CI "
                   "| ratio of means |",
                   "|---|---|---|---|---|---|---|---|---|"]

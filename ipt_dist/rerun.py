@@ -31,8 +31,9 @@ _SECTIONS = {"pt": ("seed", "backbone", "data", "pt"), "msf": ("seed", "backbone
 _NOT_INPUTS = {"backbone.eval_batch_size", "backbone.cache_dir", "msf.prompts_dir", "ist.msf_checkpoint",
                "msf.eval_max_examples", "msf.checkpoint_every"}
 _TASK_LISTS = {"data.tasks", "data.unseen_tasks", "data.split_file"}  # which tasks, not how each is trained
-# `ipt ist` names each job by task, lr, seed and data seed: other values are other jobs, not changed ones.
-_IN_JOB_ID = {"ist": {"ist.lr", "ist.seed", "data.data_seed"}}
+# `ipt ist` names each job by task, lr and init seed: other values are other jobs, not changed ones.
+# (Its data seed is MSF's own draw, which `ipt ist` checks: another one is refused, not a new job.)
+_IN_JOB_ID = {"ist": {"ist.lr", "ist.seed"}}
 
 
 def stage_inputs(cfg: IPTConfig, stage: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -50,18 +51,11 @@ def stage_inputs(cfg: IPTConfig, stage: str, extra: dict[str, Any] | None = None
 def msf_inputs(cfg: IPTConfig, train_tasks: list[str], prompts_dir: str | Path) -> dict[str, Any]:
     """What an MSF checkpoint is trained from: its config fields, the resolved training tasks and the
     content digests of their stage-0 prompt files (None for a missing file)."""
-    import hashlib
-
-    from ipt_dist.artifacts import find_prompt
+    from ipt_dist.provenance import prompt_digest
 
     extra: dict[str, Any] = {"tasks": list(train_tasks)}
-    for t in train_tasks:
-        f = find_prompt(prompts_dir, t)  # a prompt file, or a PEFT adapter directory
-        files = sorted(p for p in f.iterdir() if p.is_file()) if f.is_dir() else [f] if f.is_file() else []
-        h = hashlib.sha1()
-        for p in files:  # a file: its content; a directory: each file's name and content
-            h.update((p.name.encode() + b"\0" if f.is_dir() else b"") + p.read_bytes())
-        extra[f"prompt:{t}"] = h.hexdigest()[:16] if files else None
+    for t in train_tasks:  # a prompt file, or a PEFT adapter directory
+        extra[f"prompt:{t}"] = prompt_digest(prompts_dir, t)
     inputs = stage_inputs(cfg, "msf", extra)
     inputs.pop("data.split_file", None)  # the resolved task list stands for it
     return inputs

@@ -104,3 +104,13 @@ def test_project_errors_are_user_errors():
 
     for cls in (ArtifactError, ConfigError, DataError, BackboneError):
         assert issubclass(cls, UserError) and issubclass(cls, ValueError)
+
+
+def test_a_failed_stage_is_one_line_and_exit_1(capsys):
+    from ipt_dist.errors import StageFailed
+
+    def failed():
+        raise StageFailed("stage 0: 2 PT jobs failed (x/failures.jsonl); run the same command again")
+
+    assert run_entry(failed) == 1
+    assert capsys.readouterr().err.startswith("error: stage 0: 2 PT jobs failed")

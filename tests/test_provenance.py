@@ -60,3 +60,31 @@ def test_a_checkpoint_without_provenance_is_one_clear_problem():
     assert check_decoder_provenance(None, cfg, {}, None) == [NO_PROVENANCE]
     assert mismatch_message("/ckpt", [NO_PROVENANCE], "retrain MSF") == \
         f"the MSF checkpoint /ckpt {NO_PROVENANCE}. Fix: retrain MSF"
+
+
+def test_adapter_prompts_are_digested_and_checked_like_prompt_files(tmp_path):
+    """A stage-0 prompt stored as a PEFT adapter directory (accepted by MSF) is fingerprinted by its
+    files' content: MSF provenance, the MSF reuse check and the sweep's checks see its changes."""
+    import torch
+
+    from ipt_dist.config import load_config
+    from ipt_dist.peft_io import adapter_config, write_adapter
+    from ipt_dist.provenance import check_msf_prompts, prompt_digest
+    from ipt_dist.rerun import msf_inputs
+
+    cfg = load_config(None, [f"output_dir={tmp_path}", "pt.prompt_len=4"])
+    prompts = tmp_path / "prompts"
+    conf = adapter_config(4, 8, encoder_decoder=True, base_model="tiny-t5")
+    write_adapter(prompts / "a", torch.ones(4, 8), conf, {})
+    first = prompt_digest(prompts, "a")
+    assert first is not None and prompt_digest(prompts, "missing") is None
+    assert msf_inputs(cfg, ["a"], prompts)["input.prompt:a"] == first
+    from ipt_dist.data.tasks import TaskData, TaskInfo
+
+    problem, unrecorded = check_msf_prompts(cfg, {"a": TaskData(TaskInfo(name="a"))}, None, prompts)
+    assert problem is None and unrecorded == ["a"]  # read (no crash); an adapter records no provenance
+    import shutil
+
+    shutil.rmtree(prompts / "a")
+    write_adapter(prompts / "a", torch.ones(4, 8) * 2, conf, {})
+    assert prompt_digest(prompts, "a") != first

@@ -63,3 +63,12 @@ def test_one_task_per_setting_gives_no_interval_and_still_plots(tmp_path):
     report = make_report(tmp_path).read_text()
     assert "[" not in report.split("## Relative performance")[1].split("\n\n")[1]  # a blank CI cell
     assert (tmp_path / "report" / "relative_performance.png").is_file()
+
+
+def test_a_summary_written_before_pairing_is_labelled_unpaired(tmp_path):
+    summary = write_run(tmp_path).to_dict()
+    summary["columns"] = [c for c in summary["columns"] if not c.endswith("/pt")]  # as written before pairing
+    (tmp_path / "ist_sweep" / "summary.json").write_text(json.dumps(summary))
+    text = make_report(tmp_path).read_text()
+    assert "IST / PT averaged over draws: this summary predates pairing" in text
+    assert "IST / PT on the same draw" not in text

@@ -40,6 +40,7 @@ from ipt_dist.artifacts import (
     append_jsonl,
     atomic_write_bytes,
     ensure_writable_dir,
+    find_prompt,
     load_msf_checkpoint,
     load_prompt,
     load_task_prompts,
@@ -49,6 +50,7 @@ from ipt_dist.artifacts import (
     save_prompt,
 )
 from ipt_dist.config import ConfigError, IPTConfig, config_from_dict, config_to_dict
+from ipt_dist.provenance import prompt_digest
 from ipt_dist.summary import Summary, pt_scores_by_draw, select_best_lr, summarize_ist, summarize_pt
 
 log = logging.getLogger(__name__)
@@ -384,6 +386,15 @@ def _check_pca(cfg: IPTConfig, decoders: dict[int, DecoderInfo], train: list[str
             except ArtifactError as exc:
                 problems.append(f"sweep.pca_decoder (d={d}) is computed from the stage-0 prompts of the MSF "
                                 f"training tasks: {exc}")
+                continue
+        read = (info.meta.get("provenance") or {}).get("prompts") or {}
+        now = {t: prompt_digest(_prompts_dir(cfg), t) for t in tasks if t in read}
+        changed = [t for t, digest in now.items() if digest is not None and digest != read[t]]
+        if changed:  # MSF vs PCA is a like-for-like comparison only over the same prompts
+            problems.append(f"sweep.pca_decoder (d={d}): the stage-0 prompt files of {', '.join(changed)} changed "
+                            f"since MSF d={d} read them, so the PCA baseline would span other prompts than MSF was "
+                            f"trained on. Fix: retrain MSF for d={d} on the current prompts, or restore the prompts "
+                            "it was trained on")
         if d > len(tasks) - 1:
             warnings.append(f"sweep.pca_decoder: d={d} exceeds the rank of {len(tasks)} centred prompts "
                             f"(at most {len(tasks) - 1}); the PCA decoder's extra dimensions are zero (inert)")
@@ -395,11 +406,11 @@ def _check_eval_prompts(cfg: IPTConfig, need: list[str], decoders: dict[int, Dec
     """Settings 1-2 encode stage-0 prompts: tuned on setting 3's draw with this backbone, and (seen
     tasks) the very files each MSF was trained on."""
     from ipt_dist.data.tasks import DataError
-    from ipt_dist.provenance import check_prompt_provenance, file_digest
+    from ipt_dist.provenance import check_prompt_provenance
     from ipt_dist.stages.common import load_raw
 
     pdir = _prompts_dir(cfg)
-    metas = {t: load_prompt(prompt_path(pdir, t))[1] for t in need}
+    metas = {t: load_prompt(find_prompt(pdir, t))[1] for t in need}
     seed = cfg.sweep.data_seeds[0] if cfg.sweep.data_seeds else None
     try:
         same = load_raw(cfg, need, seed) if seed is not None else {}
@@ -412,7 +423,7 @@ def _check_eval_prompts(cfg: IPTConfig, need: list[str], decoders: dict[int, Dec
                         + "\n    Fix: the PT sweep with this config writes them (its first data seed)")
     for d, info in sorted(decoders.items()):
         read = (info.meta.get("provenance") or {}).get("prompts") or {}
-        changed = [t for t in need if t in read and read[t] != file_digest(prompt_path(pdir, t))]
+        changed = [t for t in need if t in read and read[t] != prompt_digest(pdir, t)]
         if changed:
             problems.append(f"sweep.dims[{d}]: the stage-0 prompt files of {', '.join(changed)} changed since MSF "
                             f"read them (msf_seen would encode other prompts than MSF was trained on). Fix: retrain "
@@ -477,7 +488,7 @@ def _expand_ist(cfg: IPTConfig, train: list[str], unseen: list[str], decoders: d
     sw = cfg.sweep
     settings = set(sw.settings)
     pdir = _prompts_dir(cfg)
-    prompt_fp = {t: _file_digest(prompt_path(pdir, t)) for t in _msf_eval_tasks(cfg, train, unseen)}
+    prompt_fp = {t: prompt_digest(pdir, t, 40) for t in _msf_eval_tasks(cfg, train, unseen)}
     grid = []  # (setting, task, data seed) of the IST jobs; each runs once per lr
     if "ist_seen_same" in settings:
         grid += [("ist_seen_same", t, same) for t in train]
@@ -497,7 +508,7 @@ def _expand_ist(cfg: IPTConfig, train: list[str], unseen: list[str], decoders: d
                                   "shape": [m["d"], m["prompt_len"], m["hidden"], m["mid_dim"]]})
             else:  # PCA of the stage-0 prompts: changed prompt files (or d) give new ids
                 tasks = _pca_tasks(info, train)
-                dec_id = _digest({"pca": d, "prompts": {t: _file_digest(prompt_path(pdir, t)) for t in tasks}})
+                dec_id = _digest({"pca": d, "prompts": {t: prompt_digest(pdir, t, 40) for t in tasks}})
             common = {"stage": "ist", "d": d, "decoder": decoder,
                       "msf_run_id": info.msf_run_id if decoder == "msf" else None}
             if decoder == "msf":
@@ -564,14 +575,6 @@ def _prompts_dir(cfg: IPTConfig) -> Path:
     from ipt_dist.stages.msf import msf_prompts_dir
 
     return msf_prompts_dir(cfg).resolve()
-
-
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def expand_ipt_pt_jobs(plan: SweepPlan, records: list[dict]) -> list[JobSpec]:
@@ -817,7 +820,12 @@ def prepare_smoke(cfg: IPTConfig, stage: str) -> IPTConfig:
     if _prompts_dir(cfg) != out / "prompts":
         raise ConfigError(f"--smoke-test writes the stage-0 prompts to {out / 'prompts'} (PT sweep), but "
                           f"msf.prompts_dir is {cfg.msf.prompts_dir}: unset it for a smoke test")
-    run_sweep(cfg, "pt")  # prompt files already there (from an earlier smoke run or ipt pt) are kept
+    pt = run_sweep(cfg, "pt")  # prompt files already there (from an earlier smoke run or ipt pt) are kept
+    if pt.jobs_failed:
+        from ipt_dist.errors import StageFailed
+
+        raise StageFailed(f"smoke test: {pt.jobs_failed} stage-0 PT jobs failed ({pt.sweep_dir / 'failures.jsonl'}); "
+                          "run the same command again to retry them")
     dims = cfg.sweep.dims or {cfg.msf.d: str(out / f"msf_d{cfg.msf.d}")}
     for d, path in sorted(dims.items()):
         ckpt = Path(path)
@@ -987,8 +995,8 @@ class _Fanout:
                 tasks = self.plan.train_tasks + self.plan.unseen_tasks
                 prompts = {}
                 for t in tasks:
-                    p = prompt_path(_prompts_dir(self.plan.cfg), t)
-                    if p.is_file():
+                    p = find_prompt(_prompts_dir(self.plan.cfg), t)
+                    if p.exists():
                         prompts[t] = load_prompt(p)[0]
                 obj = {"meta": meta, "autoencoder": ae.state_dict(), "prompts": prompts}
             elif job.decoder == "random":

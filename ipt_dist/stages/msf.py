@@ -80,6 +80,14 @@ def run_msf(cfg: IPTConfig, tracker=None) -> dict:
     finished = _finished_msf(final, inputs)
     if finished is not None:
         return finished
+    # The prompts' draw and backbone are checked before anything is written or loaded.
+    raw = load_raw(cfg, split.train)
+    problem, unrecorded = check_msf_prompts(cfg, raw, cfg.data.data_seed, msf_prompts_dir(cfg))
+    if problem:
+        raise ArtifactError(problem)
+    if unrecorded:
+        log.warning("MSF: %d stage-0 prompt files record no provenance (%s): their draw and backbone are not "
+                    "checked", len(unrecorded), ", ".join(unrecorded[:5]))
     # Train into msf.partial/ and rename it to msf/ when done: msf/ only ever holds a finished run.
     partial = Path(cfg.output_dir) / "msf.partial"
     if partial.exists():
@@ -92,13 +100,6 @@ def run_msf(cfg: IPTConfig, tracker=None) -> dict:
     backbone = build_backbone(cfg.backbone, device)
     H, L = backbone.hidden_size, cfg.pt.prompt_len
     prompts = load_task_prompts(msf_prompts_dir(cfg), split.train, L, H, backbone.name).to(device)
-    raw = load_raw(cfg, split.train)
-    problem, unrecorded = check_msf_prompts(cfg, raw, cfg.data.data_seed, msf_prompts_dir(cfg))
-    if problem:
-        raise ArtifactError(problem)
-    if unrecorded:
-        log.warning("MSF: %d stage-0 prompt files record no provenance (%s): their draw and backbone are not "
-                    "checked", len(unrecorded), ", ".join(unrecorded[:5]))
     provenance = msf_provenance(cfg, raw, cfg.data.data_seed, msf_prompts_dir(cfg))
     tok = tokenize_raw(cfg, backbone, raw)
     data = [tok[t] for t in split.train]
