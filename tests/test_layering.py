@@ -37,3 +37,39 @@ def test_the_blocker_itself_works():
     root = Path(__file__).resolve().parents[1]
     r = subprocess.run([sys.executable, "-c", BLOCKER, "ray"], capture_output=True, text=True, cwd=root)
     assert r.returncode != 0 and "blocked import of ray" in r.stderr
+
+
+# Every import, module-level and inside functions (the blocker above only sees what importing runs).
+COMPONENT_FILES = ["config.py", "metrics.py", "artifacts.py", "tracking.py", "summary.py", "report.py", "peft_io.py",
+                   "provenance.py", "rerun.py", "errors.py", "data", "modeling", "train"]
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    import ast
+
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.append((node.lineno, node.module))
+    return found
+
+
+def test_every_import_of_components_and_drivers_points_down():
+    pkg = Path(__file__).resolve().parents[1] / "ipt_dist"
+    above = ("ipt_dist.stages", "ipt_dist.distributed", "ipt_dist.pipeline", "ipt_dist.cli")
+    bad = []
+    for name in COMPONENT_FILES:
+        for f in sorted([pkg / name] if name.endswith(".py") else (pkg / name).rglob("*.py")):
+            for line, mod in _imports(f):
+                if mod.startswith(above) or mod.split(".")[0] in ("ray", "deepspeed") or (
+                        mod.split(".")[0] == "mlflow" and f.name not in ("tracking.py", "report.py")):
+                    bad.append(f"{f.relative_to(pkg)}:{line} imports {mod}")
+    for f in sorted((pkg / "stages").glob("*.py")):  # drivers: components and stages.common only
+        for line, mod in _imports(f):
+            other_stage = mod.startswith("ipt_dist.stages.") and mod not in ("ipt_dist.stages.common",
+                                                                             f"ipt_dist.stages.{f.stem}")
+            if other_stage or mod.startswith(above[1:]) or mod.split(".")[0] in ("ray", "deepspeed"):
+                bad.append(f"{f.relative_to(pkg)}:{line} imports {mod}")
+    assert not bad, "imports that climb a layer:\n" + "\n".join(bad)
