@@ -38,7 +38,7 @@ __all__ = [
     "save_config",
 ]
 
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("float32", "bfloat16", "float16", "auto")
 SETTINGS = ("msf_seen", "msf_unseen", "ist_seen_same", "ist_seen_new", "ist_unseen")
 
 
@@ -56,6 +56,9 @@ class BackboneConfig:
     # Random-initialised model of a named architecture shape ("bart-base", "t5-large",
     # "llama-1b", ...) instead of loading weights: for benchmarks on machines without weights.
     arch: str | None = None
+    # The frozen backbone's dtype (prompts, z, the autoencoder and optimiser states stay fp32).
+    # "auto": bfloat16 where the device runs it fast (CUDA with bf16; a CPU with AVX512-bf16 or
+    # AMX), float32 otherwise; each driver resolves it once, says which, and records the result.
     dtype: str = "float32"
     # The reference trains with the frozen backbone in train mode (dropout on). Off makes
     # runs deterministic and packed == separate exactly.

@@ -150,7 +150,11 @@ def run_pipeline(cfg: IPTConfig, *, distributed_msf: bool = True) -> dict:
     from ipt_dist.report import log_report_to_mlflow, make_report
     from ipt_dist.tracking import resolve_tracking_uri
 
+    from ipt_dist.modeling.backbone import resolve_auto_dtype
+
     cfg = cfg.validate()
+    gpu = cfg.sweep.num_gpus > 0 or (distributed_msf and cfg.distributed.use_gpu)
+    cfg = resolve_auto_dtype(cfg, "cuda" if gpu else "cpu")  # once, so every stage records the same dtype
     out = Path(cfg.output_dir)
     dims = sorted(cfg.sweep.dims) or [cfg.msf.d]
     log.info("pipeline: stage 0 (PT sweep) -> MSF for d in %s -> IST sweep -> report, output in %s", dims, out)

@@ -186,6 +186,7 @@ def _fill(section: dict, key: str, value: Any, owner: str, where: str, problems:
 
 
 def _precision(ds: dict, dtype: str, problems: list[str]) -> None:
+    assert dtype != "auto", "backbone.dtype 'auto' must be resolved first (absolutize / resolve_auto_dtype)"
     wanted = {"bf16": dtype == "bfloat16", "fp16": dtype == "float16"}
     for key, on in wanted.items():
         section = ds.get(key)

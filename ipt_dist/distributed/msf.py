@@ -95,8 +95,10 @@ def absolutize(cfg: IPTConfig) -> IPTConfig:
     `ray job submit` runs the driver in a temporary copy of the working dir: relative paths are
     resolved there, which is why the docs ask for absolute `--out` and tracking URIs.
     """
+    from ipt_dist.modeling.backbone import resolve_auto_dtype
     from ipt_dist.tracking import resolve_tracking_uri
 
+    cfg = resolve_auto_dtype(cfg, "cuda" if cfg.distributed.use_gpu else "cpu")  # where the workers run
     out = _abs(cfg.output_dir)
     storage = cfg.distributed.storage_path or str(Path(out) / "ray_results")
     data_dir = cfg.data.data_dir if cfg.data.format == "hf" else _abs(cfg.data.data_dir)  # hf: a dataset name

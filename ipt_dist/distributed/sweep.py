@@ -192,7 +192,10 @@ def prepare_config(cfg: IPTConfig) -> IPTConfig:
     sweep.dims relative to output_dir (where `--smoke-test` trains them)."""
     from ipt_dist.stages.common import data_dir
 
+    from ipt_dist.modeling.backbone import resolve_auto_dtype
+
     cfg = config_from_dict(config_to_dict(cfg), "sweep config")
+    cfg = resolve_auto_dtype(cfg, "cuda" if cfg.sweep.num_gpus > 0 else "cpu")  # where the packs run
     if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") and not Path(cfg.output_dir).expanduser().is_absolute():
         log.warning("output_dir %r is relative and this driver runs under `ray job submit`, in a temporary "
                     "copy of --working-dir: results would be lost with it. Pass an absolute --out", cfg.output_dir)

@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from ipt_dist.artifacts import append_jsonl, ensure_writable_dir, load_decoder, read_jsonl, read_msf_meta
 from ipt_dist.config import ConfigError, IPTConfig
 from ipt_dist.modeling.autoencoder import random_decoder
-from ipt_dist.modeling.backbone import build_backbone
+from ipt_dist.modeling.backbone import build_backbone, resolve_auto_dtype
 from ipt_dist.provenance import check_decoder_provenance, file_digest, mismatch_message
 from ipt_dist.rerun import claim_stage_dir, recorded_inputs, stage_inputs
 from ipt_dist.stages.common import load_raw, load_tokenized, pick_device, resolve_tasks
@@ -66,6 +66,7 @@ def run_ist(cfg: IPTConfig, tracker=None) -> list[dict]:
         FileNotFoundError / ArtifactError: MSF checkpoint missing or not matching the backbone.
         ConfigError: the checkpoint was trained on another draw or backbone (`check_msf_provenance`).
     """
+    cfg = resolve_auto_dtype(cfg, pick_device().type)  # backbone.dtype "auto" -> what this device runs fast
     out = ensure_writable_dir(Path(cfg.output_dir) / "ist")
     split = resolve_tasks(cfg)
     check_msf_provenance(cfg, split.train)  # before the backbone loads

@@ -28,7 +28,7 @@ from ipt_dist.config import ConfigError, IPTConfig
 from ipt_dist.data.batching import TokenizedTask
 from ipt_dist.data.sampling import TaskBalancedSampler
 from ipt_dist.modeling.autoencoder import PromptAutoencoder
-from ipt_dist.modeling.backbone import Backbone, build_backbone
+from ipt_dist.modeling.backbone import Backbone, build_backbone, resolve_auto_dtype
 from ipt_dist.provenance import check_msf_prompts, msf_provenance
 from ipt_dist.rerun import claim_stage_dir, msf_inputs, recorded_inputs
 from ipt_dist.stages.common import load_raw, pick_device, resolve_tasks, tokenize_raw
@@ -73,6 +73,7 @@ def run_msf(cfg: IPTConfig, tracker=None) -> dict:
     Raises:
         ArtifactError: a training task without a usable stage-0 prompt (checked before training).
     """
+    cfg = resolve_auto_dtype(cfg, pick_device().type)  # backbone.dtype "auto" -> what this device runs fast
     final = Path(cfg.output_dir) / "msf"
     ensure_writable_dir(cfg.output_dir)
     split = resolve_tasks(cfg)

@@ -19,7 +19,7 @@ from ipt_dist.artifacts import (
     save_prompt,
 )
 from ipt_dist.config import ConfigError, IPTConfig
-from ipt_dist.modeling.backbone import build_backbone
+from ipt_dist.modeling.backbone import build_backbone, resolve_auto_dtype
 from ipt_dist.provenance import prompt_provenance
 from ipt_dist.rerun import claim_stage_dir, recorded_inputs, stage_inputs
 from ipt_dist.stages.common import load_raw, pick_device, resolve_tasks, tokenize_raw
@@ -42,6 +42,7 @@ def run_pt(cfg: IPTConfig, tasks: list[str] | None = None, tracker=None) -> list
     Writes `<output_dir>/prompts/<task>.safetensors` and `<output_dir>/pt/results.jsonl`.
     Returns the result records of all requested tasks (earlier ones read back from disk).
     """
+    cfg = resolve_auto_dtype(cfg, pick_device().type)  # backbone.dtype "auto" -> what this device runs fast
     out = ensure_writable_dir(cfg.output_dir)
     prompts_dir, results_file = out / "prompts", out / "pt" / "results.jsonl"
     tasks = tasks or resolve_tasks(cfg).all

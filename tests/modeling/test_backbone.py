@@ -136,3 +136,30 @@ def test_cut_inputs_are_counted_once_per_task(caplog):
     msgs = [r.getMessage() for r in caplog.records if "cutme" in r.getMessage()]
     assert len(msgs) == 1 and "3 of 4 inputs" in msgs[0] and "2 targets" in msgs[0], msgs
     assert max(len(x) for x in tok.train.inputs) == 8
+
+
+def test_auto_dtype_is_bf16_only_where_it_is_fast(monkeypatch):
+    from ipt_dist.config import load_config
+    from ipt_dist.modeling import backbone as bmod
+
+    fast, slow = "flags\t\t: fpu sse avx512f avx512_bf16 avx512vl\n", "flags\t\t: fpu sse avx2 avx512f\n"
+    assert bmod.resolve_dtype("auto", "cpu", fast)[0] == "bfloat16"
+    assert bmod.resolve_dtype("auto", "cpu", "flags\t: amx_bf16 amx_tile\n")[0] == "bfloat16"
+    assert bmod.resolve_dtype("auto", "cpu", slow) == ("float32", "CPU without AVX512-bf16 / AMX")
+    assert bmod.resolve_dtype("float32", "cpu", fast) == ("float32", "as configured")
+    if not torch.cuda.is_available():  # a CPU driver planning GPU work assumes bf16 and says so
+        assert bmod.resolve_dtype("auto", "cuda") == ("bfloat16", "CUDA target (assumed Ampere or newer: bf16)")
+    cfg = load_config(None, ["backbone.dtype=auto"])
+    monkeypatch.setattr(bmod, "_cpu_has_fast_bf16", lambda cpuinfo=None: False)
+    assert bmod.resolve_auto_dtype(cfg, "cpu").backbone.dtype == "float32"
+    monkeypatch.setattr(bmod, "_cpu_has_fast_bf16", lambda cpuinfo=None: True)
+    resolved = bmod.resolve_auto_dtype(cfg, "cpu")
+    assert resolved.backbone.dtype == "bfloat16" and cfg.backbone.dtype == "auto"  # a copy
+    b = build_backbone(replace_dtype(cfg.backbone, "auto"), "cpu")  # built directly: resolved for its device
+    assert next(b.model.parameters()).dtype == torch.bfloat16 and b.cfg.dtype == "bfloat16"
+
+
+def replace_dtype(bcfg, dtype):
+    from dataclasses import replace
+
+    return replace(bcfg, dtype=dtype)

@@ -14,10 +14,14 @@ INPUTS = [" [demo] a great movie", " [demo] bad plot", " [demo] the food was goo
 TARGETS = ["positive", "negative", "positive", "negative"]
 
 
-def test_pt_matches_peft_prompt_tuning_step_for_step():
+# bf16: PEFT computes its loss in bf16 (spacing 0.03 near 6) and trains its prompt in bf16, ours
+# reduces the bf16 logits in fp32 and keeps the prompt fp32: measured differences <= 0.032 (loss)
+# and 0.036 (prompt) over these 6 steps.
+@pytest.mark.parametrize("dtype, loss_tol, param_tol", [("float32", 1e-5, 1e-6), ("bfloat16", 0.05, 0.05)])
+def test_pt_matches_peft_prompt_tuning_step_for_step(dtype, loss_tol, param_tol):
     L, steps, lr, clip = 5, 6, 0.05, 0.1
-    ours = build_backbone(BackboneConfig(name_or_path="tiny-t5", dropout=False, label_smoothing=0.0))
-    theirs = build_backbone(BackboneConfig(name_or_path="tiny-t5", dropout=False, label_smoothing=0.0))
+    ours = build_backbone(BackboneConfig(name_or_path="tiny-t5", dropout=False, label_smoothing=0.0, dtype=dtype))
+    theirs = build_backbone(BackboneConfig(name_or_path="tiny-t5", dropout=False, label_smoothing=0.0, dtype=dtype))
     H = ours.hidden_size
     init = torch.randn(L, H, generator=torch.Generator().manual_seed(0)) * 0.02
 
@@ -46,5 +50,5 @@ def test_pt_matches_peft_prompt_tuning_step_for_step():
         torch.nn.utils.clip_grad_norm_([emb.weight], clip)
         popt.step()
         psched.step()
-        assert abs(float(our_loss) - float(out.loss)) < 1e-5, (step, float(our_loss), float(out.loss))
-    torch.testing.assert_close(prompt.detach()[0], emb.weight.detach(), rtol=1e-5, atol=1e-6)
+        assert abs(float(our_loss) - float(out.loss)) < loss_tol, (step, float(our_loss), float(out.loss))
+    torch.testing.assert_close(prompt.detach()[0], emb.weight.detach().float(), rtol=1e-5, atol=param_tol)
