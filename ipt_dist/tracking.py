@@ -250,25 +250,16 @@ VIEW_TAG = "mlflow.sharedViewState."
 OVERVIEW_VIEW, JOBS_VIEW = "ipt-overview", "ipt-jobs"
 OVERVIEW_FILTER = "tags.`mlflow.parentRunId` IS NULL"
 JOBS_FILTER = "tags.`ipt.role` = 'job'"
-_SETTING_ORDER = ("pt", "msf_seen", "msf_unseen", "ist_seen_same", "ist_seen_new", "ist_unseen", "ipt_pt", "pt_control")
 JOB_COLUMNS = (["params.`task`", "params.`setting`", "params.`d`", "params.`decoder`", "params.`lr`",
                 "params.`data_seed`"] + [f"metrics.`{k}`" for k in ("best_dev", "test", "pt_test", "relative")])
 
 
-def _headline_rank(key: str) -> tuple:
-    """Order of the overview's metric columns: PT, MSF, then settings in the paper's order and d."""
-    head, _, _ = key.partition("/")
-    random = head.endswith("_random")
-    head = head.removesuffix("_random")
-    setting, _, d = head.rpartition("_d") if "_d" in head else (head, "", "")
-    pos = _SETTING_ORDER.index(setting) if setting in _SETTING_ORDER else len(_SETTING_ORDER)
-    return (key != "pt/mean_test", key != "best_dev", random, pos, int(d) if d.isdigit() else 0, key)
-
-
 def headline_metrics(metric_keys) -> list[str]:
-    """The overview's columns: PT's mean test, MSF's best dev, every `<setting>_d<d>/mean_relative`."""
-    keys = {k for k in metric_keys if k in ("pt/mean_test", "best_dev") or k.endswith("/mean_relative")}
-    return sorted(keys, key=_headline_rank)
+    """The overview's columns: PT's mean test, MSF's best dev, every `<setting>_d<d>/mean_relative`.
+
+    Sorted by name: the runs table (MLflow 3.17) shows its metric columns in that order anyway.
+    """
+    return sorted({k for k in metric_keys if k in ("pt/mean_test", "best_dev") or k.endswith("/mean_relative")})
 
 
 def _view_state(search_filter: str, columns: list[str]) -> str:
@@ -277,7 +268,7 @@ def _view_state(search_filter: str, columns: list[str]) -> str:
     columns = ["attributes.`Duration`", *columns]
     return json.dumps({"searchFilter": search_filter, "orderByKey": "attributes.start_time", "orderByAsc": False,
                        "startTime": "ALL", "lifecycleFilter": "Active", "datasetsFilter": [],
-                       "modelVersionFilter": "All Runs", "selectedColumns": columns, "columnOrder": columns})
+                       "modelVersionFilter": "All Runs", "selectedColumns": columns})
 
 
 def publish_ui_views(client, experiment_id: str) -> str:
