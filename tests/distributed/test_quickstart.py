@@ -41,11 +41,40 @@ def quickstart_run(tmp_path_factory, ray_local):
     return out
 
 
+UI_PAGE = 100  # runs per page of the MLflow UI's runs table
+
+
+def _grow_ist_sweep(db: Path, n_jobs: int) -> None:
+    """Add copies of the IST sweep's jobs (same tags, params and final metrics, new job ids) until it
+    has `n_jobs`: a full sweep's jobs fill the UI's first page, which this small run's do not."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param
+
+    client = MlflowClient(f"sqlite:///{db}")
+    exp = client.get_experiment_by_name("ipt-quickstart").experiment_id
+    (ist,) = client.search_runs([exp], "tags.`ipt.role` = 'sweep' and tags.`ipt.stage` = 'ist'")
+    jobs = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{ist.info.run_id}'", max_results=1000)
+    for i in range(n_jobs - len(jobs)):
+        src = jobs[i % len(jobs)]
+        tags = {k: v for k, v in src.data.tags.items() if not k.startswith("mlflow.") or k == "mlflow.parentRunId"}
+        tags["ipt.job_id"] = f"{tags['ipt.job_id']}-copy{i}"
+        run = client.create_run(exp, run_name=src.info.run_name, tags=tags).info.run_id
+        client.log_batch(run, metrics=[Metric(k, v, 0, 0) for k, v in src.data.metrics.items()],
+                         params=[Param(k, v) for k, v in src.data.params.items()])
+        client.set_terminated(run)
+
+
 @pytest.fixture(scope="module")
-def quickstart_server(quickstart_run):
-    """One real `mlflow server` on loopback over the quickstart's store (start-up takes seconds to a minute)."""
+def quickstart_server(quickstart_run, tmp_path_factory):
+    """One real `mlflow server` on loopback (start-up takes seconds to a minute) over a copy of the
+    quickstart's store whose IST sweep is grown past the UI's first page."""
+    import shutil
+
+    db = tmp_path_factory.mktemp("ui_store") / "mlflow.db"
+    shutil.copyfile(quickstart_run / "mlflow.db", db)
+    _grow_ist_sweep(db, UI_PAGE + 10)
     port = free_port()
-    proc = start_mlflow_server(quickstart_run / "mlflow.db", port)
+    proc = start_mlflow_server(db, port)
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -117,9 +146,9 @@ def test_mlflow_server_shows_the_sweep_runs(quickstart_server):
 
 @pytest.mark.browser
 @pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)
-def test_mlflow_ui_shows_every_stage_on_the_first_screen(quickstart_run, quickstart_server, tmp_path):
-    """What a user following the README sees, rendered by a browser from the real UI (more jobs than
-    the table's first page of 100): the overview lists every stage's run with the headline metrics as
+def test_mlflow_ui_shows_every_stage_on_the_first_screen(quickstart_server, tmp_path):
+    """What a user following the README sees, rendered by a browser from the real UI (the IST sweep's
+    jobs fill the unfiltered table's first page, as in the full quickstart): the overview lists every stage's run with the headline metrics as
     columns; a sweep's view nests its jobs under it (expandable); the README's filter recipe finds
     jobs under their sweep."""
     import urllib.parse
@@ -128,12 +157,14 @@ def test_mlflow_ui_shows_every_stage_on_the_first_screen(quickstart_run, quickst
 
     from ipt_dist.tracking import OVERVIEW_FILTER, ui_view_path
 
-    client = MlflowClient(f"sqlite:///{quickstart_run / 'mlflow.db'}")
+    client = MlflowClient(quickstart_server)
     exp = client.get_experiment_by_name("ipt-quickstart").experiment_id
     top = client.search_runs([exp], OVERVIEW_FILTER, max_results=1000)
     sweeps = {r.data.tags["ipt.stage"]: r for r in top if r.data.tags.get("ipt.role") == "sweep"}
     assert set(sweeps) == {"pt", "ist"} and len(top) == 4  # PT sweep, MSF d=2 and d=8, IST sweep
-    assert len(client.search_runs([exp], "tags.`ipt.role` = 'job'", max_results=1000)) > 100  # > one page
+    first_page = client.search_runs([exp], max_results=UI_PAGE, order_by=["attributes.start_time DESC"])
+    hidden = {r.info.run_id for r in top} - {sweeps["ist"].info.run_id}
+    assert not hidden & {r.info.run_id for r in first_page}  # the unfiltered first page shows no other stage
     headline = ["pt/mean_test", "best_dev"] + [f"{s}_d{d}/mean_relative" for d in (2, 8) for s in (
         "msf_seen", "msf_unseen", "ist_seen_same", "ist_seen_new", "ist_unseen")]
     ist, pt = sweeps["ist"], sweeps["pt"]
