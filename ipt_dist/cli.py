@@ -124,6 +124,9 @@ def _run(args: argparse.Namespace) -> int:
         db = result["tracking_uri"]
         print(json.dumps(result, indent=1, default=str))
         print(f"\nreport: {result['report']}\nMLflow store: {db}\nopen the UI with: mlflow ui --backend-store-uri {db}")
+        if result.get("mlflow_view"):
+            ui = db.rstrip("/") if db.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+            print(f"then open {ui}{result['mlflow_view']} (every stage's run, headline metrics)")
         return 0
     cfg = load_cli_config(args)
     from ipt_dist.tracking import make_tracker

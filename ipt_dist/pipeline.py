@@ -140,6 +140,20 @@ def _mark_msf(cfg_d: IPTConfig) -> None:
                        json.dumps({"inputs": _msf_inputs(cfg_d)}, indent=1).encode())
 
 
+def _publish_ui_views(cfg: IPTConfig) -> str | None:
+    """The MLflow UI's overview of this experiment (all stages' runs, headline metrics); its URL path."""
+    from mlflow import MlflowClient
+
+    from ipt_dist.tracking import publish_ui_views, resolve_tracking_uri
+
+    try:
+        client = MlflowClient(resolve_tracking_uri(cfg))
+        return publish_ui_views(client, client.get_experiment_by_name(cfg.tracking.experiment).experiment_id)
+    except Exception as exc:  # noqa: BLE001 - a UI convenience; the runs are written
+        log.warning("could not write the MLflow UI views: %s", exc)
+        return None
+
+
 def run_pipeline(cfg: IPTConfig, *, distributed_msf: bool = True) -> dict:
     """Run all stages for `cfg` (its `sweep.dims` keys are the intrinsic dimensions).
 
@@ -199,8 +213,10 @@ def run_pipeline(cfg: IPTConfig, *, distributed_msf: bool = True) -> dict:
             log_report_to_mlflow(report, resolve_tracking_uri(cfg), parents)
         except Exception as exc:  # noqa: BLE001 - the report on disk is what matters
             log.warning("could not attach the report to MLflow: %s", exc)
+    view = _publish_ui_views(cfg) if cfg.tracking.enabled else None
     settings = {s["column"]: s.get("mean_relative") for s in ist.summary.settings}
     return {"output_dir": str(out), "report": str(report), "tracking_uri": resolve_tracking_uri(cfg),
+            "mlflow_view": view,
             "pt_parent_run": pt.parent_run_id, "ist_parent_run": ist.parent_run_id,
             "jobs": {"pt": pt.jobs_total, "ist": ist.jobs_total,
                      "failed": pt.jobs_failed + ist.jobs_failed},

@@ -238,3 +238,71 @@ def make_tracker(cfg: IPTConfig, run_name: str, *, enabled: bool = True, tags: d
     if log_config:
         tracker.log_params(flatten_config(cfg))
     return tracker
+
+
+# The MLflow UI's runs table loads 100 runs per page, newest first, and nests a child under its
+# parent only when both are loaded (mlflow#1896): a sweep's jobs fill the first page and hide the
+# other stages. The UI also opens an experiment on its GenAI traces tab. A *shared view* (an
+# experiment tag `mlflow.sharedViewState.<key>` that `.../runs?viewStateShareKey=<key>` opens)
+# fixes the filter, the order and the columns, so these views land where a user needs them.
+# (MLflow 3.17 reads its search facets and columns; pinned and expanded rows it does not share.)
+VIEW_TAG = "mlflow.sharedViewState."
+OVERVIEW_VIEW, JOBS_VIEW = "ipt-overview", "ipt-jobs"
+OVERVIEW_FILTER = "tags.`mlflow.parentRunId` IS NULL"
+JOBS_FILTER = "tags.`ipt.role` = 'job'"
+JOB_COLUMNS = (["params.`task`", "params.`setting`", "params.`d`", "params.`decoder`", "params.`lr`",
+                "params.`data_seed`"] + [f"metrics.`{k}`" for k in ("best_dev", "test", "pt_test", "relative")])
+
+
+def headline_metrics(metric_keys) -> list[str]:
+    """The overview's columns: PT's mean test, MSF's best dev, every `<setting>_d<d>/mean_relative`.
+
+    Sorted by name: the runs table (MLflow 3.17) shows its metric columns in that order anyway.
+    """
+    return sorted({k for k in metric_keys if k in ("pt/mean_test", "best_dev") or k.endswith("/mean_relative")})
+
+
+def _view_state(search_filter: str, columns: list[str]) -> str:
+    import json
+
+    columns = ["attributes.`Duration`", *columns]
+    return json.dumps({"searchFilter": search_filter, "orderByKey": "attributes.start_time", "orderByAsc": False,
+                       "startTime": "ALL", "lifecycleFilter": "Active", "datasetsFilter": [],
+                       "modelVersionFilter": "All Runs", "selectedColumns": columns})
+
+
+def publish_ui_views(client, experiment_id: str) -> str:
+    """Write the UI's two shared views of this experiment; returns the overview's URL path.
+
+    - `ipt-overview`: every top-level run (PT sweep, MSF per d, IST sweep, single-stage runs), with
+      the headline metrics of all of them as columns: what the README tells a user to open.
+    - `ipt-jobs`: the job runs, nested under their sweep, with task, setting, d, lr, seed and scores.
+    Re-publishing replaces both (new headline columns appear as stages finish).
+    """
+    keys: set[str] = set()
+    token = None
+    while True:  # top-level runs are few: one per stage and d, a few per pipeline
+        page = client.search_runs([experiment_id], OVERVIEW_FILTER, max_results=1000, page_token=token)
+        for run in page:
+            keys.update(run.data.metrics)
+        token = page.token
+        if not token:
+            break
+    overview = [f"metrics.`{k}`" for k in headline_metrics(keys)]
+    client.set_experiment_tag(experiment_id, VIEW_TAG + OVERVIEW_VIEW, _view_state(OVERVIEW_FILTER, overview))
+    client.set_experiment_tag(experiment_id, VIEW_TAG + JOBS_VIEW, _view_state(JOBS_FILTER, JOB_COLUMNS))
+    return ui_view_path(experiment_id)
+
+
+def publish_sweep_view(client, experiment_id: str, stage: str, sweep_key: str) -> str:
+    """Write the shared view `ipt-<stage>-jobs`: this sweep's jobs, nested under its parent run
+    (the UI fetches a loaded child's parent), newest 100 first; returns its URL path."""
+    view = f"ipt-{stage}-jobs"
+    search = f"tags.`ipt.sweep_key` = '{sweep_key}' and {JOBS_FILTER}"
+    client.set_experiment_tag(experiment_id, VIEW_TAG + view, _view_state(search, JOB_COLUMNS))
+    return ui_view_path(experiment_id, view)
+
+
+def ui_view_path(experiment_id: str, view: str = OVERVIEW_VIEW) -> str:
+    """The part of the MLflow UI's URL after host:port that opens a shared view of the runs table."""
+    return f"/#/experiments/{experiment_id}/runs?viewStateShareKey={view}"

@@ -90,3 +90,48 @@ def test_cli_refuses_a_bad_tracking_store_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: tracking.tracking_uri") and "Traceback" not in err
     assert not (tmp_path / "o" / "prompts").exists()  # nothing trained
+
+
+def test_headline_columns_are_the_stage_summaries():
+    from ipt_dist.tracking import headline_metrics
+
+    keys = ["ist_unseen_d8/mean_relative", "ist_unseen_d2/mean_relative", "msf_seen_d2/mean_relative",
+            "ist_unseen_d2_random/mean_relative", "pt/mean_test", "best_dev", "lm_loss", "jobs_done",
+            "ist_unseen_d2/mean_relative_ci_low", "pt_control/mean_relative", "relative", "dev_mean"]
+    assert headline_metrics(keys) == [
+        "best_dev", "ist_unseen_d2/mean_relative", "ist_unseen_d2_random/mean_relative",
+        "ist_unseen_d8/mean_relative", "msf_seen_d2/mean_relative", "pt/mean_test", "pt_control/mean_relative"]
+
+
+def test_ui_views_are_shared_view_tags_the_runs_table_opens(tmp_path):
+    """The overview filters to top-level runs with the headline columns; a sweep's view to its jobs.
+    (What the UI renders from them is checked in a real browser in tests/distributed/test_quickstart.py.)"""
+    import json
+
+    from mlflow import MlflowClient
+
+    from ipt_dist.tracking import VIEW_TAG, publish_sweep_view, publish_ui_views
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.create_experiment("views")
+    sweep = client.create_run(exp, run_name="ist-sweep", tags={"ipt.role": "sweep"}).info.run_id
+    client.log_metric(sweep, "ist_unseen_d2/mean_relative", 0.9)
+    client.log_metric(sweep, "ist_unseen_d2/mean_relative_ci_low", 0.8)
+    job = client.create_run(exp, run_name="job", tags={"ipt.role": "job", "mlflow.parentRunId": sweep,
+                                                      "ipt.sweep_key": "k1"}).info.run_id
+    client.log_metric(job, "lm_loss", 1.0)  # a child's metric is no headline
+    msf = client.create_run(exp, run_name="msf-d2").info.run_id
+    client.log_metric(msf, "best_dev", 0.5)
+
+    assert publish_ui_views(client, exp) == f"/#/experiments/{exp}/runs?viewStateShareKey=ipt-overview"
+    assert publish_sweep_view(client, exp, "ist", "k1") == f"/#/experiments/{exp}/runs?viewStateShareKey=ipt-ist-jobs"
+    tags = client.get_experiment(exp).tags
+    overview = json.loads(tags[VIEW_TAG + "ipt-overview"])
+    assert overview["selectedColumns"] == ["attributes.`Duration`", "metrics.`best_dev`",
+                                           "metrics.`ist_unseen_d2/mean_relative`"]
+    assert overview["orderByKey"] == "attributes.start_time"  # the UI nests children only in date order
+    found = client.search_runs([exp], overview["searchFilter"])
+    assert {r.info.run_name for r in found} == {"ist-sweep", "msf-d2"}
+    jobs = json.loads(tags[VIEW_TAG + "ipt-ist-jobs"])
+    assert [r.info.run_id for r in client.search_runs([exp], jobs["searchFilter"])] == [job]
+    assert "metrics.`relative`" in jobs["selectedColumns"]

@@ -317,11 +317,25 @@ class SweepTracker:
                     if (sdir / name).is_file():
                         self.client.log_artifact(self.parent_run_id, str(sdir / name), "summary")
                 self.client.set_terminated(self.parent_run_id, status)
+                self._publish_views()
                 return
             except Exception as exc:  # noqa: BLE001
                 log.warning("MLflow: closing the parent run failed (attempt %d/3): %s", attempt + 1, exc)
                 if attempt < 2:
                     time.sleep(2.0)
+
+    def _publish_views(self) -> None:
+        """Refresh the MLflow UI's overview and jobs views (their columns follow the metrics logged)."""
+        from ipt_dist.tracking import publish_sweep_view, publish_ui_views
+
+        try:
+            jobs = publish_sweep_view(self.client, self.experiment_id, self.stage, self.key)
+            path = publish_ui_views(self.client, self.experiment_id)
+        except Exception as exc:  # noqa: BLE001 - a UI convenience; the runs are written
+            log.warning("MLflow: the UI views were not written (%s)", exc)
+            return
+        log.info("MLflow UI: %s shows every stage's run with the headline metrics, %s this sweep's jobs",
+                 path, jobs)
 
 
 def make_sweep_tracker(cfg: IPTConfig, stage: str, sweep_dir: Path):

@@ -69,6 +69,36 @@ def stop_mlflow_server(proc: subprocess.Popen) -> None:
         proc.wait(timeout=30)
 
 
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+NO_CHROMIUM = "needs `chromium` on PATH for a headless render of the MLflow UI (Debian/Ubuntu: apt-get install -y chromium)"
+
+
+def render_page(url: str, profile: Path, budget_ms: int = 10000) -> str:
+    """The DOM of `url` after the page's scripts ran (headless Chromium, a fresh profile so that no saved
+    UI state from another render applies; a wide window so that the runs table renders every column)."""
+    cmd = [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", f"--user-data-dir={profile}",
+           "--window-size=6000,1600", f"--virtual-time-budget={budget_ms}", "--dump-dom", url]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=True).stdout
+
+
+def page_text(dom: str) -> list[str]:
+    """The visible text pieces of a dumped DOM, in order."""
+    import html
+    import re
+
+    body = re.sub(r"<(style|script)\b.*?</\1>", "", dom, flags=re.DOTALL)
+    return [t.strip() for t in html.unescape(re.sub(r"<[^>]+>", "\n", body)).split("\n") if t.strip()]
+
+
+def run_name_cell_has_expander(dom: str, run_id: str) -> bool:
+    """Whether the runs table's name cell of `run_id` holds the expand button of a parent with loaded children."""
+    import re
+
+    cells = re.findall(r'role="gridcell"[^>]*col-id="attributes.`Run Name`".*?</a>', dom, flags=re.DOTALL)
+    mine = [c for c in cells if f"/runs/{run_id}\"" in c]
+    return bool(mine) and all("<button" in c for c in mine)
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     import ray

@@ -1,5 +1,5 @@
 """`ipt quickstart` end to end (local Ray, Ray Train + DeepSpeed MSF, sweeps, report), and the
-MLflow UI view of its runs through a real `mlflow server` on loopback."""
+MLflow UI view of its runs through a real `mlflow server` on loopback, rendered in headless Chromium."""
 
 from __future__ import annotations
 
@@ -7,7 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.distributed.conftest import free_port, start_mlflow_server, stop_mlflow_server
+from tests.distributed.conftest import (
+    CHROMIUM,
+    NO_CHROMIUM,
+    free_port,
+    page_text,
+    render_page,
+    run_name_cell_has_expander,
+    start_mlflow_server,
+    stop_mlflow_server,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
@@ -30,6 +39,46 @@ def quickstart_run(tmp_path_factory, ray_local):
         args += ["--set", s]
     assert main(args) == 0
     return out
+
+
+UI_PAGE = 100  # runs per page of the MLflow UI's runs table
+
+
+def _grow_ist_sweep(db: Path, n_jobs: int) -> None:
+    """Add copies of the IST sweep's jobs (same tags, params and final metrics, new job ids) until it
+    has `n_jobs`: a full sweep's jobs fill the UI's first page, which this small run's do not."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param
+
+    client = MlflowClient(f"sqlite:///{db}")
+    exp = client.get_experiment_by_name("ipt-quickstart").experiment_id
+    (ist,) = client.search_runs([exp], "tags.`ipt.role` = 'sweep' and tags.`ipt.stage` = 'ist'")
+    jobs = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{ist.info.run_id}'", max_results=1000)
+    for i in range(n_jobs - len(jobs)):
+        src = jobs[i % len(jobs)]
+        tags = {k: v for k, v in src.data.tags.items() if not k.startswith("mlflow.") or k == "mlflow.parentRunId"}
+        tags["ipt.job_id"] = f"{tags['ipt.job_id']}-copy{i}"
+        run = client.create_run(exp, run_name=src.info.run_name, tags=tags).info.run_id
+        client.log_batch(run, metrics=[Metric(k, v, 0, 0) for k, v in src.data.metrics.items()],
+                         params=[Param(k, v) for k, v in src.data.params.items()])
+        client.set_terminated(run)
+
+
+@pytest.fixture(scope="module")
+def quickstart_server(quickstart_run, tmp_path_factory):
+    """One real `mlflow server` on loopback (start-up takes seconds to a minute) over a copy of the
+    quickstart's store whose IST sweep is grown past the UI's first page."""
+    import shutil
+
+    db = tmp_path_factory.mktemp("ui_store") / "mlflow.db"
+    shutil.copyfile(quickstart_run / "mlflow.db", db)
+    _grow_ist_sweep(db, UI_PAGE + 10)
+    port = free_port()
+    proc = start_mlflow_server(db, port)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_mlflow_server(proc)
 
 
 def _is_png(path: Path) -> bool:
@@ -70,32 +119,73 @@ def test_quickstart_writes_report_plots_and_mlflow_runs(quickstart_run):
     assert all(m.data.metrics for m in msf) and {"lm_loss", "rec_loss"} <= set(msf[0].data.metrics)
 
 
-def test_mlflow_server_shows_the_sweep_runs(quickstart_run, tmp_path):
-    """What the MLflow UI shows: parent/child runs, params (task, d, lr, seed), metrics."""
+def test_mlflow_server_shows_the_sweep_runs(quickstart_server):
+    """What the MLflow UI's API serves: parent/child runs, params (task, d, lr, seed), metrics."""
     from mlflow import MlflowClient
 
-    port = free_port()
-    proc = start_mlflow_server(quickstart_run / "mlflow.db", port)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        client = MlflowClient(url)
-        exp = client.get_experiment_by_name("ipt-quickstart")
-        parents = client.search_runs([exp.experiment_id], "tags.`ipt.role` = 'sweep'")
-        assert len(parents) == 2
-        ist_parent = next(p for p in parents if "ist" in (p.info.run_name or ""))
-        assert any(k.endswith("mean_relative") for k in ist_parent.data.metrics)
-        children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{ist_parent.info.run_id}'",
-                                      max_results=1000)
-        ist_children = [c for c in children if c.data.params.get("role") == "ist"]
-        assert ist_children
-        for c in ist_children:
-            assert {"task", "d", "lr", "data_seed"} <= set(c.data.params)
-            assert {"best_dev", "test"} <= set(c.data.metrics)
-        assert any("relative" in c.data.metrics for c in ist_children)
-        # the UI's compare view filters like this: one task, one d
-        c0 = ist_children[0]
-        same = client.search_runs([exp.experiment_id],
-                                  f"params.task = '{c0.data.params['task']}' and params.d = '{c0.data.params['d']}'")
-        assert c0.info.run_id in {r.info.run_id for r in same}
-    finally:
-        stop_mlflow_server(proc)
+    client = MlflowClient(quickstart_server)
+    exp = client.get_experiment_by_name("ipt-quickstart")
+    parents = client.search_runs([exp.experiment_id], "tags.`ipt.role` = 'sweep'")
+    assert len(parents) == 2
+    ist_parent = next(p for p in parents if "ist" in (p.info.run_name or ""))
+    assert any(k.endswith("mean_relative") for k in ist_parent.data.metrics)
+    children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{ist_parent.info.run_id}'",
+                                  max_results=1000)
+    ist_children = [c for c in children if c.data.params.get("role") == "ist"]
+    assert ist_children
+    for c in ist_children:
+        assert {"task", "d", "lr", "data_seed"} <= set(c.data.params)
+        assert {"best_dev", "test"} <= set(c.data.metrics)
+    assert any("relative" in c.data.metrics for c in ist_children)
+    # the UI's compare view filters like this: one task, one d
+    c0 = ist_children[0]
+    same = client.search_runs([exp.experiment_id],
+                              f"params.task = '{c0.data.params['task']}' and params.d = '{c0.data.params['d']}'")
+    assert c0.info.run_id in {r.info.run_id for r in same}
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)
+def test_mlflow_ui_shows_every_stage_on_the_first_screen(quickstart_server, tmp_path):
+    """What a user following the README sees, rendered by a browser from the real UI (the IST sweep's
+    jobs fill the unfiltered table's first page, as in the full quickstart): the overview lists every stage's run with the headline metrics as
+    columns; a sweep's view nests its jobs under it (expandable); the README's filter recipe finds
+    jobs under their sweep."""
+    import urllib.parse
+
+    from mlflow import MlflowClient
+
+    from ipt_dist.tracking import OVERVIEW_FILTER, ui_view_path
+
+    client = MlflowClient(quickstart_server)
+    exp = client.get_experiment_by_name("ipt-quickstart").experiment_id
+    top = client.search_runs([exp], OVERVIEW_FILTER, max_results=1000)
+    sweeps = {r.data.tags["ipt.stage"]: r for r in top if r.data.tags.get("ipt.role") == "sweep"}
+    assert set(sweeps) == {"pt", "ist"} and len(top) == 4  # PT sweep, MSF d=2 and d=8, IST sweep
+    first_page = client.search_runs([exp], max_results=UI_PAGE, order_by=["attributes.start_time DESC"])
+    hidden = {r.info.run_id for r in top} - {sweeps["ist"].info.run_id}
+    assert not hidden & {r.info.run_id for r in first_page}  # the unfiltered first page shows no other stage
+    headline = ["pt/mean_test", "best_dev"] + [f"{s}_d{d}/mean_relative" for d in (2, 8) for s in (
+        "msf_seen", "msf_unseen", "ist_seen_same", "ist_seen_new", "ist_unseen")]
+    ist, pt = sweeps["ist"], sweeps["pt"]
+
+    dom = render_page(quickstart_server + ui_view_path(exp), tmp_path / "overview")
+    text = page_text(dom)
+    for run in top:
+        assert run.info.run_name in text, f"{run.info.run_name} not on the overview: {text}"
+    for column in headline:
+        assert column in text, f"column {column} not on the overview"
+    assert text[text.index("matching runs") - 1] == str(len(top))
+    assert any(t[:5] == repr(ist.data.metrics["ist_unseen_d8/mean_relative"])[:5] for t in text)  # values too
+
+    # the oldest sweep: its jobs are never on the first page of the unfiltered table
+    dom = render_page(quickstart_server + ui_view_path(exp, "ipt-pt-jobs"), tmp_path / "pt_jobs")
+    text = page_text(dom)
+    assert pt.info.run_name in text and {"task", "lr", "best_dev", "test"} <= set(text)
+    assert run_name_cell_has_expander(dom, pt.info.run_id), "the PT sweep cannot be expanded into its jobs"
+
+    recipe = urllib.parse.quote("params.setting = 'ist_unseen' and params.d = '8'")  # README's recipe at d=8
+    dom = render_page(f"{quickstart_server}/#/experiments/{exp}/runs?searchFilter={recipe}", tmp_path / "recipe")
+    text = page_text(dom)
+    assert ist.info.run_name in text and run_name_cell_has_expander(dom, ist.info.run_id)
+    assert int(text[text.index("matching runs") - 1]) > 1
