@@ -8,7 +8,8 @@ parent, the way each mode does it, into its own store, and reports seconds per c
 
   per_value: one MLflow call per param, metric value and tag (log_param / log_metric / set_tag),
              the naive way, for reference;
-  tracker:   `SweepTracker.log_job` of this checkout (batched: `log_batch` within MLflow's limits).
+  tracker:   `SweepTracker.log_job` of this checkout (batched: `log_batch` within MLflow's limits),
+             with the job's draw as a dataset input where the tracker supports it.
 
 `--tracker-module FILE` times another copy of sweep_tracking.py as mode `tracker_old` (e.g.
 `git show main:ipt_dist/distributed/sweep_tracking.py > /tmp/old.py`), so two versions are
@@ -68,8 +69,8 @@ def run_mode(mode: str, module, records: list[dict], tmp: Path, cfg) -> float:
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     tracker = module.SweepTracker(uri, "bench", module.sweep_key("ist", tmp), "ist-sweep", "ist", tmp)
     tracker.start(cfg)  # experiment + parent: not timed
-    if hasattr(tracker, "use_train_digests"):  # this checkout: dataset inputs per (task, draw)
-        tracker.use_train_digests({(r["task"], r["data_seed"]): "0123456789abcdef" for r in records})
+    if hasattr(tracker, "use_train_digests"):  # dataset inputs per (task, draw), from the plan's digests
+        tracker.use_train_digests(cfg, {(r["task"], r["data_seed"]): ("0123456789abcdef", 6) for r in records})
     param = tmp / "z.safetensors"
     param.write_bytes(b"\0" * 4096)
     client = MlflowClient(uri)
