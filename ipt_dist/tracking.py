@@ -330,6 +330,8 @@ def log_msf_model(tracker, ckpt_dir: str | Path, name: str | None = None) -> Non
     best_dev at its step. Never raises: a checkpoint without a readable msf.json is skipped with a
     warning, and MLflow failures are queued and retried like every tracker call.
     """
+    if getattr(tracker, "run_id", None) is None:  # NullTracker: nothing to log, nothing to read
+        return
     try:
         meta = json.loads((Path(ckpt_dir) / "msf.json").read_text())
     except (OSError, ValueError) as exc:
