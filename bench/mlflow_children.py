@@ -70,8 +70,9 @@ def run_mode(mode: str, module, records: list[dict], tmp: Path, cfg) -> float:
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     tracker = module.SweepTracker(uri, "bench", module.sweep_key("ist", tmp), "ist-sweep", "ist", tmp)
     tracker.start(cfg)  # experiment + parent: not timed
-    if mode != "tracker_no_inputs" and hasattr(tracker, "use_train_digests"):  # dataset inputs per (task, draw), from the plan's digests
-        tracker.use_train_digests(cfg, {(r["task"], r["data_seed"]): ("0123456789abcdef", 6) for r in records})
+    if mode != "tracker_no_inputs" and hasattr(tracker, "use_train_digests"):  # a dataset input per child
+        draws = {(r["task"], r["data_seed"]): ("0123456789abcdef", 6) for r in records}
+        tracker.use_train_digests(cfg, draws)
     param = tmp / "z.safetensors"
     param.write_bytes(b"\0" * 4096)
     client = MlflowClient(uri)
@@ -102,7 +103,8 @@ def main() -> None:
     p.add_argument("--children", type=int, default=40, help="children per mode and round")
     p.add_argument("--curve", type=int, default=20, help="points per dev / train-loss curve")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--modes", nargs="+", default=["per_value", "tracker"], choices=["per_value", "tracker", "tracker_no_inputs"])
+    p.add_argument("--modes", nargs="+", default=["per_value", "tracker"],
+                   choices=["per_value", "tracker", "tracker_no_inputs"])
     p.add_argument("--tracker-module", help="another sweep_tracking.py, timed as mode tracker_old")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -120,7 +122,8 @@ def main() -> None:
     print(f"| mode | s per child: median of {args.rounds} rounds x {args.children} | min | all rounds |")
     print("|---|---|---|---|")
     for mode, ts in times.items():
-        print(f"| {mode} | {statistics.median(ts):.4f} | {min(ts):.4f} | {', '.join(f'{t:.4f}' for t in ts)} |")
+        rounds = ", ".join(f"{t:.4f}" for t in ts)
+        print(f"| {mode} | {statistics.median(ts):.4f} | {min(ts):.4f} | {rounds} |")
 
 
 if __name__ == "__main__":

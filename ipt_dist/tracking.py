@@ -225,8 +225,9 @@ class MLflowTracker:
             self.client.log_model_artifact(model_id, f)
         if metrics:
             ts = int(time.time() * 1000)
-            self.client.log_batch(self.run_id, metrics=[Metric(_metric_key(k), float(v), ts, step, model_id=model_id)
-                                                        for k, v in metrics.items() if math.isfinite(v)])
+            items = [Metric(_metric_key(k), float(v), ts, step, model_id=model_id)
+                     for k, v in metrics.items() if math.isfinite(v)]
+            self.client.log_batch(self.run_id, metrics=items)
         self.client.finalize_logged_model(model_id, "READY")
         self.client.log_outputs(self.run_id, [LoggedModelOutput(model_id, step)])
         self.model_ids.append(model_id)
@@ -340,15 +341,17 @@ def log_msf_model(tracker, ckpt_dir: str | Path, name: str | None = None) -> Non
     prov = meta.get("provenance") or {}
     tasks = [str(t) for t in meta.get("tasks") or []]
     prov_digest = record_digest(prov) if prov else "none"
-    params = {"d": meta.get("d"), "backbone": meta.get("backbone"), "tasks": _fit(tasks), "n_tasks": len(tasks),
-              "tasks_digest": hashlib.sha1(json.dumps(tasks).encode()).hexdigest()[:16],
-              "data_seed": (prov.get("data") or {}).get("data.data_seed"), "prompt_len": meta.get("prompt_len"),
-              "hidden": meta.get("hidden"), "mid_dim": meta.get("mid_dim"), "provenance_digest": prov_digest}
+    params = {"d": meta.get("d"), "backbone": meta.get("backbone"), "tasks": _fit(tasks),
+              "n_tasks": len(tasks), "tasks_digest": hashlib.sha1(json.dumps(tasks).encode()).hexdigest()[:16],
+              "data_seed": (prov.get("data") or {}).get("data.data_seed"),
+              "prompt_len": meta.get("prompt_len"), "hidden": meta.get("hidden"), "mid_dim": meta.get("mid_dim"),
+              "provenance_digest": prov_digest}
     tags = {"ipt.stage": "msf", "ipt.provenance_digest": prov_digest}
     metrics = {"best_dev": meta["best_dev"]} if isinstance(meta.get("best_dev"), (int, float)) else {}
     files = [Path(ckpt_dir) / f for f in MSF_MODEL_FILES if (Path(ckpt_dir) / f).is_file()]
-    tracker.log_model(name or f"msf-d{meta.get('d')}", files, params={k: v for k, v in params.items() if v is not None},
-                      tags=tags, metrics=metrics, step=int(meta.get("step") or 0))
+    tracker.log_model(name or f"msf-d{meta.get('d')}", files,
+                      params={k: v for k, v in params.items() if v is not None}, tags=tags, metrics=metrics,
+                      step=int(meta.get("step") or 0))
 
 
 def _metric_key(k: str) -> str:

@@ -107,7 +107,8 @@ def _seeded_msf_cfg(tiny_cfg, uri: str):
 
     tiny_cfg.data.train_size, tiny_cfg.data.data_seed = 6, 42
     tiny_cfg.msf.steps, tiny_cfg.msf.eval_every = 2, 2
-    tiny_cfg.tracking.enabled, tiny_cfg.tracking.tracking_uri, tiny_cfg.tracking.experiment = True, uri, "models"
+    tiny_cfg.tracking.enabled, tiny_cfg.tracking.tracking_uri = True, uri
+    tiny_cfg.tracking.experiment = "models"
     raw = load_raw(tiny_cfg, tiny_cfg.data.tasks, 42)
     for t, task in raw.items():
         save_prompt(prompt_path(tiny_cfg.out / "prompts", t), torch.zeros(4, 64), backbone="tiny-t5",
@@ -204,7 +205,8 @@ def test_sweep_children_carry_their_draw_as_a_dataset_input_and_batched_values(t
     cfg = load_config(None, tiny_overrides(tmp_path, demo_dir) + ["data.train_size=6", "data.data_seed=42"])
     jobs = [SimpleNamespace(task=t, data_seed=s) for t in ("demo_topic", "demo_parity") for s in (42, 13)]
     digests = _check_data(cfg, jobs)
-    assert digests[("demo_topic", 13)] == (split_digest(load_raw(cfg, ["demo_topic"], 13)["demo_topic"].train), 6)
+    topic13 = load_raw(cfg, ["demo_topic"], 13)["demo_topic"]
+    assert digests[("demo_topic", 13)] == (split_digest(topic13.train), 6)
     assert digests[("demo_topic", 13)] != digests[("demo_topic", 42)]  # another draw, another digest
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -229,7 +231,8 @@ def test_sweep_children_carry_their_draw_as_a_dataset_input_and_batched_values(t
         assert [(t.key, t.value) for t in inp.tags] == [("mlflow.data.context", context)]
         # the values the one-call-per-batch write must carry, exactly
         assert run.data.params == {k: str(rec[k]) for k in PARAM_FIELDS if rec.get(k) is not None}
-        assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "dev")] == [(5, 0.4), (10, 0.5)]
+        dev = client.get_metric_history(run.info.run_id, "dev")
+        assert [(m.step, m.value) for m in dev] == [(5, 0.4), (10, 0.5)]
         assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 10
         scalars = {k: v for k, v in run.data.metrics.items() if k not in ("dev", "train_loss")}
         expected = {"best_dev": 0.5, "test": 0.25, "best_step": 10.0, "seconds": 1.5}

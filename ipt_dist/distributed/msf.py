@@ -822,6 +822,10 @@ def _end_mlflow(cfg: IPTConfig, run_id: str | None, status: str, model_dir: Path
     tracker = MLflowTracker(cfg.tracking.tracking_uri, cfg.tracking.experiment, run_id=run_id)
     if model_dir is not None:
         log_msf_model(tracker, model_dir)
+        if not tracker.flush(retries=3, wait=2.0):  # closing the run must not wait behind the model
+            log.error("MLflow run %s: the autoencoder in %s was not logged as a LoggedModel", run_id,
+                      model_dir)
+            tracker = MLflowTracker(cfg.tracking.tracking_uri, cfg.tracking.experiment, run_id=run_id)
     tracker.end(status)
 
 

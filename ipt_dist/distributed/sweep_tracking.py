@@ -103,7 +103,8 @@ class SweepTracker:
         each child gets its draw as a dataset input (none for a draw not in `digests`)."""
         from ipt_dist.tracking import draw_dataset
 
-        self._draws = {(t, s): draw_dataset(cfg, t, s, digest, rows) for (t, s), (digest, rows) in digests.items()}
+        self._draws = {(t, s): draw_dataset(cfg, t, s, digest, rows)
+                       for (t, s), (digest, rows) in digests.items()}
 
     # ------------------------------------------------------------------ parent
     def start(self, cfg: IPTConfig, attempts: int = 3, wait: float = 2.0) -> None:

@@ -254,10 +254,11 @@ def test_stopped_run_continues_with_resume(zero3_run):
     meta = json.loads((out / "msf" / "msf.json").read_text())
     assert model.params["d"] == str(meta["d"]) and model.params["tasks"] == ",".join(TRAIN_TASKS)
     assert model.params["backbone"] == meta["backbone"] and str(model.status) == "READY"
-    assert sorted(a.path for a in MlflowClient(record["tracking_uri"]).list_logged_model_artifacts(model.model_id)) \
-        == ["autoencoder.safetensors", "msf.json"]
+    arts = MlflowClient(record["tracking_uri"]).list_logged_model_artifacts(model.model_id)
+    assert sorted(a.path for a in arts) == ["autoencoder.safetensors", "msf.json"]
     digests = meta["provenance"]["data"]["train_digest"]
-    assert {(d.dataset.name.split("@")[0], d.dataset.digest) for d in run.inputs.dataset_inputs} == set(digests.items())
+    inputs = run.inputs.dataset_inputs
+    assert {(d.dataset.name.split("@")[0], d.dataset.digest) for d in inputs} == set(digests.items())
 
 
 # ----------------------------------------------------------------------------- loss reduction x ZeRO x accum

@@ -177,7 +177,8 @@ def test_sweep_completes_with_mlflow_parent_children_and_summary(main_sweep, sta
     from ipt_dist.provenance import split_digest
     from ipt_dist.stages.common import load_raw
 
-    draws = {(t, s): split_digest(load_raw(cfg, [t], s)[t].train) for t, s in {(r["task"], r["data_seed"]) for r in recs}}
+    pairs = {(r["task"], r["data_seed"]) for r in recs}
+    draws = {(t, s): split_digest(load_raw(cfg, [t], s)[t].train) for t, s in pairs}
     for c in children:
         rec = by_id[c.data.tags["ipt.job_id"]]
         [inp] = client.get_run(c.info.run_id).inputs.dataset_inputs
