@@ -1,4 +1,5 @@
-"""Tracking helpers that need no server: URI resolution and MLflow's HTTP retry defaults."""
+"""Tracking without a server: URI resolution, MLflow's HTTP retry defaults, and on an SQLite store
+the MLflow 3 entities (MSF LoggedModels, task draws as dataset inputs, batched child runs)."""
 
 from __future__ import annotations
 
