@@ -39,6 +39,7 @@ __all__ = [
     "mismatch_message",
     "msf_provenance",
     "prompt_provenance",
+    "record_digest",
     "split_digest",
 ]
 
@@ -81,6 +82,12 @@ def split_digest(examples: Iterable[Example]) -> str:
         h.update(json.dumps([ex.input, list(ex.outputs), list(ex.options or ())]).encode())
         h.update(b"\n")
     return h.hexdigest()[:16]
+
+
+def record_digest(record: dict, length: int = 16) -> str:
+    """Digest of a provenance record (canonical JSON): a short value for places with length limits
+    (MLflow params and tags); equal records give equal digests."""
+    return hashlib.sha1(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:length]
 
 
 def data_fingerprint(cfg: IPTConfig, tasks: dict[str, TaskData], seed: int | None) -> dict:

@@ -3,17 +3,25 @@
 Only rank 0 of a Ray Train run, or the sweep driver, holds a real tracker. Logging errors
 never stop training: a failed call is queued and retried (the results files stay the
 source of truth).
+
+MLflow 3 entities: each task's few-shot draw is a dataset input of the runs that use it
+(`draw_dataset`: name `<task>@<data seed>`, digest = the training split's content digest of
+`ipt_dist.provenance`), and an MSF autoencoder is a `LoggedModel` of its run (`log_msf_model`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import math
 import os
 import time
 from pathlib import Path
 from typing import Any
 
 from ipt_dist.config import ConfigError, IPTConfig, flatten_config
+from ipt_dist.provenance import draw_seed, record_digest
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +126,9 @@ class NullTracker:
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
     def set_tags(self, tags: dict[str, Any]) -> None: ...
+    def log_inputs(self, datasets: list[dict]) -> None: ...
+    def log_model(self, name: str, files: list[str | Path], *, params: dict | None = None,
+                  tags: dict | None = None, metrics: dict | None = None, step: int = 0) -> None: ...
     def flush(self) -> None: ...
     def end(self, status: str = "FINISHED") -> None: ...
 
@@ -135,7 +146,7 @@ class MLflowTracker:
         if run_id is not None:
             self.run_id = run_id
         else:
-            exp_id = get_or_create_experiment(self.client, experiment)
+            exp_id = get_or_create_experiment(self.client, experiment, tracking_uri)
             all_tags = dict(tags or {})
             if parent_run_id:
                 all_tags["mlflow.parentRunId"] = parent_run_id
@@ -144,6 +155,7 @@ class MLflowTracker:
             self.run_id = self.client.create_run(exp_id, run_name=run_name,
                                                  tags={k: str(v) for k, v in all_tags.items()}).info.run_id
         self._pending: list[tuple[str, tuple, dict]] = []
+        self.model_ids: list[str] = []  # LoggedModels written by this tracker
 
     def _call(self, name: str, *args, **kwargs) -> None:
         self._pending.append((name, args, kwargs))
@@ -169,24 +181,56 @@ class MLflowTracker:
     def _do_params(self, params: dict) -> None:
         from mlflow.entities import Param
 
-        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
-        for i in range(0, len(items), 100):
-            self.client.log_batch(self.run_id, params=items[i : i + 100])
+        items = [Param(k, str(v)[:MAX_VALUE_LEN]) for k, v in params.items()]
+        for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
+            self.client.log_batch(self.run_id, params=items[i : i + MAX_PARAMS_PER_BATCH])
 
     def _do_metrics(self, metrics: dict, step: int | None) -> None:
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
         items = [Metric(_metric_key(k), float(v), ts, step or 0) for k, v in metrics.items() if v == v]
-        for i in range(0, len(items), 500):
-            self.client.log_batch(self.run_id, metrics=items[i : i + 500])
+        for i in range(0, len(items), MAX_METRICS_PER_BATCH):
+            self.client.log_batch(self.run_id, metrics=items[i : i + MAX_METRICS_PER_BATCH])
 
     def _do_artifact(self, path: str, artifact_path: str | None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
     def _do_tags(self, tags: dict) -> None:
-        for k, v in tags.items():
-            self.client.set_tag(self.run_id, k, str(v))
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, str(v)[:MAX_VALUE_LEN]) for k, v in tags.items()]
+        for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
+            self.client.log_batch(self.run_id, tags=items[i : i + MAX_PARAMS_PER_BATCH])
+
+    def _do_inputs(self, datasets: list[dict]) -> None:
+        items = dataset_inputs(datasets)
+        for i in range(0, len(items), MAX_DATASETS_PER_CALL):
+            self.client.log_inputs(self.run_id, datasets=items[i : i + MAX_DATASETS_PER_CALL])
+
+    def _do_model(self, name: str, files: list[str], params: dict, tags: dict, metrics: dict, step: int,
+                  state: dict) -> None:
+        # `state` keeps the model id across retries: a retry after a failed upload continues that
+        # model instead of creating a second one.
+        from mlflow.entities import LoggedModelOutput, Metric
+
+        if state.get("model_id") is None:
+            exp_id = self.client.get_run(self.run_id).info.experiment_id
+            state["model_id"] = self.client.create_logged_model(
+                exp_id, name=name, source_run_id=self.run_id, model_type=MSF_MODEL_TYPE,
+                params={k: str(v)[:MAX_VALUE_LEN] for k, v in params.items()},
+                tags={k: str(v)[:MAX_VALUE_LEN] for k, v in tags.items()}).model_id
+        model_id = state["model_id"]
+        for f in files:
+            self.client.log_model_artifact(model_id, f)
+        if metrics:
+            ts = int(time.time() * 1000)
+            items = [Metric(_metric_key(k), float(v), ts, step, model_id=model_id)
+                     for k, v in metrics.items() if math.isfinite(v)]
+            self.client.log_batch(self.run_id, metrics=items)
+        self.client.finalize_logged_model(model_id, "READY")
+        self.client.log_outputs(self.run_id, [LoggedModelOutput(model_id, step)])
+        self.model_ids.append(model_id)
 
     def _do_end(self, status: str) -> None:
         self.client.set_terminated(self.run_id, status)
@@ -203,10 +247,111 @@ class MLflowTracker:
     def set_tags(self, tags: dict[str, Any]) -> None:
         self._call("tags", tags)
 
+    def log_inputs(self, datasets: list[dict]) -> None:
+        """Dataset inputs of this run (see `draw_dataset`)."""
+        if datasets:
+            self._call("inputs", datasets)
+
+    def log_model(self, name: str, files: list[str | Path], *, params: dict | None = None,
+                  tags: dict | None = None, metrics: dict | None = None, step: int = 0) -> None:
+        """`files` as a READY `LoggedModel` named `name` whose source run is this run (listed in the
+        run's outputs), with model params, tags and metrics. The files must stay until it is sent."""
+        self._call("model", name, [str(f) for f in files], dict(params or {}), dict(tags or {}),
+                   dict(metrics or {}), int(step), {})
+
     def end(self, status: str = "FINISHED") -> None:
         self._call("end", status)
         if not self.flush(retries=5, wait=2.0):
             log.error("MLflow run %s: %d logging calls could not be sent", self.run_id, len(self._pending))
+
+
+# MLflow's limits (mlflow.utils.validation): per log_batch call 1000 metrics, 100 params, 100 tags;
+# param values up to 6000 characters; dataset digests up to 36, names up to 500.
+MAX_METRICS_PER_BATCH, MAX_PARAMS_PER_BATCH, MAX_VALUE_LEN = 1000, 100, 6000
+MAX_DATASETS_PER_CALL = 1000
+MSF_MODEL_TYPE = "ipt-msf-autoencoder"
+MSF_MODEL_FILES = ("autoencoder.safetensors", "msf.json")  # what `save_msf_checkpoint` writes
+
+
+def draw_dataset(cfg: IPTConfig, task: str, data_seed: int | None, digest: str, rows: int | None = None,
+                 context: str = "training") -> dict:
+    """One task's few-shot draw as an MLflow dataset input (a plain dict; `dataset_inputs` builds
+    the entities): name `<task>@<data seed>` (`<task>@all` when no seed picks the draw, see
+    `provenance.draw_seed`), digest = `provenance.split_digest` of its training split (nothing is
+    read here), source = where the task's files are, profile = its number of training examples.
+    """
+    seed = draw_seed(cfg, data_seed)
+    if cfg.data.format == "hf":
+        source_type, source = "huggingface", {"path": cfg.data.data_dir}
+    else:
+        root = Path(cfg.data.data_dir).expanduser() if cfg.data.data_dir else Path(cfg.output_dir) / "demo_data"
+        source_type, source = "local", {"uri": str(root.resolve() / task)}
+    return {"name": f"{task}@{'all' if seed is None else seed}", "digest": digest, "source_type": source_type,
+            "source": json.dumps({**source, "data_seed": seed, "split": "train"}),
+            "profile": None if rows is None else json.dumps({"num_rows": rows}), "context": context}
+
+
+def dataset_inputs(datasets: list[dict]) -> list:
+    """MLflow `DatasetInput`s of `draw_dataset` dicts, context tag `mlflow.data.context`."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    return [DatasetInput(Dataset(d["name"][:500], d["digest"][:36], d["source_type"], d["source"],
+                                 profile=d.get("profile")), [InputTag(MLFLOW_DATASET_CONTEXT, d["context"])])
+            for d in datasets]
+
+
+def msf_datasets(cfg: IPTConfig, provenance: dict | None, sizes: dict[str, int] | None = None) -> list[dict]:
+    """The training draws of an MSF run as dataset inputs, from its provenance record (`msf_provenance`)."""
+    data = (provenance or {}).get("data") or {}
+    return [draw_dataset(cfg, t, data.get("data.data_seed"), digest, (sizes or {}).get(t))
+            for t, digest in (data.get("train_digest") or {}).items()]
+
+
+def _fit(values: list[str], limit: int = MAX_VALUE_LEN) -> str:
+    """Comma-joined, cut to MLflow's value limit with a count of what was left out."""
+    joined = ",".join(values)
+    if len(joined) <= limit:
+        return joined
+    kept: list[str] = []
+    for v in values:
+        if len(",".join([*kept, v])) + 40 > limit:
+            break
+        kept.append(v)
+    return ",".join(kept) + f",... (+{len(values) - len(kept)} more; all in msf.json)"
+
+
+def log_msf_model(tracker, ckpt_dir: str | Path, name: str | None = None) -> None:
+    """Log an exported MSF checkpoint (`autoencoder.safetensors` + `msf.json`) as a `LoggedModel`
+    of the tracker's run, found with e.g. `mlflow.search_logged_models(filter_string="params.d = '4'")`.
+
+    Params: d, backbone, tasks (comma-joined; cut with a count beyond MLflow's 6000 characters),
+    n_tasks, tasks_digest, data_seed, prompt_len, hidden, mid_dim, provenance_digest (the
+    provenance fingerprint of msf.json, which the model's own msf.json holds in full). Metric:
+    best_dev at its step. Never raises: a checkpoint without a readable msf.json is skipped with a
+    warning, and MLflow failures are queued and retried like every tracker call.
+    """
+    if getattr(tracker, "run_id", None) is None:  # NullTracker: nothing to log, nothing to read
+        return
+    try:
+        meta = json.loads((Path(ckpt_dir) / "msf.json").read_text())
+    except (OSError, ValueError) as exc:
+        log.warning("MLflow: MSF checkpoint %s not logged as a model (%s)", ckpt_dir, exc)
+        return
+    prov = meta.get("provenance") or {}
+    tasks = [str(t) for t in meta.get("tasks") or []]
+    prov_digest = record_digest(prov) if prov else "none"
+    params = {"d": meta.get("d"), "backbone": meta.get("backbone"), "tasks": _fit(tasks),
+              "n_tasks": len(tasks), "tasks_digest": hashlib.sha1(json.dumps(tasks).encode()).hexdigest()[:16],
+              "data_seed": (prov.get("data") or {}).get("data.data_seed"),
+              "prompt_len": meta.get("prompt_len"), "hidden": meta.get("hidden"), "mid_dim": meta.get("mid_dim"),
+              "provenance_digest": prov_digest}
+    tags = {"ipt.stage": "msf", "ipt.provenance_digest": prov_digest}
+    metrics = {"best_dev": meta["best_dev"]} if isinstance(meta.get("best_dev"), (int, float)) else {}
+    files = [Path(ckpt_dir) / f for f in MSF_MODEL_FILES if (Path(ckpt_dir) / f).is_file()]
+    tracker.log_model(name or f"msf-d{meta.get('d')}", files,
+                      params={k: v for k, v in params.items() if v is not None}, tags=tags, metrics=metrics,
+                      step=int(meta.get("step") or 0))
 
 
 def _metric_key(k: str) -> str:
@@ -214,13 +359,22 @@ def _metric_key(k: str) -> str:
     return "".join(c if c.isalnum() or c in "_-. /" else "_" for c in k)
 
 
-def get_or_create_experiment(client, name: str) -> str:
-    """Create the experiment once (from one process) and return its id; safe against races."""
+def artifact_location(tracking_uri: str) -> str | None:
+    """Where a new experiment keeps its artifacts: next to an SQLite database (`mlartifacts/`), not
+    MLflow's default ./mlruns under whatever the current directory is; None (MLflow's choice) otherwise."""
+    if not tracking_uri.startswith("sqlite:///") or tracking_uri.endswith(":memory:"):
+        return None
+    return (Path(tracking_uri[len("sqlite:///"):]).resolve().parent / "mlartifacts").as_uri()
+
+
+def get_or_create_experiment(client, name: str, tracking_uri: str | None = None) -> str:
+    """Create the experiment once (from one process) and return its id; safe against races.
+    With an SQLite `tracking_uri` its artifacts go next to the database (`artifact_location`)."""
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
     try:
-        return client.create_experiment(name)
+        return client.create_experiment(name, artifact_location=artifact_location(tracking_uri or ""))
     except Exception:  # noqa: BLE001 - another process created it first
         exp = client.get_experiment_by_name(name)
         if exp is None:

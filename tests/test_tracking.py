@@ -1,7 +1,9 @@
-"""Tracking helpers that need no server: URI resolution and MLflow's HTTP retry defaults."""
+"""Tracking without a server: URI resolution, MLflow's HTTP retry defaults, and on an SQLite store
+the MLflow 3 entities (MSF LoggedModels, task draws as dataset inputs, batched child runs)."""
 
 from __future__ import annotations
 
+import json
 import os
 
 from ipt_dist.config import load_config
@@ -135,3 +137,152 @@ def test_ui_views_are_shared_view_tags_the_runs_table_opens(tmp_path):
     jobs = json.loads(tags[VIEW_TAG + "ipt-ist-jobs"])
     assert [r.info.run_id for r in client.search_runs([exp], jobs["searchFilter"])] == [job]
     assert "metrics.`relative`" in jobs["selectedColumns"]
+
+
+# ----------------------------------------------------------------------------- MLflow 3: models and datasets
+
+
+def _seeded_msf_cfg(tiny_cfg, uri: str):
+    """tiny_cfg on a seeded draw (train_size 6, data seed 42), tracking on, with stage-0 prompt files
+    recording that draw (zeros: MSF only needs their shape and provenance here)."""
+    import torch
+
+    from ipt_dist.artifacts import prompt_path, save_prompt
+    from ipt_dist.provenance import prompt_provenance
+    from ipt_dist.stages.common import load_raw
+
+    tiny_cfg.data.train_size, tiny_cfg.data.data_seed = 6, 42
+    tiny_cfg.msf.steps, tiny_cfg.msf.eval_every = 2, 2
+    tiny_cfg.tracking.enabled, tiny_cfg.tracking.tracking_uri = True, uri
+    tiny_cfg.tracking.experiment = "models"
+    raw = load_raw(tiny_cfg, tiny_cfg.data.tasks, 42)
+    for t, task in raw.items():
+        save_prompt(prompt_path(tiny_cfg.out / "prompts", t), torch.zeros(4, 64), backbone="tiny-t5",
+                    provenance=prompt_provenance(tiny_cfg, task, 42))
+    return raw
+
+
+def test_msf_run_is_a_logged_model_with_its_training_draws_as_dataset_inputs(tiny_cfg, tmp_path, monkeypatch):
+    """`ipt msf` with tracking: the autoencoder is a READY LoggedModel of the run, found by
+    search_logged_models with d, backbone, tasks and the provenance digest as params and the
+    checkpoint files as artifacts; each training task's draw is a dataset input of the run."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from ipt_dist.provenance import record_digest, split_digest
+    from ipt_dist.stages.msf import run_msf
+    from ipt_dist.tracking import make_tracker
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    raw = _seeded_msf_cfg(tiny_cfg, uri)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)  # artifacts must go next to the database, not to ./mlruns
+    tracker = make_tracker(tiny_cfg, "msf-d4")
+    run_msf(tiny_cfg, tracker=tracker)
+    tracker.end()
+    meta = json.loads((tiny_cfg.out / "msf" / "msf.json").read_text())
+
+    client = MlflowClient(uri)
+    exp_id = client.get_experiment_by_name("models").experiment_id
+    mlflow.set_tracking_uri(uri)
+    [model] = mlflow.search_logged_models(experiment_ids=[exp_id], output_format="list",
+                                          filter_string="params.d = '4' AND params.backbone = 'tiny-t5'")
+    assert model.name == "msf-d4" and model.source_run_id == tracker.run_id and str(model.status) == "READY"
+    p = model.params
+    assert p["tasks"] == ",".join(tiny_cfg.data.tasks) and p["n_tasks"] == "3" and p["data_seed"] == "42"
+    assert p["provenance_digest"] == record_digest(meta["provenance"]) == model.tags["ipt.provenance_digest"]
+    assert {m.key: m.value for m in model.metrics} == {"best_dev": meta["best_dev"]}
+    assert sorted(a.path for a in client.list_logged_model_artifacts(model.model_id)) == [
+        "autoencoder.safetensors", "msf.json"]
+    assert not (cwd / "mlruns").exists() and (tmp_path / "mlartifacts").is_dir()
+
+    run = client.get_run(tracker.run_id)
+    assert [o.model_id for o in run.outputs.model_outputs] == [model.model_id]
+    got = {(d.dataset.name, d.dataset.digest, json.loads(d.dataset.profile)["num_rows"],
+            {t.key: t.value for t in d.tags}["mlflow.data.context"]) for d in run.inputs.dataset_inputs}
+    assert got == {(f"{t}@42", split_digest(raw[t].train), 6, "training") for t in tiny_cfg.data.tasks}
+    assert got == {(f"{t}@42", meta["provenance"]["data"]["train_digest"][t], 6, "training")
+                   for t in tiny_cfg.data.tasks}
+
+
+def test_logged_model_failing_for_a_moment_is_retried_once_without_duplicates(tmp_path):
+    """A blocked artifact store fails the upload: the call is queued, nothing raises, and the retry
+    finishes the same model (one model, READY) instead of creating a second one."""
+    import mlflow
+
+    from ipt_dist.tracking import MLflowTracker, log_msf_model
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    ckpt = tmp_path / "msf"
+    ckpt.mkdir()
+    (ckpt / "autoencoder.safetensors").write_bytes(b"weights")
+    long_tasks = [f"task_{i:04d}_with_a_long_name" for i in range(400)]  # > 6000 characters joined
+    (ckpt / "msf.json").write_text(json.dumps({"d": 8, "backbone": "b", "tasks": long_tasks, "best_dev": 0.5,
+                                               "step": 3, "provenance": {"data": {"data.data_seed": 7}}}))
+    tracker = MLflowTracker(uri, "retry", "msf-d8")
+    (tmp_path / "mlartifacts").write_text("a file where the artifact directory should be")
+    log_msf_model(tracker, ckpt)
+    assert tracker._pending and not tracker.model_ids  # queued, not raised
+    (tmp_path / "mlartifacts").unlink()
+    assert tracker.flush()
+    mlflow.set_tracking_uri(uri)
+    exp_id = tracker.client.get_experiment_by_name("retry").experiment_id
+    [model] = mlflow.search_logged_models(experiment_ids=[exp_id], output_format="list")
+    assert tracker.model_ids == [model.model_id] and str(model.status) == "READY"
+    assert len(model.params["tasks"]) <= 6000 and model.params["tasks"].endswith("more; all in msf.json)")
+    assert model.params["n_tasks"] == "400" and model.params["data_seed"] == "7"
+
+
+def test_sweep_children_carry_their_draw_as_a_dataset_input_and_batched_values(tmp_path, demo_dir):
+    """The plan's data check digests each (task, draw) once; every child gets its draw as a dataset
+    input (the same digest MSF and the prompts record for that draw), and its params, curves and
+    scores in one batched call."""
+    from types import SimpleNamespace
+
+    from mlflow import MlflowClient
+
+    from ipt_dist.distributed.sweep import _check_data
+    from ipt_dist.distributed.sweep_tracking import PARAM_FIELDS, SweepTracker, sweep_key
+    from ipt_dist.provenance import split_digest
+    from ipt_dist.stages.common import load_raw
+    from tests.conftest import tiny_overrides
+
+    cfg = load_config(None, tiny_overrides(tmp_path, demo_dir) + ["data.train_size=6", "data.data_seed=42"])
+    jobs = [SimpleNamespace(task=t, data_seed=s) for t in ("demo_topic", "demo_parity") for s in (42, 13)]
+    digests = _check_data(cfg, jobs)
+    topic13 = load_raw(cfg, ["demo_topic"], 13)["demo_topic"]
+    assert digests[("demo_topic", 13)] == (split_digest(topic13.train), 6)
+    assert digests[("demo_topic", 13)] != digests[("demo_topic", 42)]  # another draw, another digest
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = SweepTracker(uri, "draws", sweep_key("ist", tmp_path), "ist-sweep", "ist", tmp_path)
+    tracker.use_train_digests(cfg, digests)
+    tracker.start(cfg)
+    recs = [{"job_id": f"ist-{t}-{s}", "task": t, "role": "ist", "kind": "ist", "setting": "ist_seen_new",
+             "seen": True, "data_seed": s, "seed": s, "lr": 0.1, "d": 4, "decoder": "msf", "msf_run_id": "r",
+             "metric": "acc", "z_source": None, "backbone": "tiny-t5", "best_dev": 0.5, "test": 0.25,
+             "best_step": 10, "seconds": 1.5, "dev_curve": [[5, 0.4], [10, 0.5]],
+             "loss_curve": [[k, 2.0 - k / 10] for k in range(1, 11)]} for t, s in digests]
+    recs.append({**recs[0], "job_id": "eval-topic", "role": "msf_eval", "kind": "msf_eval", "lr": None})
+    assert tracker.catch_up(recs, tmp_path, {("demo_topic", 42): 0.5}) == len(recs)
+
+    client = MlflowClient(uri)
+    for rec in recs:
+        run = client.get_run(tracker.children[rec["job_id"]])
+        [inp] = run.inputs.dataset_inputs
+        assert inp.dataset.name == f"{rec['task']}@{rec['data_seed']}"
+        assert inp.dataset.digest == digests[(rec["task"], rec["data_seed"])][0]
+        context = "evaluation" if rec["kind"] == "msf_eval" else "training"
+        assert [(t.key, t.value) for t in inp.tags] == [("mlflow.data.context", context)]
+        # the values the one-call-per-batch write must carry, exactly
+        assert run.data.params == {k: str(rec[k]) for k in PARAM_FIELDS if rec.get(k) is not None}
+        dev = client.get_metric_history(run.info.run_id, "dev")
+        assert [(m.step, m.value) for m in dev] == [(5, 0.4), (10, 0.5)]
+        assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 10
+        scalars = {k: v for k, v in run.data.metrics.items() if k not in ("dev", "train_loss")}
+        expected = {"best_dev": 0.5, "test": 0.25, "best_step": 10.0, "seconds": 1.5}
+        if (rec["task"], rec["data_seed"]) == ("demo_topic", 42):
+            expected |= {"pt_test": 0.5, "relative": 0.5}
+        assert scalars == expected
+        assert run.data.tags["ipt.logged"] == "1" and run.info.status == "FINISHED"

@@ -606,8 +606,11 @@ def train_func(config: dict) -> None:
 # ==================================================================================== driver
 
 
-def _mlflow_run(cfg: IPTConfig, record: dict | None, tags: dict) -> str | None:
-    """Create the run's single MLflow run in the driver (or reopen it on --resume); returns its id."""
+def _mlflow_run(cfg: IPTConfig, record: dict | None, tags: dict, datasets: list[dict] = ()) -> str | None:
+    """Create the run's single MLflow run in the driver (or reopen it on --resume); returns its id.
+
+    `datasets`: the training draws (`tracking.msf_datasets`), logged as the new run's dataset inputs.
+    """
     if not cfg.tracking.enabled:
         return None
     from mlflow import MlflowClient
@@ -633,6 +636,9 @@ def _mlflow_run(cfg: IPTConfig, record: dict | None, tags: dict) -> str | None:
     tracker.log_params(flatten_config(cfg))
     if not tracker.flush(retries=3, wait=1.0):
         raise DistributedMSFError(f"MLflow at {uri} did not accept the run's parameters; see the log above")
+    tracker.log_inputs(list(datasets))
+    if not tracker.flush(retries=3, wait=1.0):  # best effort: never stops training
+        log.warning("MLflow run %s: the training tasks' dataset inputs were not logged", tracker.run_id)
     return tracker.run_id
 
 
@@ -746,7 +752,9 @@ def run_distributed_msf(cfg: IPTConfig, *, resume: bool = False, smoke_test: boo
             "split": _split_name(cfg), "zero_stage": zero_stage(ds_config),
             "num_workers": cfg.distributed.num_workers,
             "ds_config": Path(cfg.distributed.ds_config).name, "ray_run": name}
-    mlflow_run_id = _mlflow_run(cfg, record, tags)
+    from ipt_dist.tracking import msf_datasets
+
+    mlflow_run_id = _mlflow_run(cfg, record, tags, msf_datasets(cfg, checked["provenance"], checked["sizes"]))
     record = {"ray_run": name, "mlflow_run_id": mlflow_run_id, "storage_path": cfg.distributed.storage_path,
               "tracking_uri": cfg.tracking.tracking_uri if cfg.tracking.enabled else None}
     atomic_write_bytes(run_dir / RUN_FILE, json.dumps(record, indent=2).encode())
@@ -801,18 +809,26 @@ def run_distributed_msf(cfg: IPTConfig, *, resume: bool = False, smoke_test: boo
                "ray_checkpoint": result.checkpoint.path, "mlflow_run_id": mlflow_run_id,
                "zero_stage": zero_stage(ds_config), "num_workers": d.num_workers}
     atomic_write_bytes(run_dir / "summary.json", json.dumps(summary, indent=2).encode())
-    _end_mlflow(cfg, mlflow_run_id, "FINISHED")
+    _end_mlflow(cfg, mlflow_run_id, "FINISHED", model_dir=out)
     log.info("distributed MSF done: best mean dev %.4f at step %d -> %s", summary["best_dev"],
              summary["best_step"], out)
     return summary
 
 
-def _end_mlflow(cfg: IPTConfig, run_id: str | None, status: str) -> None:
+def _end_mlflow(cfg: IPTConfig, run_id: str | None, status: str, model_dir: Path | None = None) -> None:
+    """Close the run; with `model_dir` (the exported checkpoint) first log it as the run's LoggedModel."""
     if run_id is None:
         return
-    from ipt_dist.tracking import MLflowTracker
+    from ipt_dist.tracking import MLflowTracker, log_msf_model
 
-    MLflowTracker(cfg.tracking.tracking_uri, cfg.tracking.experiment, run_id=run_id).end(status)
+    tracker = MLflowTracker(cfg.tracking.tracking_uri, cfg.tracking.experiment, run_id=run_id)
+    if model_dir is not None:
+        log_msf_model(tracker, model_dir)
+        if not tracker.flush(retries=3, wait=2.0):  # closing the run must not wait behind the model
+            log.error("MLflow run %s: the autoencoder in %s was not logged as a LoggedModel", run_id,
+                      model_dir)
+            tracker = MLflowTracker(cfg.tracking.tracking_uri, cfg.tracking.experiment, run_id=run_id)
+    tracker.end(status)
 
 
 __all__ = ["run_distributed_msf", "train_func", "check_inputs", "absolutize", "MSFInputError",

@@ -154,6 +154,8 @@ class SweepPlan:
     expected_ipt_pt: int = 0  # number of phase-2 jobs once phase 1 is complete
     warnings: list[str] = field(default_factory=list)
     pt_records: list[dict] = field(default_factory=list)  # IST: stage-0 PT results, the denominators
+    # (task, data seed) -> (digest of the training split, its size): each child run's dataset input
+    train_digests: dict[tuple[str, int], tuple[str, int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -284,8 +286,7 @@ def plan_sweep(cfg: IPTConfig, stage: str = "ist", check_data: bool = True) -> S
         jobs, expected_ipt = _expand_pt(cfg, split.train, split.unseen), 0
     else:
         jobs, expected_ipt = _expand_ist(cfg, split.train, split.unseen, decoders, same)
-    if check_data and cfg.data.format != "hf":
-        _check_data(cfg, jobs)
+    train_digests = _check_data(cfg, jobs) if check_data and cfg.data.format != "hf" else {}
     pt_records = []
     if stage == "ist":
         pt_records = _pt_baseline_records(cfg)
@@ -294,7 +295,8 @@ def plan_sweep(cfg: IPTConfig, stage: str = "ist", check_data: bool = True) -> S
     assert len(set(ids)) == len(ids), "job ids collide: two jobs of the grid have the same defining fields"
     return SweepPlan(stage=stage, cfg=cfg, sweep_dir=sweep_dir(cfg, stage), train_tasks=list(split.train),
                      unseen_tasks=list(split.unseen), same_seed=same, jobs=jobs, decoders=decoders,
-                     expected_ipt_pt=expected_ipt, warnings=warnings, pt_records=pt_records)
+                     expected_ipt_pt=expected_ipt, warnings=warnings, pt_records=pt_records,
+                     train_digests=train_digests)
 
 
 def _check_grid(cfg: IPTConfig, train: list[str], unseen: list[str]) -> tuple[list[str], list[str]]:
@@ -564,14 +566,20 @@ def _check_pt_denominators(cfg: IPTConfig, jobs: list[JobSpec], pt_records: list
         f"(python ray_jobs/pt_sweep.py --config <this config> --out {out}); `ipt quickstart` does it for you")
 
 
-def _check_data(cfg: IPTConfig, jobs: list[JobSpec]) -> None:
+def _check_data(cfg: IPTConfig, jobs: list[JobSpec]) -> dict[tuple[str, int], tuple[str, int]]:
+    """Load every (task, draw) of the grid once. Returns (task, data seed) -> (digest of the training
+    split, its size): the draw each job trains on, named in MLflow without reading data again."""
+    from ipt_dist.provenance import split_digest
     from ipt_dist.stages.common import load_raw
 
     by_seed: dict[int, set[str]] = defaultdict(set)
     for j in jobs:
         by_seed[j.data_seed].add(j.task)
+    digests = {}
     for seed, tasks in sorted(by_seed.items()):
-        load_raw(cfg, sorted(tasks), seed)  # DataError lists every problem of this seed
+        raw = load_raw(cfg, sorted(tasks), seed)  # DataError lists every problem of this seed
+        digests.update({(t, seed): (split_digest(d.train), len(d.train)) for t, d in raw.items()})
+    return digests
 
 
 def _prompts_dir(cfg: IPTConfig) -> Path:
@@ -1057,6 +1065,7 @@ def run_sweep(cfg: IPTConfig, stage: str = "ist", smoke_test: bool = False) -> S
 
     save_config(cfg, sdir / "config.yaml")
     tracker = make_sweep_tracker(cfg, stage, sdir)
+    tracker.use_train_digests(cfg, plan.train_digests)
     tracker.start(cfg)
     pt_records = plan.pt_records
     pt_scores = pt_scores_by_draw(pt_records)  # (task, draw) -> PT test: each child's `relative`

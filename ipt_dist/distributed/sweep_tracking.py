@@ -3,9 +3,10 @@
 One parent run per sweep, found again by its tag `ipt.sweep_key` (stage + absolute sweep
 directory) so a re-submission reuses it; one child run per finished job, tagged `ipt.job_id`
 and looked up by that tag before anything is created, so re-runs never duplicate children.
-A child is written as create -> one `log_batch` (params, dev curve, scores) -> the learned z /
-prompt as an artifact -> tag `ipt.logged=1`; a child without that tag is incomplete, deleted
-and written again.
+A child is written as create (with its tags) -> its task's draw as a dataset input -> the learned
+z / prompt as an artifact -> one `log_batch` (params, dev and loss curves, scores, and the tag
+`ipt.logged=1`, atomic in one call; more calls only past MLflow's 1000 metrics per batch) ->
+terminated. A child without `ipt.logged=1` is incomplete, deleted and written again.
 
 The results JSONL is the source of truth: a child that cannot be written (database locked,
 server down) stays queued and is retried, and at the next start `catch_up` writes every
@@ -61,6 +62,8 @@ class NullSweepTracker:
 
     def start(self, cfg: IPTConfig) -> None: ...
 
+    def use_train_digests(self, cfg: IPTConfig, digests: dict) -> None: ...
+
     def catch_up(self, records: list[dict], params_dir: Path, pt_scores: dict | None = None) -> int:
         return 0
 
@@ -93,6 +96,15 @@ class SweepTracker:
         self.children: dict[str, str] = {}  # job_id -> run_id of a complete child run
         self._pending: dict[str, tuple[dict, Path | None, float | None]] = {}
         self._uncertain: set[str] = set()  # a create may have happened: search by tag before creating again
+        self._draws: dict[tuple[str, int], dict] = {}  # (task, data seed) -> `draw_dataset`
+
+    def use_train_digests(self, cfg: IPTConfig, digests: dict[tuple[str, int], tuple[str, int]]) -> None:
+        """(task, data seed) -> (training-split digest, size), computed once per draw by the plan:
+        each child gets its draw as a dataset input (none for a draw not in `digests`)."""
+        from ipt_dist.tracking import draw_dataset
+
+        self._draws = {(t, s): draw_dataset(cfg, t, s, digest, rows)
+                       for (t, s), (digest, rows) in digests.items()}
 
     # ------------------------------------------------------------------ parent
     def start(self, cfg: IPTConfig, attempts: int = 3, wait: float = 2.0) -> None:
@@ -219,7 +231,9 @@ class SweepTracker:
         return ":".join(str(p) for p in parts if p)
 
     def _write_child(self, rec: dict, param_path: Path | None, pt_score: float | None) -> None:
-        from mlflow.entities import Metric, Param
+        from mlflow.entities import Metric, Param, RunTag
+
+        from ipt_dist.tracking import MAX_METRICS_PER_BATCH, dataset_inputs
 
         job_id = rec["job_id"]
         if job_id in self._uncertain:  # an earlier create may have gone through: look it up by tag
@@ -252,11 +266,19 @@ class SweepTracker:
                 if pt_score and _finite(rec.get("test")) is not None:
                     scalars["relative"] = float(rec["test"]) / pt_score
             metrics += [Metric(k, float(v), ts, 0) for k, v in scalars.items() if _finite(v) is not None]
-            for i in range(0, max(len(metrics), 1), 1000):
-                self.client.log_batch(run_id, metrics=metrics[i : i + 1000], params=params if i == 0 else [])
+            draw = self._draws.get((rec.get("task"), rec.get("data_seed")))
+            if draw is not None:  # settings 1-2 evaluate on the draw, the other jobs train on it
+                context = "evaluation" if rec.get("kind") == "msf_eval" else "training"
+                self.client.log_inputs(run_id, datasets=dataset_inputs([{**draw, "context": context}]))
             if param_path is not None and Path(param_path).is_file():
                 self.client.log_artifact(run_id, str(param_path), "params")
-            self.client.set_tag(run_id, DONE_TAG, "1")
+            # Params (at most len(PARAM_FIELDS) < 100) and the first 1000 metrics in one call; the done
+            # tag goes with the last call, so a child holding it has everything.
+            n = MAX_METRICS_PER_BATCH
+            chunks = [metrics[i : i + n] for i in range(0, len(metrics), n)] or [[]]
+            for i, chunk in enumerate(chunks):
+                self.client.log_batch(run_id, metrics=chunk, params=params if i == 0 else [],
+                                      tags=[RunTag(DONE_TAG, "1")] if i == len(chunks) - 1 else [])
             self.client.set_terminated(run_id, "FINISHED")
         except Exception:
             try:

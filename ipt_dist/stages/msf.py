@@ -32,6 +32,7 @@ from ipt_dist.modeling.backbone import Backbone, build_backbone, resolve_auto_dt
 from ipt_dist.provenance import check_msf_prompts, msf_provenance
 from ipt_dist.rerun import claim_stage_dir, msf_inputs, recorded_inputs
 from ipt_dist.stages.common import load_raw, pick_device, resolve_tasks, tokenize_raw
+from ipt_dist.tracking import NullTracker, log_msf_model, msf_datasets
 from ipt_dist.train.optim import linear_warmup_decay, warmup_steps_for
 from ipt_dist.train.steps import MSFModel, evaluate_groups, msf_step
 
@@ -70,11 +71,15 @@ def evaluate_reconstructed(backbone: Backbone, ae: PromptAutoencoder, task_promp
 def run_msf(cfg: IPTConfig, tracker=None) -> dict:
     """Train MSF; keep the best mean-dev checkpoint in `<output_dir>/msf`. Returns a summary.
 
+    With a tracker: the training tasks' draws are the run's dataset inputs, the metrics are logged
+    per step, and the finished checkpoint is logged as an MLflow `LoggedModel` of the run.
+
     Raises:
         ArtifactError: a training task without a usable stage-0 prompt (checked before training).
     """
     cfg = resolve_auto_dtype(cfg, pick_device().type)  # backbone.dtype "auto" -> what this device runs fast
     final = Path(cfg.output_dir) / "msf"
+    tracker = tracker or NullTracker()
     ensure_writable_dir(cfg.output_dir)
     split = resolve_tasks(cfg)
     inputs = msf_inputs(cfg, split.train, msf_prompts_dir(cfg))
@@ -102,6 +107,7 @@ def run_msf(cfg: IPTConfig, tracker=None) -> dict:
     H, L = backbone.hidden_size, cfg.pt.prompt_len
     prompts = load_task_prompts(msf_prompts_dir(cfg), split.train, L, H, backbone.name).to(device)
     provenance = msf_provenance(cfg, raw, cfg.data.data_seed, msf_prompts_dir(cfg))
+    tracker.log_inputs(msf_datasets(cfg, provenance, {t: len(raw[t].train) for t in split.train}))
     tok = tokenize_raw(cfg, backbone, raw)
     data = [tok[t] for t in split.train]
     ae = build_autoencoder(cfg, H).to(device)
@@ -135,14 +141,14 @@ def run_msf(cfg: IPTConfig, tracker=None) -> dict:
             log.info("MSF step %d: loss %.4f (lm %.4f, rec %.6f), mean dev %.4f", done, row["loss"],
                      row["lm_loss"], row["rec_loss"], row["dev_mean"])
         append_jsonl(history, row)
-        if tracker is not None:
-            tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, step=done)
+        tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, step=done)
     summary = {"best_dev": best, "best_step": best_step, "steps": m.steps, "seconds": time.time() - t0,
                "checkpoint": str(final), "d": m.d, "tasks": split.train}
     atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2).encode())
     if final.is_dir() and not any(final.iterdir()):
         final.rmdir()  # an empty directory (e.g. made by hand) is not a finished run
     out.rename(final)
+    log_msf_model(tracker, final)
     log.info("MSF finished: %s", final)
     return summary
 

@@ -244,6 +244,21 @@ def test_stopped_run_continues_with_resume(zero3_run):
     assert run.data.tags["resumed"] == "true"
     # dev scores were produced by generation under ZeRO-3 (parameters partitioned)
     assert all(f"dev/{t}" in run.data.metrics for t in TRAIN_TASKS)
+    # the driver logged the exported autoencoder as the run's LoggedModel, once (not again on resume),
+    # and the training tasks' draws as the run's dataset inputs
+    import mlflow
+
+    mlflow.set_tracking_uri(record["tracking_uri"])
+    [model] = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list",
+                                          filter_string=f"source_run_id = '{run.info.run_id}'")
+    meta = json.loads((out / "msf" / "msf.json").read_text())
+    assert model.params["d"] == str(meta["d"]) and model.params["tasks"] == ",".join(TRAIN_TASKS)
+    assert model.params["backbone"] == meta["backbone"] and str(model.status) == "READY"
+    arts = MlflowClient(record["tracking_uri"]).list_logged_model_artifacts(model.model_id)
+    assert sorted(a.path for a in arts) == ["autoencoder.safetensors", "msf.json"]
+    digests = meta["provenance"]["data"]["train_digest"]
+    inputs = run.inputs.dataset_inputs
+    assert {(d.dataset.name.split("@")[0], d.dataset.digest) for d in inputs} == set(digests.items())
 
 
 # ----------------------------------------------------------------------------- loss reduction x ZeRO x accum

@@ -117,6 +117,14 @@ def test_quickstart_writes_report_plots_and_mlflow_runs(quickstart_run):
     arts = {a.path for a in client.list_artifacts(ist_parent.info.run_id, "report")}
     assert "report/report.md" in arts and "report/relative_performance.png" in arts
     assert all(m.data.metrics for m in msf) and {"lm_loss", "rec_loss"} <= set(msf[0].data.metrics)
+    # MLflow 3: one LoggedModel per MSF run (per d), and every child names the draw it used
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
+    models = mlflow.search_logged_models(experiment_ids=[exp.experiment_id], output_format="list")
+    assert sorted((m.params["d"], m.source_run_id) for m in models) == sorted(
+        (m.data.params["msf.d"], m.info.run_id) for m in msf)
+    assert all(client.get_run(c.info.run_id).inputs.dataset_inputs for c in children[:5])
 
 
 def test_mlflow_server_shows_the_sweep_runs(quickstart_server):

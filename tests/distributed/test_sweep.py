@@ -173,6 +173,18 @@ def test_sweep_completes_with_mlflow_parent_children_and_summary(main_sweep, sta
             expected = [(s, pytest.approx(v)) for s, v in rec["dev_curve"]]
             assert sorted((h.step, h.value) for h in curve) == expected
             assert [s for s, _ in rec["dev_curve"]] == [5, 10]
+    # each child's dataset input is its task's draw, with the digest of the training split it used
+    from ipt_dist.provenance import split_digest
+    from ipt_dist.stages.common import load_raw
+
+    pairs = {(r["task"], r["data_seed"]) for r in recs}
+    draws = {(t, s): split_digest(load_raw(cfg, [t], s)[t].train) for t, s in pairs}
+    for c in children:
+        rec = by_id[c.data.tags["ipt.job_id"]]
+        [inp] = client.get_run(c.info.run_id).inputs.dataset_inputs
+        assert (inp.dataset.name, inp.dataset.digest) == (f"{rec['task']}@{rec['data_seed']}",
+                                                          draws[(rec["task"], rec["data_seed"])])
+    assert draws[("demo_topic", 42)] != draws[("demo_topic", 13)]
     art = client.list_artifacts(children[0].info.run_id, "params")
     assert [a.path for a in art] == [f"params/{children[0].data.tags['ipt.job_id']}.safetensors"]
     assert "summary/summary.md" in [a.path for a in client.list_artifacts(result.parent_run_id, "summary")]
