@@ -275,6 +275,9 @@ class MSFWorker:
         self.cfg = config_from_dict(config["cfg"], "train_loop_config.cfg")
         self.ds_config: dict = config["ds_config"]
         self.run: dict = config["run"]
+        from ipt_dist import console
+
+        console.setup_worker()  # this worker's logging and warnings -> <out>/logs/workers.log
         if not self.cfg.distributed.use_gpu:
             os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before deepspeed is imported
         import deepspeed
@@ -678,12 +681,10 @@ def _wait_for_resources(cfg: IPTConfig, poll_s: float = 5.0) -> None:
 
 
 def _init_ray(cfg: IPTConfig) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
     # No address: `ray job submit` sets RAY_ADDRESS; otherwise join a running local cluster or start one.
-    ray.init(address=cfg.distributed.ray_address, log_to_driver=True)
+    from ipt_dist.distributed.sweep import init_ray
+
+    init_ray(cfg)
 
 
 def run_distributed_msf(cfg: IPTConfig, *, resume: bool = False, smoke_test: bool = False,

@@ -158,3 +158,15 @@ def test_vocab_init_starts_each_prompt_from_embeddings_of_sampled_tokens(setup):
     res = train_pack(bb, frozen, {"z": draws[42]["demo_sentiment"]}, settings, prompt_len=4)
     start = settings_init_params(bb, frozen, (4, bb.hidden_size), settings, "pt")[0]
     assert torch.allclose(res[0].best_param, start, atol=1e-6)
+
+
+def test_train_pack_reports_steps_done_and_total_after_every_step(setup):
+    """on_progress(done, total) after each training step, the last one (total, total): what a sweep
+    worker forwards (throttled) to the driver's heartbeat. No callback, no change."""
+    bb, draws = setup
+    jobs = pack_jobs("pt")[:2]
+    calls = []
+    with_cb = run(bb, draws, jobs, prompt_len=4, on_progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(step, SETTINGS.steps) for step in range(1, SETTINGS.steps + 1)]
+    without = run(bb, draws, jobs, prompt_len=4)
+    assert [r.best_dev for r in with_cb] == [r.best_dev for r in without]
