@@ -69,8 +69,6 @@ def setup(verbose: bool = False, level: int = logging.INFO) -> None:
     """
     verbose = verbose_requested(verbose)
     _state["verbose"] = verbose
-    if verbose:
-        os.environ[VERBOSE_ENV] = "1"  # processes started from here (a local Ray) inherit it
     root = logging.getLogger()
     if _state["console"] is not None:
         root.removeHandler(_state["console"])
@@ -144,14 +142,13 @@ def log_to(run_dir: str | os.PathLike) -> Path | None:
 
 def worker_env() -> dict[str, str]:
     """Environment variables of the Ray workers of this driver (a job-level runtime_env): the log
-    directory, verbosity, and the library switches of `_quiet_libraries` (read at import)."""
+    directory and the verbosity, which `setup_worker` reads. A variable already in this process's
+    environment is left out: the workers get it from there (a local Ray inherits it, a submitted
+    job's runtime_env sets it), and Ray refuses a job whose runtime_env and ray.init's both set a key."""
     env = {VERBOSE_ENV: "1" if _state["verbose"] else "0"}
     if _state["log_dir"] is not None:
         env[LOG_DIR_ENV] = str(_state["log_dir"])
-    if not _state["verbose"]:
-        env.update(TRANSFORMERS_VERBOSITY="error", TRANSFORMERS_NO_ADVISORY_WARNINGS="1",
-                   HF_HUB_DISABLE_PROGRESS_BARS="1")
-    return env
+    return {k: v for k, v in env.items() if k not in os.environ}
 
 
 def ray_init_options() -> dict:

@@ -63,6 +63,7 @@ IST_DECODERS = ("msf", "random", "pca")
 # process (os._exit) on the first attempt, so Ray's task retry can be tested with real workers.
 CRASH_ENV = "IPT_SWEEP_TEST_CRASH_ONCE"
 HEARTBEAT_S = 60.0  # the driver's progress line while no pack finishes (with each running pack's steps)
+WAIT_S = 30.0  # the driver wakes at least this often to check the heartbeat
 
 __all__ = [
     "CRASH_ENV",
@@ -1276,7 +1277,7 @@ def _fan_out(plan: SweepPlan, ray, todo: list[JobSpec], done: dict, results_file
             if time.time() - last_report > HEARTBEAT_S:  # heartbeat while nothing finishes
                 progress.report(len(in_flight), *fan.pack_progress(list(in_flight)))
                 last_report = time.time()
-            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=30.0)
+            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=WAIT_S)
             finished = []
             for ref in ready:
                 try:
