@@ -101,3 +101,26 @@ def test_run_pack_forwards_the_steps_of_its_pack(tmp_path, demo_dir):
     assert len(outs) == 1
     assert [c[:3] for c in board.calls] == [(7, 1, 4), (7, 4, 4)]  # first and last step (4 steps < 10 s)
     assert all(c[3] >= 0 for c in board.calls)
+
+
+def test_msf_heartbeat_logs_rank0_steps_while_training_runs(tmp_path, caplog):
+    """Distributed MSF's driver blocks in trainer.fit() with worker output off the console: a
+    heartbeat reads rank 0's history.jsonl and logs the step, the loss and an ETA."""
+    import json
+    import re
+    import time
+
+    from ipt_dist.distributed.msf import _heartbeat
+
+    history = tmp_path / "history.jsonl"
+    with caplog.at_level(logging.INFO, logger="ipt_dist.distributed.msf"), \
+            _heartbeat(history, 100, "distributed MSF d=2", every_s=0.05):
+        time.sleep(0.2)  # nothing written yet: no line
+        for step in (10, 20):
+            with open(history, "a") as f:
+                f.write(json.dumps({"step": step, "loss": 1.5}) + "\n")
+            time.sleep(0.3)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines and all(ln.startswith("distributed MSF d=2: step ") for ln in lines)
+    assert "step 10/100, loss 1.5, ETA ?" in lines[0]
+    assert any(re.fullmatch(r"distributed MSF d=2: step 20/100, loss 1.5, ETA \d+m\d\ds", ln) for ln in lines), lines
