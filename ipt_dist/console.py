@@ -43,6 +43,18 @@ def is_verbose() -> bool:
     return _state["verbose"]
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a record comes (a redirected or captured stream), as
+    logging's own last-resort handler does, not to the one of the moment it was made."""
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+
 class _ConsoleFilter(logging.Filter):
     """Quiet console: this project's records (INFO and up) and other libraries' errors."""
 
@@ -72,7 +84,7 @@ def setup(verbose: bool = False, level: int = logging.INFO) -> None:
     root = logging.getLogger()
     if _state["console"] is not None:
         root.removeHandler(_state["console"])
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     if verbose:
         handler.setFormatter(logging.Formatter(_FILE_FORMAT, datefmt="%H:%M:%S"))
     else:
