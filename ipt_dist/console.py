@@ -112,20 +112,17 @@ def adopt_loggers(*names: str) -> None:
 
 
 def _quiet_libraries() -> None:
-    """Known-harmless library output, switched off where the library offers a switch."""
+    """Library output through our handlers (so it lands in the log file, not on the console), and
+    progress bars off. Nothing is dropped: a library's warnings are in the log file, its errors on
+    the console."""
     os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")  # its INFO lines ("Creating ... tables") -> log file
     if "mlflow" in sys.modules:
         adopt_loggers("mlflow")
-    # transformers' weight-loading bars and advisory messages (an un-set model card field, ...):
-    # set before transformers is imported; errors still show.
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    if "transformers" in sys.modules:
-        from transformers.utils import logging as hf_logging
+    from transformers.utils import logging as hf_logging
 
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
+    hf_logging.disable_default_handler()  # its warnings (at its own WARNING level) -> our handlers
+    hf_logging.enable_propagation()
+    hf_logging.disable_progress_bar()  # the weight-loading (and hub download) bars of every worker
 
 
 def log_to(run_dir: str | os.PathLike) -> Path | None:
