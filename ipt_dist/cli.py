@@ -16,7 +16,10 @@ Load it with `PeftModel.from_pretrained(base_model, OUT)`. Adapter directories a
 stage-0 prompts: `<prompts_dir>/<task>/adapter_config.json` in place of `<task>.safetensors`.
 
 A user error (config, data, artifact, backbone name) prints one `error: ...` line and exits 2;
-Ctrl-C exits 130 with finished work kept. `--debug` (or IPT_DEBUG=1) shows tracebacks.
+Ctrl-C exits 130 with finished work kept. `--debug` (or IPT_DEBUG=1) shows tracebacks. The console
+shows stages, progress, failures and where results are; library messages and warnings go to
+<out>/logs/ipt.log (Ray workers': <out>/logs/workers.log); `--verbose` (or IPT_VERBOSE=1) shows
+everything on the console (see ipt_dist/console.py).
 """
 
 from __future__ import annotations
@@ -27,7 +30,10 @@ import sys
 
 
 def _debug_flag(p: argparse.ArgumentParser) -> None:
+    """--debug and --verbose: what every entry point offers."""
     p.add_argument("--debug", action="store_true", help="show tracebacks (also: IPT_DEBUG=1)")
+    p.add_argument("--verbose", action="store_true",
+                   help="all library and Ray worker output on the console (also: IPT_VERBOSE=1)")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -88,10 +94,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from ipt_dist import console
     from ipt_dist.artifacts import ensure_writable_dir
     from ipt_dist.stages.common import setup_logging
 
-    setup_logging()
+    setup_logging(verbose=args.verbose)
     if args.cmd == "demo-data":
         from ipt_dist.data.tasks import write_demo_tasks
 
@@ -119,12 +126,12 @@ def _run(args: argparse.Namespace) -> int:
     if args.cmd == "quickstart":
         from ipt_dist.pipeline import quickstart_config, run_pipeline
 
+        log_file = console.log_to(args.out)
         cfg = quickstart_config(args.out, config=args.config, data=args.data, model=args.model, overrides=args.set)
         result = run_pipeline(cfg, distributed_msf=not args.single_process_msf)
-        db = result["tracking_uri"]
-        print(json.dumps(result, indent=1, default=str))
-        print(f"\nreport: {result['report']}\nMLflow store: {db}\nopen the UI with: mlflow ui --backend-store-uri {db}")
+        print(_quickstart_summary(result, log_file, verbose=console.is_verbose()))
         if result.get("mlflow_view"):
+            db = result["tracking_uri"]
             ui = db.rstrip("/") if db.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
             print(f"then open {ui}{result['mlflow_view']} (every stage's run, headline metrics)")
         return 0
@@ -132,6 +139,7 @@ def _run(args: argparse.Namespace) -> int:
     from ipt_dist.tracking import make_tracker
 
     ensure_writable_dir(cfg.output_dir)  # --out that is a file, read-only, ...: before anything is written
+    console.log_to(cfg.output_dir)
 
     tracker = make_tracker(cfg, run_name=f"{args.cmd}", tags={"stage": args.cmd, "backbone": cfg.backbone.name_or_path})
     status = "FAILED"
@@ -153,6 +161,36 @@ def _run(args: argparse.Namespace) -> int:
         tracker.end(status)
     print(json.dumps(result, indent=1, default=str)[:4000])
     return 0
+
+
+def _quickstart_summary(result: dict, log_file, verbose: bool = False) -> str:
+    """What the quickstart leaves: counts, the headline table (mean relative performance per setting
+    and d), and where the report, the MLflow store and the log are. The full result dict with --verbose."""
+    rows: dict[str, dict[str, float]] = {}
+    dims: list[str] = []
+    for col, value in (result.get("mean_relative") or {}).items():
+        setting, _, rest = col.partition("@")
+        d, _, decoder = rest.partition(":")
+        name = f"{setting}:{decoder}" if decoder else setting
+        rows.setdefault(name, {})[d or "-"] = value
+        if (d or "-") not in dims:
+            dims.append(d or "-")
+    jobs = result.get("jobs", {})
+    lines = [json.dumps(result, indent=1, default=str)] if verbose else []
+    lines.append(f"\ndone: {jobs.get('pt', 0)} PT and {jobs.get('ist', 0)} IST jobs, {jobs.get('failed', 0)} failed")
+    if rows:
+        width = max(len(n) for n in rows)
+        lines.append("mean relative performance (score / PT's on the same draw):")
+        lines.append(f"  {'':{width}}  " + "  ".join(f"{d:>6}" for d in dims))
+        for name, by_d in rows.items():
+            cells = [f"{by_d[d]:6.3f}" if isinstance(by_d.get(d), float) else f"{'':>6}" for d in dims]
+            lines.append(f"  {name:{width}}  " + "  ".join(cells))
+    db = result["tracking_uri"]
+    lines += [f"report: {result['report']}", f"MLflow store: {db}",
+              f"open the UI with: mlflow ui --backend-store-uri {db}"]
+    if log_file:
+        lines.append(f"log (library messages, warnings; --verbose shows them here): {log_file}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke-test", action="store_true",
                         help="tiny CPU run end to end: trains its stage-0 prompts, then 2-worker MSF")
     parser.add_argument("--debug", action="store_true", help="show tracebacks (also: IPT_DEBUG=1)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="all library and Ray worker output on the console (also: IPT_VERBOSE=1)")
     args = parser.parse_args(argv)
     if args.config is None and not args.smoke_test:
         parser.error("--config is required (or pass --smoke-test)")
@@ -46,14 +48,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from ipt_dist import console
     from ipt_dist.config import load_config
     from ipt_dist.distributed.msf import DistributedMSFError, run_distributed_msf
     from ipt_dist.errors import one_line
     from ipt_dist.stages.common import setup_logging
 
-    setup_logging()
+    setup_logging(verbose=args.verbose)
     overrides = list(args.set) + ([f"output_dir={args.out}"] if args.out else [])
     cfg = load_config(args.config or SMOKE_CONFIG, overrides)
+    console.log_to(cfg.output_dir)  # library messages and warnings: <out>/logs/ipt.log
     try:
         summary = run_distributed_msf(cfg, resume=args.resume, smoke_test=args.smoke_test)
     except DistributedMSFError as exc:  # the run started and failed: not a user error (exit 1)

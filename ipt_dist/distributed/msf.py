@@ -277,6 +277,9 @@ class MSFWorker:
         self.cfg = config_from_dict(config["cfg"], "train_loop_config.cfg")
         self.ds_config: dict = config["ds_config"]
         self.run: dict = config["run"]
+        from ipt_dist import console
+
+        console.setup_worker()  # this worker's logging and warnings -> <out>/logs/workers.log
         if not self.cfg.distributed.use_gpu:
             os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before deepspeed is imported
         import deepspeed
@@ -686,12 +689,10 @@ def _wait_for_resources(cfg: IPTConfig, poll_s: float = 5.0) -> None:
 
 
 def _init_ray(cfg: IPTConfig) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
     # No address: `ray job submit` sets RAY_ADDRESS; otherwise join a running local cluster or start one.
-    ray.init(address=cfg.distributed.ray_address, log_to_driver=True)
+    from ipt_dist.distributed.sweep import init_ray
+
+    init_ray(cfg)
 
 
 def run_distributed_msf(cfg: IPTConfig, *, resume: bool = False, smoke_test: bool = False,
@@ -780,7 +781,8 @@ def run_distributed_msf(cfg: IPTConfig, *, resume: bool = False, smoke_test: boo
     log.info("distributed MSF: Ray run %s, %d workers, ZeRO-%d, MLflow run %s", name, d.num_workers,
              zero_stage(ds_config), mlflow_run_id)
     try:
-        result = trainer.fit()
+        with _heartbeat(run_dir / "history.jsonl", cfg.msf.steps, f"distributed MSF d={cfg.msf.d}"):
+            result = trainer.fit()
     except KeyboardInterrupt:
         _end_mlflow(cfg, mlflow_run_id, "KILLED")
         raise
@@ -813,6 +815,53 @@ def run_distributed_msf(cfg: IPTConfig, *, resume: bool = False, smoke_test: boo
     log.info("distributed MSF done: best mean dev %.4f at step %d -> %s", summary["best_dev"],
              summary["best_step"], out)
     return summary
+
+
+HEARTBEAT_S = 60.0  # the driver's progress line while Ray Train runs (worker output is not on the console)
+
+
+def _last_step(history: Path) -> dict | None:
+    """The last complete line of rank 0's history.jsonl, or None."""
+    try:
+        with open(history, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+            lines = [ln for ln in f.read().splitlines() if ln.strip()]
+        return json.loads(lines[-1]) if lines else None
+    except (OSError, ValueError):
+        return None  # not written yet, or a line being written: the next beat reads it
+
+
+@contextlib.contextmanager
+def _heartbeat(history: Path, total: int, label: str, every_s: float | None = None):
+    """While the block runs, log every `every_s` seconds (HEARTBEAT_S) the step rank 0 last wrote to
+    `history` (shared storage; on a node the driver cannot read, nothing is logged) and an ETA from
+    the step rate measured since the first beat."""
+    import threading
+
+    from ipt_dist.distributed.pack_progress import pack_eta
+
+    stop = threading.Event()
+    first: list[tuple[int, float]] = []
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT_S if every_s is None else every_s):
+            row = _last_step(history)
+            if not row:
+                continue
+            step, now = int(row.get("step", 0)), time.time()
+            if not first:  # a resumed run starts mid-way: the rate counts steps of this run only
+                first.append((step, now))
+            s0, t0 = first[0]
+            log.info("%s: step %d/%d, loss %.4g, ETA %s", label, step, total, float(row.get("loss", math.nan)),
+                     pack_eta(step - s0, total - s0, now - t0))
+
+    thread = threading.Thread(target=beat, name="msf-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
 
 
 def _end_mlflow(cfg: IPTConfig, run_id: str | None, status: str, model_dir: Path | None = None) -> None:

@@ -62,6 +62,8 @@ IST_DECODERS = ("msf", "random", "pca")
 # Test hook: "<job id or task>:<marker file>" makes the pack holding that job kill its worker
 # process (os._exit) on the first attempt, so Ray's task retry can be tested with real workers.
 CRASH_ENV = "IPT_SWEEP_TEST_CRASH_ONCE"
+HEARTBEAT_S = 60.0  # the driver's progress line while no pack finishes (with each running pack's steps)
+WAIT_S = 30.0  # the driver wakes at least this often to check the heartbeat
 
 __all__ = [
     "CRASH_ENV",
@@ -71,6 +73,7 @@ __all__ = [
     "SweepResult",
     "expand_ipt_pt_jobs",
     "group_packs",
+    "init_ray",
     "pack_cost",
     "PackRunner",
     "plan_sweep",
@@ -698,7 +701,8 @@ def _maybe_crash(jobs: list[JobSpec], crash: str | None) -> None:
 
 
 def run_pack(cfg_dict: dict, jobs: list[dict], shared: dict | None = None,
-             inits: dict[str, torch.Tensor] | None = None, crash: str | None = None) -> list[dict]:
+             inits: dict[str, torch.Tensor] | None = None, crash: str | None = None,
+             progress: tuple | None = None) -> list[dict]:
     """Run one pack (a Ray task body; also callable in-process). Returns per job
     `{"record": dict, "param": tensor, "param_name": "z" | "prompt"}`; writes nothing.
     Each record's `worker_seconds` is its share of the whole task (backbone load, tokenisation,
@@ -711,9 +715,14 @@ def run_pack(cfg_dict: dict, jobs: list[dict], shared: dict | None = None,
         shared: the frozen model part from the object store: {"meta", "decoder"} state for IST,
             {"meta", "autoencoder", "prompts"} for settings 1-2.
         inits: job_id -> initial prompt (L, H) for IPT-initialised PT jobs.
+        progress: (board actor handle, pack id): training steps done / total go to the board
+            (`pack_progress`), which the driver's heartbeat reads.
     """
+    from ipt_dist import console
+
+    console.setup_worker()  # this worker's logging and warnings -> <out>/logs/workers.log
     t0 = time.perf_counter()
-    outs = _run_pack(cfg_dict, jobs, shared, inits, crash)
+    outs = _run_pack(cfg_dict, jobs, shared, inits, crash, progress)
     share = (time.perf_counter() - t0) / max(1, len(outs))
     worker = f"{socket.gethostname()}:{os.getpid()}"
     for out in outs:
@@ -721,8 +730,18 @@ def run_pack(cfg_dict: dict, jobs: list[dict], shared: dict | None = None,
     return outs
 
 
+def _forwarder(progress: tuple | None):
+    """train_pack's on_progress for a pack whose driver gave it a progress board (else None)."""
+    if progress is None:
+        return None
+    from ipt_dist.distributed.pack_progress import ThrottledProgress
+
+    board, pack_id = progress
+    return ThrottledProgress(lambda done, total, secs: board.update.remote(pack_id, done, total, secs))
+
+
 def _run_pack(cfg_dict: dict, jobs: list[dict], shared: dict | None, inits: dict[str, torch.Tensor] | None,
-              crash: str | None) -> list[dict]:
+              crash: str | None, progress: tuple | None = None) -> list[dict]:
     from ipt_dist.stages.common import load_tokenized, pick_device
 
     specs = [JobSpec(**j) for j in jobs]
@@ -760,7 +779,8 @@ def _run_pack(cfg_dict: dict, jobs: list[dict], shared: dict | None, inits: dict
         else:
             decoder = PromptDecoder(m["d"], m["prompt_len"], m["hidden"], m["mid_dim"])
             decoder.load_state_dict(shared["decoder"])
-        results = train_pack(backbone, train_jobs, data, ist_settings(cfg), decoder=decoder)
+        results = train_pack(backbone, train_jobs, data, ist_settings(cfg), decoder=decoder,
+                             on_progress=_forwarder(progress))
         name = "z"
     else:
         from ipt_dist.stages.pt import pt_settings
@@ -779,7 +799,8 @@ def _run_pack(cfg_dict: dict, jobs: list[dict], shared: dict | None, inits: dict
                 else:  # plain PT in the same pack: its own seeded init, as when alone
                     rows.append(settings_init_params(backbone, [j], shape, settings, "pt")[0])
             init = torch.stack(rows)  # (K, L, H)
-        results = train_pack(backbone, train_jobs, data, settings, prompt_len=cfg.pt.prompt_len, init=init)
+        results = train_pack(backbone, train_jobs, data, settings, prompt_len=cfg.pt.prompt_len, init=init,
+                             on_progress=_forwarder(progress))
         name = "prompt"
     return [{"record": r.record(), "param": r.best_param.contiguous(), "param_name": name} for r in results]
 
@@ -886,18 +907,26 @@ class _Progress:
         self.done = self.failed = 0
         self.t0 = time.time()
 
-    def report(self, in_flight: int) -> None:
+    def report(self, in_flight: int, partial: float = 0.0, packs: str = "") -> None:
+        """One progress line. `partial`: jobs' worth of steps done inside running packs (the ETA
+        counts them, so it is known before the first pack ends); `packs`: their steps and ETAs."""
         finished = self.skipped + self.done
         elapsed = time.time() - self.t0
         todo = self.total - finished - self.failed
-        eta = _fmt_secs(elapsed / self.done * todo) if self.done else "?"
+        worked = self.done + partial
+        eta = _fmt_secs(elapsed / worked * max(0.0, todo - partial)) if worked > 0 else "?"
         log.info("%s sweep: %d/%d jobs done (%d this run, %d skipped), %d failed, %d packs running, "
-                 "elapsed %s, ETA %s", self.stage, finished, self.total, self.done, self.skipped, self.failed,
-                 in_flight, _fmt_secs(elapsed), eta)
+                 "elapsed %s, ETA %s%s", self.stage, finished, self.total, self.done, self.skipped, self.failed,
+                 in_flight, _fmt_secs(elapsed), eta, f" | {packs}" if packs else "")
 
 
-def _init_ray(cfg: IPTConfig):
+def init_ray(cfg: IPTConfig):
+    """Join (or start) Ray once per driver process, for the sweeps and distributed MSF alike: the
+    console's options (`ipt_dist.console.ray_init_options`: worker output forwarded only with
+    --verbose, the workers' log directory) and the caller's SIGTERM handler kept. Returns `ray`."""
     import ray
+
+    from ipt_dist import console
 
     if not ray.is_initialized():
         # A Ray started here inherits this environment: make the package importable by workers
@@ -907,7 +936,8 @@ def _init_ray(cfg: IPTConfig):
         if root not in paths:
             os.environ["PYTHONPATH"] = os.pathsep.join([root] + [p for p in paths if p])
         handler = signal.getsignal(signal.SIGTERM)
-        ray.init(address=cfg.distributed.ray_address, log_to_driver=True)
+        console.adopt_loggers("ray")  # quiet: Ray's driver messages (dashboard URL, token auth) -> the log file
+        ray.init(address=cfg.distributed.ray_address, **console.ray_init_options())
         # ray.init installs a SIGTERM handler that aborts the driver; keep the caller's (the entry
         # points turn `ray job stop` into a clean shutdown that closes the MLflow run as KILLED).
         if callable(handler) and threading.current_thread() is threading.main_thread():
@@ -923,8 +953,9 @@ class PackRunner:
     functions a fresh process per call.)"""
 
     def run(self, cfg_dict: dict, jobs: list[dict], shared: dict | None = None,
-            inits: dict[str, torch.Tensor] | None = None, crash: str | None = None) -> list[dict]:
-        return run_pack(cfg_dict, jobs, shared, inits, crash)
+            inits: dict[str, torch.Tensor] | None = None, crash: str | None = None,
+            progress: tuple | None = None) -> list[dict]:
+        return run_pack(cfg_dict, jobs, shared, inits, crash, progress)
 
 
 class _Fanout:
@@ -948,22 +979,50 @@ class _Fanout:
         self.cfg_ref = ray.put(self.cfg_dict)
         self.refs: dict[tuple, Any] = {}  # (what, d) -> ObjectRef, each put once
         self._autoencoders: dict[int, Any] = {}
+        self.packs: dict[Any, tuple[int, str, int]] = {}  # ObjectRef -> (pack id, label, jobs)
+        try:  # steps of the running packs for the heartbeat; best effort, as everything about progress
+            from ipt_dist.distributed.pack_progress import PackProgressBoard
+
+            self.board = ray.remote(PackProgressBoard).options(num_cpus=0).remote()
+        except Exception as exc:  # noqa: BLE001
+            log.warning("no progress inside packs (the progress board did not start: %s)", exc)
+            self.board = None
 
     def can_submit(self) -> bool:
         return not self.use_actors or bool(self.idle) or self.n_actors < self.slots
 
     def submit(self, pack: list[JobSpec]):
-        args = (self.cfg_ref, [asdict(j) for j in pack], self.shared_ref(pack[0]), self.inits(pack), self.crash)
+        pack_id = len(self.packs) + 1
+        progress = (self.board, pack_id) if self.board is not None and pack[0].kind != "msf_eval" else None
+        args = (self.cfg_ref, [asdict(j) for j in pack], self.shared_ref(pack[0]), self.inits(pack), self.crash,
+                progress)
         if not self.use_actors:
-            return self.remote.remote(*args)
-        if self.idle:
-            actor = self.idle.popleft()
+            ref = self.remote.remote(*args)
         else:
-            actor = self.actor_cls.remote()
-            self.n_actors += 1
-        ref = actor.run.remote(*args)
-        self.busy[ref] = actor
+            if self.idle:
+                actor = self.idle.popleft()
+            else:
+                actor = self.actor_cls.remote()
+                self.n_actors += 1
+            ref = actor.run.remote(*args)
+            self.busy[ref] = actor
+        self.packs[ref] = (pack_id, f"{pack[0].kind} x{len(pack)}", len(pack))
         return ref
+
+    def pack_progress(self, refs: list) -> tuple[float, str]:
+        """(jobs' worth of steps done inside the packs `refs`, their steps / ETA for the log line)."""
+        if self.board is None:
+            return 0.0, ""
+        from ipt_dist.distributed.pack_progress import describe_packs, partial_jobs
+
+        try:
+            snapshot = self.ray.get(self.board.snapshot.remote(), timeout=10)
+        except Exception:  # noqa: BLE001 - a slow or lost board only costs the step counts
+            return 0.0, ""
+        mine = [self.packs[r] for r in refs if r in self.packs]
+        running = {pid: snapshot[pid] for pid, _, _ in mine if pid in snapshot}
+        return (partial_jobs(running, {pid: n for pid, _, n in mine}),
+                describe_packs(running, {pid: label for pid, label, _ in mine}))
 
     def done(self, ref, exc: Exception | None = None) -> None:
         """A pack finished (or failed): its actor takes the next one, unless it died for good."""
@@ -977,7 +1036,10 @@ class _Fanout:
             self.idle.append(actor)
 
     def close(self, cancel: list | None = None) -> None:
-        """Cancel what is in flight and release the actors (and their GPUs)."""
+        """Cancel what is in flight and release the actors (and their GPUs) and the progress board."""
+        if self.board is not None:
+            self.ray.kill(self.board, no_restart=True)
+            self.board = None
         if not self.use_actors:
             for ref in cancel or []:
                 self.ray.cancel(ref, force=True)
@@ -1096,7 +1158,7 @@ def run_sweep(cfg: IPTConfig, stage: str = "ist", smoke_test: bool = False) -> S
             if todo:
                 if ray is None:
                     t_ray = time.perf_counter()
-                    ray = _init_ray(cfg)
+                    ray = init_ray(cfg)
                     timings["prepare"] += time.perf_counter() - t_ray
                 log.info("%s sweep: %d jobs to run in %s (%d already done); pack_size %d, max_in_flight %d",
                          stage, len(todo), sdir, progress.skipped + progress.done, cfg.sweep.pack_size,
@@ -1224,10 +1286,10 @@ def _fan_out(plan: SweepPlan, ray, todo: list[JobSpec], done: dict, results_file
     try:
         refill()
         while in_flight:
-            if time.time() - last_report > 60:  # heartbeat while nothing finishes
-                progress.report(len(in_flight))
+            if time.time() - last_report > HEARTBEAT_S:  # heartbeat while nothing finishes
+                progress.report(len(in_flight), *fan.pack_progress(list(in_flight)))
                 last_report = time.time()
-            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=30.0)
+            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=WAIT_S)
             finished = []
             for ref in ready:
                 try:

@@ -25,6 +25,8 @@ def parse_args(stage: str, description: str, argv: list[str] | None = None) -> a
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set sweep.pack_size=8 (repeatable)")
     p.add_argument("--debug", action="store_true", help="show tracebacks (also: IPT_DEBUG=1)")
+    p.add_argument("--verbose", action="store_true",
+                   help="all library and Ray worker output on the console (also: IPT_VERBOSE=1)")
     args = p.parse_args(argv)
     if args.config is None and not args.smoke_test:
         p.error("--config is required unless --smoke-test is given")
@@ -43,17 +45,19 @@ def main(stage: str, description: str, argv: list[str] | None = None) -> int:
 
 
 def _run(stage: str, args: argparse.Namespace) -> int:
+    from ipt_dist import console
     from ipt_dist.config import load_config
     from ipt_dist.distributed.sweep import run_sweep
     from ipt_dist.stages.common import setup_logging
 
-    setup_logging()
+    setup_logging(verbose=args.verbose)
     overrides = list(args.set)
     if args.out:
         overrides.append(f"output_dir={args.out}")
     if args.tracking_uri:
         overrides.append(f"tracking.tracking_uri={args.tracking_uri}")
     cfg = load_config(args.config or ROOT / "configs" / "sweep_smoke.yaml", overrides)
+    console.log_to(cfg.output_dir)  # library messages and warnings: <out>/logs/ipt.log
     # `ray job stop` sends SIGTERM: turn it into KeyboardInterrupt so the driver cancels its Ray
     # tasks and closes the MLflow parent run as KILLED (a re-submission resumes the sweep).
     signal.signal(signal.SIGTERM, _interrupt)

@@ -16,8 +16,11 @@ from ipt_dist.data.tasks import DataError, TaskData, list_tasks, load_hf_task, l
 log = logging.getLogger(__name__)
 
 
-def setup_logging(level: int = logging.INFO) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+def setup_logging(level: int = logging.INFO, verbose: bool = False) -> None:
+    """The console of an entry point (see `ipt_dist.console`): quiet unless `verbose`."""
+    from ipt_dist import console
+
+    console.setup(verbose=verbose, level=level)
 
 
 def data_dir(cfg: IPTConfig) -> Path:

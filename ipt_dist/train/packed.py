@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -123,7 +124,8 @@ def settings_init_params(backbone: Backbone, jobs: list[Job], shape: tuple[int, 
 
 def train_pack(backbone: Backbone, jobs: list[Job], data: dict[str, TokenizedTask], settings: PackSettings, *,
                decoder: PromptDecoder | None = None, prompt_len: int | None = None,
-               init: torch.Tensor | None = None, progress: bool = False) -> list[JobResult]:
+               init: torch.Tensor | None = None, progress: bool = False,
+               on_progress: Callable[[int, int], None] | None = None) -> list[JobResult]:
     """Train every job of the pack; evaluate dev every `eval_every` steps; score test at best dev.
 
     Args:
@@ -131,6 +133,9 @@ def train_pack(backbone: Backbone, jobs: list[Job], data: dict[str, TokenizedTas
         decoder: frozen Dec for IST jobs (all jobs of a pack share kind).
         prompt_len: L for PT jobs.
         init: (K, ...) starting parameters instead of `settings.init`'s, e.g. Dec(z*) for IPT-init PT.
+        progress: a tqdm bar on the console (single-process stages).
+        on_progress: called as on_progress(steps done, total steps) after every training step (a
+            sweep worker forwards it, throttled, to the driver's heartbeat).
     Raises:
         ValueError: mixed kinds in one pack, a job without data, or an empty training split.
     """
@@ -202,6 +207,8 @@ def train_pack(backbone: Backbone, jobs: list[Job], data: dict[str, TokenizedTas
         if bar is not None:
             bar.update(1)
         done = step + 1
+        if on_progress is not None:
+            on_progress(done, settings.steps)
         if done % settings.eval_every == 0 or done == settings.steps:
             n = settings.eval_every if done % settings.eval_every == 0 else done % settings.eval_every
             for k in range(K):

@@ -433,9 +433,12 @@ def test_packed_sweep_equals_one_job_per_task(main_sweep, stage0, tmp_path):
 
 @distributed
 @slow
-def test_a_failing_pack_is_recorded_and_the_rest_of_the_sweep_completes(stage0, ray_local, tmp_path):
+def test_a_failing_pack_is_recorded_and_the_rest_of_the_sweep_completes(stage0, ray_local, tmp_path, caplog):
     """A Python error in a worker is not retried (it would fail again): its jobs are reported as
-    failed, stay out of results.jsonl, and every other pack still finishes."""
+    failed (one error line on the driver's console, quiet or not), stay out of results.jsonl, and
+    every other pack still finishes."""
+    import logging
+
     from ipt_dist.artifacts import read_msf_meta, save_msf_checkpoint
     from ipt_dist.distributed.sweep import run_sweep
     from ipt_dist.modeling.autoencoder import PromptAutoencoder
@@ -446,8 +449,11 @@ def test_a_failing_pack_is_recorded_and_the_rest_of_the_sweep_completes(stage0, 
                                                      "provenance": meta["provenance"]})
     cfg = sweep_cfg(stage0, tmp_path, f"sweep.dims={{4: {stage0['ckpt']}, 5: {tmp_path / 'msf_d5'}}}",
                     "sweep.lrs=[0.3]", "sweep.settings=[ist_seen_same]", tracking=False)
-    res = run_sweep(cfg, stage="ist")
+    with caplog.at_level(logging.INFO, logger="ipt_dist"):
+        res = run_sweep(cfg, stage="ist")
     assert (res.jobs_total, res.jobs_failed) == (6, 3)
+    [line] = [r for r in caplog.records if r.levelno == logging.ERROR and "failed" in r.getMessage()]
+    assert line.name.startswith("ipt_dist.") and "hidden size 32" in line.getMessage()  # the console shows it
     assert {r["d"] for r in results(res.sweep_dir)} == {4}
     [failure] = [json.loads(x) for x in (res.sweep_dir / "failures.jsonl").read_text().splitlines()]
     assert sorted(failure["job_ids"]) == sorted(res.failed_job_ids)
@@ -922,3 +928,26 @@ def test_shipped_sweep_configs_load():
     real = load_config(ROOT / "configs" / "ist_sweep.yaml")
     assert real.sweep.num_gpus > 0 and set(real.sweep.settings) == {
         "msf_seen", "msf_unseen", "ist_seen_same", "ist_seen_new", "ist_unseen"}
+
+
+@distributed
+@slow
+def test_heartbeat_shows_the_steps_of_a_running_pack(ray_local, demo_dir, tmp_path, monkeypatch, caplog):
+    """Through real Ray: the worker's steps reach the progress board and the driver's heartbeat line
+    (here every second instead of every minute) names the running pack's steps and its ETA."""
+    import logging
+    import re
+
+    from ipt_dist.distributed import sweep
+
+    monkeypatch.setattr(sweep, "HEARTBEAT_S", 0.0)
+    monkeypatch.setattr(sweep, "WAIT_S", 1.0)
+    cfg = load_config(None, base_overrides(tmp_path, demo_dir) + [
+        "data.tasks=[demo_sentiment]", "data.unseen_tasks=[]", "sweep.data_seeds=[42]", "sweep.lrs=[0.3]",
+        "pt.steps=60", "pt.eval_every=60", "tracking.enabled=false", "sweep.max_in_flight=1"])
+    with caplog.at_level(logging.INFO, logger="ipt_dist.distributed.sweep"):
+        res = sweep.run_sweep(cfg, stage="pt")
+    assert (res.jobs_total, res.jobs_failed) == (1, 0)
+    beats = [r.getMessage() for r in caplog.records if "| pack 1 (pt x1): " in r.getMessage()]
+    assert beats, [r.getMessage() for r in caplog.records]
+    assert re.search(r"\| pack 1 \(pt x1\): \d+/60 steps, ETA (\d+m\d\ds|\?)$", beats[-1]), beats[-1]

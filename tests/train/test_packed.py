@@ -178,3 +178,15 @@ def test_packed_equals_separate_with_a_bf16_backbone(setups, kind):
     separate = [run(bb, draws, [js], **kw)[0] for js in jobs]
     assert_same(packed, separate, atol=1e-2, param_atol=0.2 if kind == "pt" else 0.02)
     assert_jobs_differ(packed)
+
+
+def test_train_pack_reports_steps_done_and_total_after_every_step(setup):
+    """on_progress(done, total) after each training step, the last one (total, total): what a sweep
+    worker forwards (throttled) to the driver's heartbeat. No callback, no change."""
+    bb, draws = setup
+    jobs = pack_jobs("pt")[:2]
+    calls = []
+    with_cb = run(bb, draws, jobs, prompt_len=4, on_progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(step, SETTINGS.steps) for step in range(1, SETTINGS.steps + 1)]
+    without = run(bb, draws, jobs, prompt_len=4)
+    assert [r.best_dev for r in with_cb] == [r.best_dev for r in without]
