@@ -63,3 +63,15 @@ def tiny_cfg(tmp_path, demo_dir):
 
     return load_config(None, tiny_overrides(tmp_path / "run", demo_dir)
                        + ["data.tasks=[demo_sentiment, demo_topic, demo_parity]", "data.unseen_tasks=[demo_copy_first]"])
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_tracking_uri():
+    """mlflow.set_tracking_uri also sets $MLFLOW_TRACKING_URI, which every later subprocess (a Ray
+    head started by a test, a submitted job) would inherit and log to: restore it after each test."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
