@@ -31,7 +31,7 @@ from ipt_dist.config import load_config, save_config
 from tests.conftest import tiny_overrides
 from tests.distributed.conftest import msf_overrides, write_seeded_prompts
 
-pytestmark = [pytest.mark.distributed, pytest.mark.slow]
+distributed, slow = pytest.mark.distributed, pytest.mark.slow  # the tests that start a cluster
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 600
@@ -110,6 +110,8 @@ def sweep_overrides(out: Path, demo_dir: Path) -> list[str]:
     ]
 
 
+@distributed
+@slow
 def test_node_lost_mid_sweep_its_pack_reruns_on_a_surviving_node_and_every_job_is_stored_once(tmp_path, demo_dir):
     """The first worker node is removed while a pack runs on it: Ray re-runs that pack on the
     surviving node (a system failure, retried up to sweep.max_retries times); every job is in
@@ -168,6 +170,8 @@ MSF_STEPS = 16
 LOSS_RTOL = WEIGHT_ATOL = 1e-5  # as tests/distributed/test_msf_distributed.py (2 ranks vs 1 process)
 
 
+@distributed
+@slow
 def test_node_lost_mid_msf_restarts_from_the_latest_checkpoint_once_a_node_is_back(tmp_path, demo_dir, tiny_t5_dir):
     """2 MSF workers on 2 nodes; after a committed checkpoint one worker's node is removed, and a
     new node joins 8 s later. Ray Train (FailureConfig max_failures=1) waits for the capacity,
@@ -220,3 +224,17 @@ def test_node_lost_mid_msf_restarts_from_the_latest_checkpoint_once_a_node_is_ba
     assert meta["step"] == summary["best_step"]
     for k, v in ae.state_dict().items():
         torch.testing.assert_close(v, ref_states[meta["step"]][k], atol=WEIGHT_ATOL, rtol=0)
+
+
+def test_storage_path_may_be_an_object_store_uri(tmp_path, demo_dir, monkeypatch):
+    """What a real cluster needs: storage every node sees. A URI that Ray Train accepts (s3://, gs://)
+    is passed on unchanged (it used to become <cwd>/s3:/...); a local path is made absolute."""
+    from ipt_dist.distributed.msf import absolutize
+
+    monkeypatch.chdir(tmp_path)
+    for given, expected in [("s3://bucket/ipt/ray_results", "s3://bucket/ipt/ray_results"),
+                            ("gs://bucket/ckpt", "gs://bucket/ckpt"),
+                            ("shared/ray_results", str(tmp_path / "shared" / "ray_results")),
+                            (None, str(tmp_path / "out" / "ray_results"))]:
+        over = msf_overrides(Path("out"), demo_dir) + ([f"distributed.storage_path={given}"] if given else [])
+        assert absolutize(load_config(None, over)).distributed.storage_path == expected
