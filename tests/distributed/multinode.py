@@ -1,6 +1,7 @@
 """Node loss on a real multi-node Ray cluster on this machine (the driver side of test_node_loss.py).
 
     python -m tests.distributed.multinode sweep CONFIG.yaml REPORT.json
+    python -m tests.distributed.multinode sweep_gpu CONFIG.yaml REPORT.json   # fake GPUs, PackRunner actors
     python -m tests.distributed.multinode msf CONFIG.yaml REPORT.json
 
 Each case runs in a process of its own, started by the test: the pytest process may already hold
@@ -50,7 +51,8 @@ def _free_port() -> int:
 class LocalCluster:
     """A head (0 CPUs, with the dashboard: Ray Train V2 and the State API need it) and worker nodes."""
 
-    def __init__(self) -> None:
+    def __init__(self, gpus_per_node: int = 0) -> None:
+        self.gpus_per_node = gpus_per_node  # declared to Ray only (no CUDA needed): GPU sweeps use actors
         self.root = tempfile.mkdtemp(prefix="rn", dir="/tmp")  # short: Ray's unix socket paths live under it
         os.environ["RAY_TMPDIR"] = self.root  # the address file goes here, not to the shared /tmp/ray
         self.temp_dir = os.path.join(self.root, "ray")
@@ -72,7 +74,7 @@ class LocalCluster:
         return nodes
 
     def add_node(self):
-        return self.cluster.add_node(num_cpus=1, object_store_memory=OBJECT_STORE)
+        return self.cluster.add_node(num_cpus=1, num_gpus=self.gpus_per_node, object_store_memory=OBJECT_STORE)
 
     def remove_node(self, node) -> float:
         """SIGKILL the node's raylet and processes (not graceful: a lost machine). Returns the time."""
@@ -118,12 +120,14 @@ def _attempt(t) -> dict:
 # ----------------------------------------------------------------------------- sweep
 
 
-def sweep_case(cfg_path: str, report: dict) -> None:
-    """A PT sweep on 2 worker nodes; the first worker node is removed while a pack runs on it."""
+def sweep_case(cfg_path: str, report: dict, gpus: int = 0) -> None:
+    """A PT sweep on 2 worker nodes; the first worker node is removed while a pack runs on it.
+    With `gpus` (sweep.num_gpus > 0 in the config) the packs run on `PackRunner` actors."""
     from ipt_dist.config import load_config
     from ipt_dist.distributed.sweep import run_sweep
 
-    cluster = LocalCluster()
+    name = "PackRunner.run" if gpus else "run_pack"
+    cluster = LocalCluster(gpus_per_node=gpus)
     try:
         doomed, survivor = cluster.start(workers=2)
         report.update(doomed=doomed.node_id, survivor=survivor.node_id)
@@ -132,7 +136,7 @@ def sweep_case(cfg_path: str, report: dict) -> None:
         def remove_when_a_pack_runs_there() -> None:
             deadline = time.time() + 600
             while time.time() < deadline and not seen.get("stop"):
-                running = [t for t in _tasks(cluster.api, name="run_pack", state="RUNNING")
+                running = [t for t in _tasks(cluster.api, name=name, state="RUNNING")
                            if t.node_id == doomed.node_id]
                 if running:
                     seen["running"] = [_attempt(t) for t in running]
@@ -236,7 +240,7 @@ def msf_case(cfg_path: str, report: dict) -> None:
         cluster.shutdown()
 
 
-CASES = {"sweep": sweep_case, "msf": msf_case}
+CASES = {"sweep": sweep_case, "sweep_gpu": lambda c, r: sweep_case(c, r, gpus=1), "msf": msf_case}
 
 
 def main(argv: list[str]) -> int:
