@@ -66,7 +66,8 @@ class LocalCluster:
 
         port = _free_port()
         self.cluster = Cluster(initialize_head=True, head_node_args={
-            "num_cpus": 0, "temp_dir": self.temp_dir, "include_dashboard": True, "dashboard_host": "127.0.0.1",
+            "num_cpus": 0, "temp_dir": self.temp_dir, "include_dashboard": True,
+            "dashboard_host": "127.0.0.1",
             "dashboard_port": port, "object_store_memory": OBJECT_STORE})
         self.api = f"http://127.0.0.1:{port}"
         nodes = [self.add_node() for _ in range(workers)]
@@ -74,7 +75,8 @@ class LocalCluster:
         return nodes
 
     def add_node(self):
-        return self.cluster.add_node(num_cpus=1, num_gpus=self.gpus_per_node, object_store_memory=OBJECT_STORE)
+        return self.cluster.add_node(num_cpus=1, num_gpus=self.gpus_per_node,
+                                     object_store_memory=OBJECT_STORE)
 
     def remove_node(self, node) -> float:
         """SIGKILL the node's raylet and processes (not graceful: a lost machine). Returns the time."""
@@ -128,6 +130,7 @@ def sweep_case(cfg_path: str, report: dict, gpus: int = 0) -> None:
 
     name = "PackRunner.run" if gpus else "run_pack"
     cluster = LocalCluster(gpus_per_node=gpus)
+    report["ray_root"] = cluster.root  # removed again by the test once every process is gone
     try:
         doomed, survivor = cluster.start(workers=2)
         report.update(doomed=doomed.node_id, survivor=survivor.node_id)
@@ -193,6 +196,7 @@ def msf_case(cfg_path: str, report: dict) -> None:
     cfg = absolutize(load_config(cfg_path))
     storage = Path(cfg.distributed.storage_path)
     cluster = LocalCluster()
+    report["ray_root"] = cluster.root  # removed again by the test once every process is gone
     try:
         first, doomed = cluster.start(workers=2)
         report.update(first=first.node_id, doomed=doomed.node_id)
