@@ -81,6 +81,11 @@ def _abs(path: str | None) -> str | None:
     return None if path is None else str(Path(path).expanduser().resolve())
 
 
+def _abs_storage(path: str) -> str:
+    """Ray Train's storage_path: a URI (s3://, gs://, ...) unchanged, a local path made absolute."""
+    return path if "://" in path else _abs(path)
+
+
 def _abs_sqlite(uri: str) -> str:
     """sqlite:///relative.db -> sqlite:////abs/relative.db; other URIs unchanged."""
     prefix = "sqlite:///"
@@ -108,7 +113,7 @@ def absolutize(cfg: IPTConfig) -> IPTConfig:
         data=replace(cfg.data, data_dir=data_dir, tasks_file=_abs(cfg.data.tasks_file),
                      split_file=_abs(cfg.data.split_file)),
         msf=replace(cfg.msf, prompts_dir=_abs(cfg.msf.prompts_dir or str(Path(out) / "prompts"))),
-        distributed=replace(cfg.distributed, storage_path=_abs(storage)),
+        distributed=replace(cfg.distributed, storage_path=_abs_storage(storage)),
         backbone=replace(cfg.backbone, cache_dir=_abs(cfg.backbone.cache_dir)),
     )
     if cfg.tracking.enabled:
@@ -789,7 +794,7 @@ def run_distributed_msf(cfg: IPTConfig, *, resume: bool = False, smoke_test: boo
     except Exception as exc:
         _end_mlflow(cfg, mlflow_run_id, "FAILED")
         raise DistributedMSFError(
-            f"distributed MSF run {name} failed: {exc}\n  Checkpoints: {Path(d.storage_path) / name}. "
+            f"distributed MSF run {name} failed: {exc}\n  Checkpoints: {d.storage_path.rstrip('/')}/{name}. "
             f"Fix the cause, then continue with --resume (same output_dir {cfg.output_dir})") from exc
     if result.checkpoint is None:
         _end_mlflow(cfg, mlflow_run_id, "FAILED")

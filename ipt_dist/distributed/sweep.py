@@ -27,7 +27,7 @@ import signal
 import socket
 import threading
 import time
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -989,7 +989,17 @@ class _Fanout:
             self.board = None
 
     def can_submit(self) -> bool:
-        return not self.use_actors or bool(self.idle) or self.n_actors < self.slots
+        if not self.use_actors or self.idle:
+            return True
+        if self.n_actors >= self.slots:
+            return False
+        # A new actor replaces one lost with its node only where it fits now: while other actors
+        # live, a pack waits for one of them rather than for a node that may never come back.
+        return self.n_actors == 0 or self._fits_one_more()
+
+    def _fits_one_more(self) -> bool:
+        sw, free = self.plan.cfg.sweep, self.ray.available_resources()
+        return free.get("GPU", 0) >= sw.num_gpus and free.get("CPU", 0) >= sw.num_cpus
 
     def submit(self, pack: list[JobSpec]):
         pack_id = len(self.packs) + 1
@@ -1274,6 +1284,7 @@ def _fan_out(plan: SweepPlan, ray, todo: list[JobSpec], done: dict, results_file
     fan = _Fanout(plan, ray, crash, slots)
     pending = deque(group_packs(todo, sw.pack_size, slots, pack_cost(plan.cfg)))
     in_flight: dict[Any, list[JobSpec]] = {}
+    lost: Counter = Counter()  # first job id -> times its pack's actor was lost
     log.info("%s sweep: %d packs (sizes %s) on %d task slots", plan.stage, len(pending),
              _sizes(pending), slots)
     last_report = time.time()
@@ -1297,7 +1308,17 @@ def _fan_out(plan: SweepPlan, ray, todo: list[JobSpec], done: dict, results_file
                 except Exception as err:  # noqa: BLE001 - a failed pack must not stop the sweep
                     outs, exc = None, err
                 fan.done(ref, exc)
-                finished.append((in_flight.pop(ref), outs, exc))
+                pack = in_flight.pop(ref)
+                if fan.use_actors and isinstance(exc, ray.exceptions.RayActorError) and \
+                        lost[pack[0].job_id] < sw.max_retries:
+                    # Its actor is gone for good (e.g. with its node: Ray's own call retries are used
+                    # up while the node is only "unavailable"): run the pack again on another actor.
+                    lost[pack[0].job_id] += 1
+                    log.warning("%s sweep: the actor of a pack of %d jobs (%s) was lost (%s); running it "
+                                "again", plan.stage, len(pack), pack[0].job_id, type(exc).__name__)
+                    pending.appendleft(pack)
+                    continue
+                finished.append((pack, outs, exc))
             refill()  # first: a freed slot must not wait for the driver's bookkeeping (files, MLflow)
             for pack, outs, exc in finished:
                 if exc is not None:
