@@ -941,13 +941,14 @@ def test_heartbeat_shows_the_steps_of_a_running_pack(ray_local, demo_dir, tmp_pa
     from ipt_dist.distributed import sweep
 
     monkeypatch.setattr(sweep, "HEARTBEAT_S", 0.0)
-    monkeypatch.setattr(sweep, "WAIT_S", 1.0)
+    monkeypatch.setattr(sweep, "WAIT_S", 0.2)
+    # long enough (a few seconds on an idle machine) that the driver waits several times while it runs
     cfg = load_config(None, base_overrides(tmp_path, demo_dir) + [
         "data.tasks=[demo_sentiment]", "data.unseen_tasks=[]", "sweep.data_seeds=[42]", "sweep.lrs=[0.3]",
-        "pt.steps=60", "pt.eval_every=60", "tracking.enabled=false", "sweep.max_in_flight=1"])
+        "pt.steps=400", "pt.eval_every=400", "tracking.enabled=false", "sweep.max_in_flight=1"])
     with caplog.at_level(logging.INFO, logger="ipt_dist.distributed.sweep"):
         res = sweep.run_sweep(cfg, stage="pt")
     assert (res.jobs_total, res.jobs_failed) == (1, 0)
     beats = [r.getMessage() for r in caplog.records if "| pack 1 (pt x1): " in r.getMessage()]
     assert beats, [r.getMessage() for r in caplog.records]
-    assert re.search(r"\| pack 1 \(pt x1\): \d+/60 steps, ETA (\d+m\d\ds|\?)$", beats[-1]), beats[-1]
+    assert re.search(r"\| pack 1 \(pt x1\): \d+/400 steps, ETA (\d+m\d\ds|\?)$", beats[-1]), beats[-1]
