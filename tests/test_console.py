@@ -20,6 +20,9 @@ def clean_logging(monkeypatch):
     for key in (console.VERBOSE_ENV, console.LOG_DIR_ENV):
         os.environ.pop(key, None)
     console._state.update(verbose=False, log_dir=None, console=None, file=None, worker=None)
+    # An earlier in-process entry point may have left warnings captured while pytest since restored
+    # warnings.showwarning: logging would then believe it captures and never hook in again.
+    logging.captureWarnings(False)
     yield
     for h in root.handlers[:]:
         if h not in saved[0]:
