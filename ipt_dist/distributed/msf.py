@@ -631,14 +631,8 @@ def _mlflow_run(cfg: IPTConfig, record: dict | None, tags: dict, datasets: list[
         client.update_run(record["mlflow_run_id"], status="RUNNING")
         client.set_tag(record["mlflow_run_id"], "resumed", "true")
         return record["mlflow_run_id"]
-    if client.get_experiment_by_name(cfg.tracking.experiment) is None and uri.startswith("sqlite:"):
-        # With an embedded SQLite store MLflow puts artifacts under ./mlruns of the creating
-        # process; under `ray job submit` that is a temporary directory. Keep them next to the DB.
-        location = Path(uri[len("sqlite:///"):]).parent / "mlartifacts"
-        try:
-            client.create_experiment(cfg.tracking.experiment, artifact_location=location.as_uri())
-        except Exception:  # noqa: BLE001 - created concurrently by another driver: use theirs
-            pass
+    # MLflowTracker creates the experiment with its artifacts next to an SQLite DB, not in ./mlruns of
+    # this process (a temporary directory under `ray job submit`): tracking.get_or_create_experiment.
     name = cfg.tracking.run_name or f"msf-d{cfg.msf.d}"
     tracker = MLflowTracker(uri, cfg.tracking.experiment, name, tags=tags)
     tracker.log_params(flatten_config(cfg))

@@ -131,14 +131,11 @@ class SweepTracker:
             if exp.lifecycle_stage == "deleted":
                 self.client.restore_experiment(exp.experiment_id)
             return exp.experiment_id
-        location = None
-        if self.tracking_uri.startswith("sqlite:///"):
-            # Next to the database, not MLflow's default ./mlruns under whatever the cwd is
-            # (a temporary directory under `ray job submit`).
-            db = Path(self.tracking_uri[len("sqlite:///"):])
-            location = (db.resolve().parent / "mlartifacts").as_uri()
-        try:
-            return self.client.create_experiment(self.experiment, artifact_location=location)
+        from ipt_dist.tracking import artifact_location
+
+        try:  # artifacts next to an SQLite DB, not ./mlruns of the cwd (temporary under `ray job submit`)
+            return self.client.create_experiment(self.experiment,
+                                                 artifact_location=artifact_location(self.tracking_uri))
         except Exception:
             exp = self.client.get_experiment_by_name(self.experiment)
             if exp is None:
