@@ -52,7 +52,7 @@ class ThrottledProgress:
                 pass
 
 
-def _fmt_secs(s: float) -> str:
+def fmt_secs(s: float) -> str:
     s = round(s)
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
@@ -61,7 +61,7 @@ def pack_eta(done: int, total: int, seconds: float) -> str:
     """Time left of one pack from its measured step rate; '?' before a step has taken time."""
     if done <= 0 or seconds <= 0:
         return "?"
-    return _fmt_secs(seconds / done * max(0, total - done))
+    return fmt_secs(seconds / done * max(0, total - done))
 
 
 def partial_jobs(running: dict[int, tuple[int, int, float]], sizes: dict[int, int]) -> float:

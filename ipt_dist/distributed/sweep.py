@@ -50,6 +50,7 @@ from ipt_dist.artifacts import (
     save_prompt,
 )
 from ipt_dist.config import ConfigError, IPTConfig, config_from_dict, config_to_dict
+from ipt_dist.distributed.pack_progress import fmt_secs
 from ipt_dist.provenance import prompt_digest
 from ipt_dist.summary import Summary, pt_scores_by_draw, select_best_lr, summarize_ist, summarize_pt
 
@@ -894,11 +895,6 @@ def _load_param(path: Path) -> torch.Tensor:
     return next(iter(tensors.values()))
 
 
-def _fmt_secs(s: float) -> str:
-    s = round(s)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
-
-
 class _Progress:
     """jobs done / total, failures and ETA in the driver log."""
 
@@ -914,10 +910,10 @@ class _Progress:
         elapsed = time.time() - self.t0
         todo = self.total - finished - self.failed
         worked = self.done + partial
-        eta = _fmt_secs(elapsed / worked * max(0.0, todo - partial)) if worked > 0 else "?"
+        eta = fmt_secs(elapsed / worked * max(0.0, todo - partial)) if worked > 0 else "?"
         log.info("%s sweep: %d/%d jobs done (%d this run, %d skipped), %d failed, %d packs running, "
                  "elapsed %s, ETA %s%s", self.stage, finished, self.total, self.done, self.skipped, self.failed,
-                 in_flight, _fmt_secs(elapsed), eta, f" | {packs}" if packs else "")
+                 in_flight, fmt_secs(elapsed), eta, f" | {packs}" if packs else "")
 
 
 def init_ray(cfg: IPTConfig):
@@ -1199,8 +1195,8 @@ def run_sweep(cfg: IPTConfig, stage: str = "ist", smoke_test: bool = False) -> S
     if not started:
         progress.report(0)
     log.info("%s sweep: %d jobs run in %s (prepare %s, packs %s, summary and tracking %s)", stage, started,
-             _fmt_secs(timings["total"]), _fmt_secs(timings["prepare"]), _fmt_secs(timings["packs"]),
-             _fmt_secs(timings["finish"]))
+             fmt_secs(timings["total"]), fmt_secs(timings["prepare"]), fmt_secs(timings["packs"]),
+             fmt_secs(timings["finish"]))
     return SweepResult(stage=stage, sweep_dir=sdir, jobs_total=total, jobs_started=started,
                        jobs_skipped=progress.skipped, jobs_failed=len(failed), failed_job_ids=failed,
                        summary=summary, parent_run_id=tracker.parent_run_id, timings=timings)
