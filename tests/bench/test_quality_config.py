@@ -21,6 +21,7 @@ needs_shared = pytest.mark.skipif(not TASKS.is_dir(), reason=f"{SHARED} is absen
 
 def test_split_file_is_in_the_papers_form():
     split = json.loads(SPLIT.read_text())
+    assert len(split["train"]) >= 24 and len(split["test"]) >= 8  # issue 14: T well above d = 5
     assert set(split) == {"train", "dev", "test"}
     assert split["train"] and split["test"] and split["dev"] == []
     assert not set(split["train"]) & set(split["test"]), "train and unseen tasks must be disjoint"
@@ -57,9 +58,10 @@ def test_split_is_the_documented_seeded_draw():
 def test_quality_configs_load(path):
     cfg = load_config(path)
     assert isinstance(cfg, IPTConfig)
-    assert cfg.backbone.name_or_path == "smollm2-135m" and cfg.backbone.chat_template
+    assert cfg.backbone.name_or_path == "smollm2-135m"
     assert {5, 50, 250} <= set(cfg.sweep.dims)
-    assert cfg.sweep.random_decoder
+    assert cfg.sweep.random_decoder and cfg.sweep.pca_decoder  # both baselines beside MSF (issue 14)
+    assert cfg.msf.lm_reduction == "sum" and cfg.msf.alpha == 200.0  # the reference loss balance
     assert len(cfg.sweep.data_seeds) >= 2 and len(cfg.sweep.settings) == 5
     assert cfg.tracking.enabled
     if cfg.data.data_seed is not None:

@@ -1,0 +1,77 @@
+"""bench/quality.py's tables: per-decoder intervals, MSF against the baselines, PT's baseline counts
+(a synthetic summary in the shape ipt_dist.summary writes; no training)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from ipt_dist.summary import bootstrap_mean_ci
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def quality():
+    sys.path.insert(0, str(REPO))
+    try:
+        import bench.quality as q
+    finally:
+        sys.path.remove(str(REPO))
+    return q
+
+
+def _summary(ratios: dict[str, list[float]]) -> dict:
+    """Rows of 6 seen tasks with `<col>/ratio`, and settings entries with the real bootstrap CI."""
+    n = len(next(iter(ratios.values())))
+    rows = [{"task": f"gym__t{i}", "split": "seen", "metric": "ACC", "pt": 0.6} for i in range(n)]
+    settings = []
+    for col, xs in ratios.items():
+        for r, x in zip(rows, xs):
+            r[col], r[f"{col}/ratio"] = 0.6 * x, x
+        lo, hi = bootstrap_mean_ci(xs)
+        setting, rest = col.split("@d")
+        d, _, dec = rest.partition(":")
+        settings.append({"column": col, "setting": setting, "label": setting, "d": int(d), "decoder": dec or "msf",
+                         "n_tasks": n, "n_relative": n, "mean_relative": sum(xs) / n,
+                         "mean_relative_ci_low": lo, "mean_relative_ci_high": hi})
+    return {"rows": rows, "settings": settings}
+
+
+def test_separated_intervals_say_msf_beats_the_baseline(quality):
+    s = _summary({"ist_seen_new@d5": [0.9, 0.95, 0.85, 0.9, 0.92, 0.88],
+                  "ist_seen_new@d5:random": [0.2, 0.3, 0.1, 0.25, 0.15, 0.2]})
+    c = quality.compare(s, "ist_seen_new", 5, "random")
+    assert c["overlap"] is False and c["verdict"].startswith("MSF beats random")
+    assert c["difference"]["n"] == 6 and c["difference"]["mean"] == pytest.approx(0.7, abs=1e-9)
+
+
+def test_overlapping_intervals_cannot_tell(quality):
+    s = _summary({"ist_seen_new@d5": [0.9, 0.2, 0.6, 0.4, 0.8, 0.5],
+                  "ist_seen_new@d5:pca": [0.4, 0.8, 0.5, 0.9, 0.2, 0.6]})
+    c = quality.compare(s, "ist_seen_new", 5, "pca")
+    assert c["overlap"] is True and c["verdict"].startswith("cannot tell")
+
+
+def test_a_missing_baseline_is_not_run(quality):
+    s = _summary({"ist_unseen@d5": [0.9, 0.8]})
+    assert quality.compare(s, "ist_unseen", 5, "pca")["verdict"] == "not run"
+
+
+def test_tables_count_pt_against_majority_and_no_prompt(quality):
+    s = _summary({"ist_seen_new@d5": [0.9, 0.95, 0.85], "ist_seen_new@d5:random": [0.2, 0.3, 0.1],
+                  "ist_seen_new@d5:pca": [0.5, 0.6, 0.4]})
+    baselines = {"gym__t0": {"majority": 0.5, "no_prompt": 0.1},   # PT 0.6 above both
+                 "gym__t1": {"majority": 0.7, "no_prompt": 0.1},   # below majority
+                 "gym__t2": {"majority": 0.5, "no_prompt": 0.65}}  # below the untuned model
+    text, numbers = quality.build_tables(s, baselines, [5], {})
+    assert numbers["checks"]["pt_above_majority"] == "2/3"
+    assert numbers["checks"]["pt_above_no_prompt"] == "2/3"
+    assert numbers["checks"]["pt_above_both"] == "1/3"
+    assert "t1 (PT 0.600, majority 0.700" in text and "t2 (PT" in text
+    assert "| MSF d=5 | rand d=5 | PCA d=5 |" in text
+    assert {c["vs"] for c in numbers["comparisons"]} == {"random", "pca"}
+    row = next(line for line in text.splitlines() if line.startswith("| ist_seen_new | 5 |"))
+    assert "90%" in row and "20%" in row and "50%" in row  # one cell per decoder, with its interval
