@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ipt_dist.config import ConfigError, IPTConfig, flatten_config
+from ipt_dist.paths import demo_data_dir
 from ipt_dist.provenance import draw_seed, record_digest
 
 log = logging.getLogger(__name__)
@@ -280,7 +281,7 @@ def draw_dataset(cfg: IPTConfig, task: str, data_seed: int | None, digest: str, 
     if cfg.data.format == "hf":
         source_type, source = "huggingface", {"path": cfg.data.data_dir}
     else:
-        root = Path(cfg.data.data_dir).expanduser() if cfg.data.data_dir else Path(cfg.output_dir) / "demo_data"
+        root = Path(cfg.data.data_dir).expanduser() if cfg.data.data_dir else demo_data_dir(cfg)
         source_type, source = "local", {"uri": str(root.resolve() / task)}
     return {"name": f"{task}@{'all' if seed is None else seed}", "digest": digest, "source_type": source_type,
             "source": json.dumps({**source, "data_seed": seed, "split": "train"}),
