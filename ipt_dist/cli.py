@@ -100,7 +100,7 @@ def _run(args: argparse.Namespace) -> int:
 
     setup_logging(verbose=args.verbose)
     if args.cmd == "demo-data":
-        from ipt_dist.data.tasks import write_demo_tasks
+        from ipt_dist.data.demo import write_demo_tasks
 
         ensure_writable_dir(args.dir, "demo-data DIR")
         print("\n".join(write_demo_tasks(args.dir)))

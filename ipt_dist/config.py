@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ipt_dist.data.records import FORMATS
 from ipt_dist.errors import UserError
 
 __all__ = [
@@ -114,8 +115,8 @@ class DataConfig:
 
     def problems(self) -> list[str]:
         out = []
-        if self.format not in ("auto", "jsonl", "crossfit", "hf"):
-            out.append(f"data.format: {self.format!r} is not one of auto, jsonl, crossfit, hf")
+        if self.format not in FORMATS:
+            out.append(f"data.format: {self.format!r} is not one of {', '.join(FORMATS)}")
         if self.max_examples is not None and self.max_examples <= 0:
             out.append(f"data.max_examples: must be > 0 or null, got {self.max_examples}")
         if self.train_size is not None and self.train_size <= 0:

@@ -218,7 +218,7 @@ def export_peft(run_dir: str | Path, task: str, out: str | Path, d: int | None =
     prompt, info = _ist_prompt(run, task, d) if d is not None else _stage0_prompt(run, run_cfg, task)
     name, bcfg = _backbone_config(info.get("backbone"), run_cfg, run)
     info["backbone"] = name
-    from ipt_dist.modeling.backbone import BackboneError, load_model_config
+    from ipt_dist.modeling.backbone import BackboneError, load_model_config, model_hidden_size
 
     try:
         mc = load_model_config(bcfg)  # task type, layers and heads of the adapter config
@@ -226,7 +226,7 @@ def export_peft(run_dir: str | Path, task: str, out: str | Path, d: int | None =
         raise BackboneError(f"the prompt's backbone {name!r} has no readable model config here, which the adapter "
                             f"config needs (task type, layers, heads): {exc}") from exc
     L, H = prompt.shape
-    hidden = _first_attr(mc, "hidden_size", "n_embd", "d_model")
+    hidden = model_hidden_size(mc)
     if hidden is not None and hidden != H:
         raise ArtifactError(f"the prompt has hidden size {H}, the backbone {name!r} has {hidden}: the "
                             "run's files disagree. Fix: export from the run that trained this prompt")

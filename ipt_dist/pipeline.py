@@ -19,6 +19,15 @@ from importlib import resources
 from pathlib import Path
 
 from ipt_dist.config import IPTConfig, load_config
+from ipt_dist.paths import (
+    absolute,
+    absolutize,
+    data_dir,
+    msf_dist_dir,
+    msf_prompts_dir,
+    pipeline_msf_dir,
+    stage_dir,
+)
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +39,11 @@ def quickstart_config_path() -> Path:
 def quickstart_config(out: str | Path, *, config: str | Path | None = None, data: str | None = None,
                       model: str | None = None, overrides: list[str] | None = None) -> IPTConfig:
     """The quickstart config with the command line's choices applied; all paths absolute."""
-    out = Path(out).expanduser().resolve()
+    out = absolute(out)
     items = [f"output_dir={out}", f"tracking.tracking_uri=sqlite:///{out / 'mlflow.db'}"]
     overrides = list(overrides or [])
     if data:
-        root = Path(data).expanduser().resolve()
+        root = absolute(data)
         items.append(f"data.data_dir={root}")
         chosen = any(o.split("=", 1)[0].strip() in ("data.unseen_tasks", "data.split_file", "data.tasks")
                      for o in overrides)
@@ -55,7 +64,7 @@ def _held_out_items(root: Path) -> list[str]:
     those two settings are dropped, and both choices are said."""
     import random
 
-    from ipt_dist.data.tasks import list_tasks
+    from ipt_dist.data.local import list_tasks
 
     tasks = list_tasks(root)
     if len(tasks) < 3:
@@ -71,17 +80,18 @@ def _held_out_items(root: Path) -> list[str]:
 
 
 def _msf_config(cfg: IPTConfig, d: int) -> IPTConfig:
-    """Stage 1 for one intrinsic dimension: its own output dir, the shared prompts and MLflow store."""
-    from ipt_dist.stages.common import data_dir
+    """Stage 1 for one intrinsic dimension: its own output dir, the shared prompts and MLflow store.
+
+    MSF reads the prompts where stage 0 (the PT sweep) wrote them: `paths.msf_prompts_dir` of the
+    pipeline's config (`msf.prompts_dir` when set, else `<out>/prompts`)."""
     from ipt_dist.tracking import resolve_tracking_uri
 
-    out = Path(cfg.output_dir)
     uri = resolve_tracking_uri(cfg) if cfg.tracking.enabled else cfg.tracking.tracking_uri
     data = cfg.data
     if not data.data_dir and data.format != "hf":  # the pipeline's demo tasks, not a copy per d
         data = replace(data, data_dir=str(data_dir(cfg)))
-    return replace(cfg, output_dir=str(out / f"msf_d{d}"), data=data,
-                   msf=replace(cfg.msf, d=d, prompts_dir=str(out / "prompts")),
+    return replace(cfg, output_dir=str(pipeline_msf_dir(cfg, d)), data=data,
+                   msf=replace(cfg.msf, d=d, prompts_dir=str(msf_prompts_dir(cfg))),
                    tracking=replace(cfg.tracking, run_name=f"msf-d{d}", tracking_uri=uri))
 
 
@@ -108,10 +118,10 @@ def check_msf_reuse(cfg_d: IPTConfig, d: int) -> bool:
     from ipt_dist.config import ConfigError, describe_changes
 
     out = Path(cfg_d.output_dir)
-    if not ((out / "msf" / "summary.json").is_file() or (out / "msf_dist" / "summary.json").is_file()):
+    if not ((stage_dir(cfg_d, "msf") / "summary.json").is_file() or (msf_dist_dir(cfg_d) / "summary.json").is_file()):
         return False
     try:
-        recorded = json.loads((out / "msf" / "msf.json").read_text()).get("provenance")
+        recorded = json.loads((stage_dir(cfg_d, "msf") / "msf.json").read_text()).get("provenance")
     except (OSError, ValueError):
         recorded = None
     if not recorded:  # the IST sweep would refuse a decoder whose training draw it cannot check
@@ -161,12 +171,11 @@ def run_pipeline(cfg: IPTConfig, *, distributed_msf: bool = True) -> dict:
     Returns paths and headline numbers.
     """
     from ipt_dist.distributed.sweep import run_sweep
+    from ipt_dist.modeling.backbone import resolve_auto_dtype
     from ipt_dist.report import log_report_to_mlflow, make_report
     from ipt_dist.tracking import resolve_tracking_uri
 
-    from ipt_dist.modeling.backbone import resolve_auto_dtype
-
-    cfg = cfg.validate()
+    cfg = absolutize(cfg.validate())  # `sweep.dims` below are taken relative to output_dir otherwise
     gpu = cfg.sweep.num_gpus > 0 or (distributed_msf and cfg.distributed.use_gpu)
     cfg = resolve_auto_dtype(cfg, "cuda" if gpu else "cpu")  # once, so every stage records the same dtype
     out = Path(cfg.output_dir)
@@ -204,7 +213,7 @@ def run_pipeline(cfg: IPTConfig, *, distributed_msf: bool = True) -> dict:
                 tracker.end(status)
             msf_runs.append({**summary, "mlflow_run_id": tracker.run_id})
             _mark_msf(cfg_d)
-    cfg = replace(cfg, sweep=replace(cfg.sweep, dims={d: str(out / f"msf_d{d}" / "msf") for d in dims}))
+    cfg = replace(cfg, sweep=replace(cfg.sweep, dims={d: str(pipeline_msf_dir(cfg, d) / "msf") for d in dims}))
     ist = run_sweep(cfg, "ist")
     report = make_report(out)
     parents = [r.parent_run_id for r in (pt, ist) if r.parent_run_id]

@@ -21,8 +21,9 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from ipt_dist.config import BackboneConfig, IPTConfig
-from ipt_dist.data.tasks import Example, TaskData
+from ipt_dist.config import IPTConfig
+from ipt_dist.data.records import Example, TaskData
+from ipt_dist.modeling.backbone import backbone_name  # re-exported: its home is modeling.backbone
 
 __all__ = [
     "NO_PROVENANCE",
@@ -50,11 +51,6 @@ _DRAW_FIELDS = ("data.data_seed", "data.k", "data.train_size", "data.max_example
 _SHOW = 5  # tasks named in a digest mismatch (a changed seed changes them all)
 NO_PROVENANCE = ("records no provenance (msf.json was written before ipt_dist recorded what MSF was trained "
                  "from), so its training draw and backbone cannot be checked against this run")
-
-
-def backbone_name(b: BackboneConfig) -> str:
-    """The name `build_backbone` gives this backbone (what prompt files and MSF checkpoints record)."""
-    return f"arch:{b.arch}" if b.arch else b.name_or_path
 
 
 def backbone_fingerprint(cfg: IPTConfig) -> dict:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ipt_dist.config import ConfigError, IPTConfig, flatten_config
+from ipt_dist.paths import demo_data_dir
 from ipt_dist.provenance import draw_seed, record_digest
 
 log = logging.getLogger(__name__)
@@ -179,17 +180,13 @@ class MLflowTracker:
         return not self._pending
 
     def _do_params(self, params: dict) -> None:
-        from mlflow.entities import Param
-
-        items = [Param(k, str(v)[:MAX_VALUE_LEN]) for k, v in params.items()]
-        for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
-            self.client.log_batch(self.run_id, params=items[i : i + MAX_PARAMS_PER_BATCH])
+        send_params(self.client, self.run_id, params)
 
     def _do_metrics(self, metrics: dict, step: int | None) -> None:
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
-        items = [Metric(_metric_key(k), float(v), ts, step or 0) for k, v in metrics.items() if v == v]
+        items = [Metric(metric_key(k), float(v), ts, step or 0) for k, v in metrics.items() if v == v]
         for i in range(0, len(items), MAX_METRICS_PER_BATCH):
             self.client.log_batch(self.run_id, metrics=items[i : i + MAX_METRICS_PER_BATCH])
 
@@ -225,7 +222,7 @@ class MLflowTracker:
             self.client.log_model_artifact(model_id, f)
         if metrics:
             ts = int(time.time() * 1000)
-            items = [Metric(_metric_key(k), float(v), ts, step, model_id=model_id)
+            items = [Metric(metric_key(k), float(v), ts, step, model_id=model_id)
                      for k, v in metrics.items() if math.isfinite(v)]
             self.client.log_batch(self.run_id, metrics=items)
         self.client.finalize_logged_model(model_id, "READY")
@@ -284,7 +281,7 @@ def draw_dataset(cfg: IPTConfig, task: str, data_seed: int | None, digest: str, 
     if cfg.data.format == "hf":
         source_type, source = "huggingface", {"path": cfg.data.data_dir}
     else:
-        root = Path(cfg.data.data_dir).expanduser() if cfg.data.data_dir else Path(cfg.output_dir) / "demo_data"
+        root = Path(cfg.data.data_dir).expanduser() if cfg.data.data_dir else demo_data_dir(cfg)
         source_type, source = "local", {"uri": str(root.resolve() / task)}
     return {"name": f"{task}@{'all' if seed is None else seed}", "digest": digest, "source_type": source_type,
             "source": json.dumps({**source, "data_seed": seed, "split": "train"}),
@@ -354,9 +351,20 @@ def log_msf_model(tracker, ckpt_dir: str | Path, name: str | None = None) -> Non
                       step=int(meta.get("step") or 0))
 
 
-def _metric_key(k: str) -> str:
-    # MLflow keys allow alphanumerics, _ - . space / ; task names may hold other characters.
+def metric_key(k: str) -> str:
+    """`k` as an MLflow key: MLflow allows alphanumerics and `_ - . space /`; task names and summary
+    columns hold other characters (`@`, `:`), which become `_`."""
     return "".join(c if c.isalnum() or c in "_-. /" else "_" for c in k)
+
+
+def send_params(client, run_id: str, params: dict[str, Any]) -> None:
+    """Log `params` in as many `log_batch` calls as MLflow's limit (100 per call) needs; values are
+    cut to MLflow's 6000 characters."""
+    from mlflow.entities import Param
+
+    items = [Param(k, str(v)[:MAX_VALUE_LEN]) for k, v in params.items()]
+    for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
+        client.log_batch(run_id, params=items[i : i + MAX_PARAMS_PER_BATCH])
 
 
 def artifact_location(tracking_uri: str) -> str | None:
@@ -368,10 +376,18 @@ def artifact_location(tracking_uri: str) -> str | None:
 
 
 def get_or_create_experiment(client, name: str, tracking_uri: str | None = None) -> str:
-    """Create the experiment once (from one process) and return its id; safe against races.
-    With an SQLite `tracking_uri` its artifacts go next to the database (`artifact_location`)."""
+    """The id of the experiment `name`, created once (from one process; safe against races).
+
+    With an SQLite `tracking_uri` its artifacts go next to the database (`artifact_location`).
+    An experiment deleted in the UI (still in the store, where no run can be created) is restored,
+    with a warning: the config names it, and a sweep resuming its parent run needs it back.
+    """
     exp = client.get_experiment_by_name(name)
     if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            log.warning("MLflow experiment %r (id %s) was deleted: restored, so this run can be logged to it. "
+                        "To start afresh instead, set tracking.experiment to a new name", name, exp.experiment_id)
+            client.restore_experiment(exp.experiment_id)
         return exp.experiment_id
     try:
         return client.create_experiment(name, artifact_location=artifact_location(tracking_uri or ""))

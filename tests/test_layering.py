@@ -7,7 +7,9 @@ from pathlib import Path
 CORE = [
     "ipt_dist.config", "ipt_dist.metrics", "ipt_dist.artifacts", "ipt_dist.tracking", "ipt_dist.summary",
     "ipt_dist.report", "ipt_dist.peft_io", "ipt_dist.provenance",
-    "ipt_dist.data", "ipt_dist.data.tasks", "ipt_dist.data.batching", "ipt_dist.data.sampling",
+    "ipt_dist.paths", "ipt_dist.data", "ipt_dist.data.tasks", "ipt_dist.data.records", "ipt_dist.data.local",
+    "ipt_dist.data.metadata", "ipt_dist.data.hf", "ipt_dist.data.demo", "ipt_dist.data.selection",
+    "ipt_dist.data.batching", "ipt_dist.data.sampling",
     "ipt_dist.modeling.backbone", "ipt_dist.modeling.autoencoder", "ipt_dist.modeling.tiny",
     "ipt_dist.train.steps", "ipt_dist.train.optim", "ipt_dist.train.packed",
     "ipt_dist.stages.common", "ipt_dist.stages.pt", "ipt_dist.stages.msf", "ipt_dist.stages.ist", "ipt_dist.cli",
@@ -40,7 +42,7 @@ def test_the_blocker_itself_works():
 
 
 # Every import, module-level and inside functions (the blocker above only sees what importing runs).
-COMPONENT_FILES = ["config.py", "metrics.py", "artifacts.py", "tracking.py", "summary.py", "report.py", "peft_io.py",
+COMPONENT_FILES = ["config.py", "paths.py", "metrics.py", "artifacts.py", "tracking.py", "summary.py", "report.py", "peft_io.py",
                    "provenance.py", "rerun.py", "errors.py", "data", "modeling", "train"]
 
 

@@ -286,3 +286,46 @@ def test_sweep_children_carry_their_draw_as_a_dataset_input_and_batched_values(t
             expected |= {"pt_test": 0.5, "relative": 0.5}
         assert scalars == expected
         assert run.data.tags["ipt.logged"] == "1" and run.info.status == "FINISHED"
+
+
+def test_a_deleted_experiment_is_restored_for_every_caller_with_a_warning(tmp_path, caplog):
+    """One rule for the MLflowTracker (stages, distributed MSF) and the sweep tracker: an experiment
+    deleted in the UI is restored (MLflow creates no run in a deleted experiment) and a warning
+    says so; before, MLflowTracker failed on it while the sweep tracker restored it silently."""
+    from mlflow import MlflowClient
+
+    from ipt_dist.distributed.sweep_tracking import SweepTracker, sweep_key
+    from ipt_dist.tracking import MLflowTracker, get_or_create_experiment
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    exp = get_or_create_experiment(client, "gone", uri)
+    assert get_or_create_experiment(client, "gone", uri) == exp  # found, not created twice
+    assert client.get_experiment(exp).artifact_location == (tmp_path / "mlartifacts").as_uri()
+    client.delete_experiment(exp)
+    with caplog.at_level("WARNING", logger="ipt_dist.tracking"):
+        tracker = MLflowTracker(uri, "gone", "pt")
+    assert client.get_experiment(exp).lifecycle_stage == "active"
+    assert client.get_run(tracker.run_id).info.experiment_id == exp
+    assert "'gone' (id " in caplog.text and "was deleted: restored" in caplog.text
+
+    client.delete_experiment(exp)
+    cfg = load_config(None, [f"output_dir={tmp_path}"])
+    sweep = SweepTracker(uri, "gone", sweep_key("pt", tmp_path), "pt-sweep", "pt", tmp_path)
+    sweep.start(cfg, attempts=1)
+    assert sweep.experiment_id == exp and sweep.parent_run_id is not None
+    assert client.get_experiment(exp).lifecycle_stage == "active"
+
+
+def test_metric_keys_and_param_batches_follow_mlflows_limits(tmp_path):
+    from mlflow import MlflowClient
+
+    from ipt_dist.tracking import get_or_create_experiment, metric_key, send_params
+
+    assert metric_key("ist_seen_new@d4: mean/relative") == "ist_seen_new_d4_ mean/relative"
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    run = client.create_run(get_or_create_experiment(client, "p")).info.run_id
+    params = {f"k{i:03d}": i for i in range(250)} | {"long": "x" * 7000}  # 3 batches; a value past 6000
+    send_params(client, run, params)
+    got = client.get_run(run).data.params
+    assert len(got) == 251 and got["k249"] == "249" and got["long"] == "x" * 6000

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from ipt_dist.data.tasks import Example, TaskData, TaskInfo
+from ipt_dist.data.records import Example, TaskData, TaskInfo
 
 TokenizeFn = Callable[[list[str], list[str]], tuple[list[list[int]], list[list[int]]]]
 

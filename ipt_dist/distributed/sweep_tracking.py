@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ipt_dist.config import IPTConfig, flatten_config
+from ipt_dist.tracking import get_or_create_experiment, metric_key, send_params
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +39,6 @@ PARAM_FIELDS = ("task", "seed", "data_seed", "lr", "d", "msf_run_id", "setting",
 def sweep_key(stage: str, sweep_dir: str | Path) -> str:
     """Identity of a sweep: its stage and absolute results directory."""
     return hashlib.sha1(f"{stage}|{Path(sweep_dir).resolve()}".encode()).hexdigest()[:16]
-
-
-def metric_key(k: str) -> str:
-    """MLflow keys allow alphanumerics and `_ - . space /`; column names hold `@` and `:`."""
-    return "".join(c if c.isalnum() or c in "_-. /" else "_" for c in k)
 
 
 def _finite(v: Any) -> float | None:
@@ -125,23 +121,6 @@ class SweepTracker:
                   "and the next submission catches MLflow up", self.tracking_uri)
         self.parent_run_id = None
 
-    def _experiment_id(self) -> str:
-        exp = self.client.get_experiment_by_name(self.experiment)
-        if exp is not None:
-            if exp.lifecycle_stage == "deleted":
-                self.client.restore_experiment(exp.experiment_id)
-            return exp.experiment_id
-        from ipt_dist.tracking import artifact_location
-
-        try:  # artifacts next to an SQLite DB, not ./mlruns of the cwd (temporary under `ray job submit`)
-            return self.client.create_experiment(self.experiment,
-                                                 artifact_location=artifact_location(self.tracking_uri))
-        except Exception:
-            exp = self.client.get_experiment_by_name(self.experiment)
-            if exp is None:
-                raise
-            return exp.experiment_id
-
     def _search(self, filter_string: str) -> list:
         runs, token = [], None
         while True:
@@ -154,22 +133,19 @@ class SweepTracker:
                 return runs
 
     def _start(self, cfg: IPTConfig) -> None:
-        self.experiment_id = self._experiment_id()
+        # artifacts next to an SQLite DB, not ./mlruns of the cwd (temporary under `ray job submit`)
+        self.experiment_id = get_or_create_experiment(self.client, self.experiment, self.tracking_uri)
         parents = self._search(f"tags.`{KEY_TAG}` = '{self.key}' and tags.`{ROLE_TAG}` = 'sweep'")
         if parents:
             self.parent_run_id = parents[0].info.run_id
             self.client.update_run(self.parent_run_id, status="RUNNING")
             log.info("MLflow: resuming parent run %s of this sweep", self.parent_run_id)
         else:
-            from mlflow.entities import Param
-
             run = self.client.create_run(self.experiment_id, run_name=self.run_name,
                                          tags={KEY_TAG: self.key, ROLE_TAG: "sweep", "ipt.stage": self.stage,
                                                "ipt.sweep_dir": str(self.sweep_dir)})
             self.parent_run_id = run.info.run_id
-            params = [Param(k, str(v)[:6000]) for k, v in flatten_config(cfg).items()]
-            for i in range(0, len(params), 100):
-                self.client.log_batch(self.parent_run_id, params=params[i : i + 100])
+            send_params(self.client, self.parent_run_id, flatten_config(cfg))
             log.info("MLflow: parent run %s in experiment %r (%s)", self.parent_run_id, self.experiment,
                      self.tracking_uri)
         self._load_children()

@@ -58,8 +58,9 @@ class Backbone:
     # ---------------------------------------------------------------- properties
     @property
     def hidden_size(self) -> int:
-        c = self.model.config
-        return int(getattr(c, "d_model", None) or getattr(c, "hidden_size", None) or c.n_embd)
+        hidden = model_hidden_size(self.model.config)
+        assert hidden is not None, f"backbone {self.name}: its config names no hidden size"
+        return hidden
 
     @property
     def device(self) -> torch.device:
@@ -345,8 +346,8 @@ def load_model_and_tokenizer(cfg: BackboneConfig):
         with torch.random.fork_rng():
             torch.manual_seed(0)
             model = cls.from_config(config, dtype=dtype)
-        return model, tiny.build_tiny_tokenizer(), f"arch:{cfg.arch}"
-    name = cfg.name_or_path
+        return model, tiny.build_tiny_tokenizer(), backbone_name(cfg)
+    name = backbone_name(cfg)
     if name in tiny.TINY_KINDS:
         model, tok = tiny.build_tiny_model(name)
         return model.to(dtype), tok, name
@@ -399,6 +400,43 @@ def load_model_config(cfg: BackboneConfig):
     if cfg.name_or_path in tiny.TINY_KINDS:
         return tiny.tiny_config(cfg.name_or_path, len(tiny.build_tiny_tokenizer()))
     return _checkpoint_config(cfg)[1]
+
+
+def backbone_name(b: BackboneConfig) -> str:
+    """The name a backbone goes by (`Backbone.name`; what prompt files and MSF checkpoints record)."""
+    return f"arch:{b.arch}" if b.arch else b.name_or_path
+
+
+def model_hidden_size(config) -> int | None:
+    """Hidden size H of a transformers model config (`d_model` for T5/BART, `hidden_size` for LLaMA,
+    `n_embd` for GPT-2); None when it names none."""
+    for attr in ("d_model", "hidden_size", "n_embd"):
+        value = getattr(config, attr, None)
+        if value:
+            return int(value)
+    return None
+
+
+def configured_hidden_size(b: BackboneConfig) -> int | None:
+    """Hidden size H of the configured backbone without loading its weights or downloading anything
+    (the demo backbones need not be pretrained yet); None when only loading it would tell."""
+    from ipt_dist.modeling import tiny
+
+    if b.arch:
+        c = tiny.arch_config(b.arch)
+    elif b.name_or_path in tiny.TINY_KINDS or b.name_or_path in tiny.DEMO_KINDS:
+        kind = tiny.DEMO_KINDS.get(b.name_or_path, b.name_or_path)
+        c = tiny.tiny_config(kind, vocab_size=8)  # the hidden size does not depend on the vocabulary
+    elif b.name_or_path.lower().startswith("smollm2-135m"):
+        c = tiny.arch_config("smollm2-135m")
+    else:
+        try:
+            from transformers import AutoConfig
+
+            c = AutoConfig.from_pretrained(b.name_or_path)
+        except Exception:  # noqa: BLE001 - the caller loads it later and fails with the loader's own error
+            return None
+    return model_hidden_size(c)
 
 
 def build_backbone(cfg: BackboneConfig, device: str | torch.device | None = None) -> Backbone:

@@ -158,7 +158,8 @@ def pretrain_demo_backbone(kind: str, out_dir, steps: int = 500, hidden: int = 6
     """Train a tiny model (all weights) on instruction-prefixed demo tasks; save to `out_dir`."""
     import tempfile
 
-    from ipt_dist.data.tasks import load_tasks, write_demo_tasks
+    from ipt_dist.data.demo import write_demo_tasks
+    from ipt_dist.data.local import load_tasks
 
     base = DEMO_KINDS[kind]
     model, tok = build_tiny_model(base, hidden, seed)

@@ -6,17 +6,18 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from safetensors.torch import save_file
 
 from ipt_dist.artifacts import append_jsonl, ensure_writable_dir, load_decoder, read_jsonl, read_msf_meta
 from ipt_dist.config import ConfigError, IPTConfig
+from ipt_dist.data.selection import load_raw, load_tokenized, resolve_tasks
 from ipt_dist.modeling.autoencoder import random_decoder
 from ipt_dist.modeling.backbone import build_backbone, resolve_auto_dtype
+from ipt_dist.paths import msf_checkpoint_dir, stage_dir
 from ipt_dist.provenance import check_decoder_provenance, file_digest, mismatch_message
 from ipt_dist.rerun import claim_stage_dir, recorded_inputs, stage_inputs
-from ipt_dist.stages.common import load_raw, load_tokenized, pick_device, resolve_tasks
+from ipt_dist.stages.common import pick_device
 from ipt_dist.train.packed import Job, PackSettings, train_pack
 
 log = logging.getLogger(__name__)
@@ -27,10 +28,6 @@ def ist_settings(cfg: IPTConfig) -> PackSettings:
     return PackSettings(steps=i.steps, batch_size=i.batch_size, warmup_ratio=i.warmup_ratio,
                         eval_every=i.eval_every, init_std=i.init_std, adam_eps=i.adam_eps,
                         weight_decay=i.weight_decay, eval_batch_size=cfg.backbone.eval_batch_size)
-
-
-def msf_checkpoint_dir(cfg: IPTConfig) -> Path:
-    return Path(cfg.ist.msf_checkpoint) if cfg.ist.msf_checkpoint else Path(cfg.output_dir) / "msf"
 
 
 def check_msf_provenance(cfg: IPTConfig, train: list[str]) -> None:
@@ -67,7 +64,7 @@ def run_ist(cfg: IPTConfig, tracker=None) -> list[dict]:
         ConfigError: the checkpoint was trained on another draw or backbone (`check_msf_provenance`).
     """
     cfg = resolve_auto_dtype(cfg, pick_device().type)  # backbone.dtype "auto" -> what this device runs fast
-    out = ensure_writable_dir(Path(cfg.output_dir) / "ist")
+    out = ensure_writable_dir(stage_dir(cfg, "ist"))
     split = resolve_tasks(cfg)
     check_msf_provenance(cfg, split.train)  # before the backbone loads
     results_file = out / "results.jsonl"

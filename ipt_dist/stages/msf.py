@@ -27,20 +27,18 @@ from ipt_dist.artifacts import (
 from ipt_dist.config import ConfigError, IPTConfig
 from ipt_dist.data.batching import TokenizedTask
 from ipt_dist.data.sampling import TaskBalancedSampler
+from ipt_dist.data.selection import load_raw, resolve_tasks, tokenize_raw
 from ipt_dist.modeling.autoencoder import PromptAutoencoder
 from ipt_dist.modeling.backbone import Backbone, build_backbone, resolve_auto_dtype
+from ipt_dist.paths import msf_prompts_dir, stage_dir
 from ipt_dist.provenance import check_msf_prompts, msf_provenance
 from ipt_dist.rerun import claim_stage_dir, msf_inputs, recorded_inputs
-from ipt_dist.stages.common import load_raw, pick_device, resolve_tasks, tokenize_raw
+from ipt_dist.stages.common import pick_device
 from ipt_dist.tracking import NullTracker, log_msf_model, msf_datasets
 from ipt_dist.train.optim import linear_warmup_decay, warmup_steps_for
 from ipt_dist.train.steps import MSFModel, evaluate_groups, msf_step
 
 log = logging.getLogger(__name__)
-
-
-def msf_prompts_dir(cfg: IPTConfig) -> Path:
-    return Path(cfg.msf.prompts_dir) if cfg.msf.prompts_dir else Path(cfg.output_dir) / "prompts"
 
 
 def build_autoencoder(cfg: IPTConfig, hidden: int) -> PromptAutoencoder:
@@ -78,7 +76,7 @@ def run_msf(cfg: IPTConfig, tracker=None) -> dict:
         ArtifactError: a training task without a usable stage-0 prompt (checked before training).
     """
     cfg = resolve_auto_dtype(cfg, pick_device().type)  # backbone.dtype "auto" -> what this device runs fast
-    final = Path(cfg.output_dir) / "msf"
+    final = stage_dir(cfg, "msf")
     tracker = tracker or NullTracker()
     ensure_writable_dir(cfg.output_dir)
     split = resolve_tasks(cfg)
@@ -95,7 +93,7 @@ def run_msf(cfg: IPTConfig, tracker=None) -> dict:
         log.warning("MSF: %d stage-0 prompt files record no provenance (%s): their draw and backbone are not "
                     "checked", len(unrecorded), ", ".join(unrecorded[:5]))
     # Train into msf.partial/ and rename it to msf/ when done: msf/ only ever holds a finished run.
-    partial = Path(cfg.output_dir) / "msf.partial"
+    partial = stage_dir(cfg, "msf.partial")
     if partial.exists():
         aside = partial.with_name(f"msf.interrupted-{time.strftime('%Y%m%d-%H%M%S')}")
         partial.rename(aside)

@@ -19,10 +19,12 @@ from ipt_dist.artifacts import (
     save_prompt,
 )
 from ipt_dist.config import ConfigError, IPTConfig
+from ipt_dist.data.selection import load_raw, resolve_tasks, tokenize_raw
 from ipt_dist.modeling.backbone import build_backbone, resolve_auto_dtype
+from ipt_dist.paths import pt_prompts_dir, stage_dir
 from ipt_dist.provenance import prompt_provenance
 from ipt_dist.rerun import claim_stage_dir, recorded_inputs, stage_inputs
-from ipt_dist.stages.common import load_raw, pick_device, resolve_tasks, tokenize_raw
+from ipt_dist.stages.common import pick_device
 from ipt_dist.train.packed import Job, PackSettings, train_pack
 
 log = logging.getLogger(__name__)
@@ -44,7 +46,7 @@ def run_pt(cfg: IPTConfig, tasks: list[str] | None = None, tracker=None) -> list
     """
     cfg = resolve_auto_dtype(cfg, pick_device().type)  # backbone.dtype "auto" -> what this device runs fast
     out = ensure_writable_dir(cfg.output_dir)
-    prompts_dir, results_file = out / "prompts", out / "pt" / "results.jsonl"
+    prompts_dir, results_file = pt_prompts_dir(cfg), stage_dir(cfg, "pt") / "results.jsonl"
     tasks = tasks or resolve_tasks(cfg).all
     if results_file.is_file() and recorded_inputs(out / "pt") is None:
         raise ConfigError(f"{out / 'pt'} holds PT results written without a record of their inputs (an older "

@@ -163,3 +163,29 @@ def replace_dtype(bcfg, dtype):
     from dataclasses import replace
 
     return replace(bcfg, dtype=dtype)
+
+
+@pytest.mark.parametrize("kind", TINY_KINDS)
+def test_name_and_hidden_size_known_without_loading_match_the_loaded_backbone(kind):
+    """One backbone_name and one hidden-size rule (modeling.backbone) for the loaded backbone, the
+    checks that run before loading (distributed MSF) and what prompt files record (provenance)."""
+    from ipt_dist import provenance
+    from ipt_dist.modeling.backbone import backbone_name, configured_hidden_size, model_hidden_size
+
+    cfg = BackboneConfig(name_or_path=kind)
+    bb = build_backbone(cfg)
+    assert backbone_name(cfg) == bb.name == kind and provenance.backbone_name is backbone_name
+    assert configured_hidden_size(cfg) == bb.hidden_size == model_hidden_size(bb.model.config) > 0
+
+
+def test_hidden_size_of_named_shapes_and_unknown_models():
+    from types import SimpleNamespace
+
+    from ipt_dist.modeling.backbone import backbone_name, configured_hidden_size, model_hidden_size
+
+    assert backbone_name(BackboneConfig(arch="bart-base")) == "arch:bart-base"
+    assert configured_hidden_size(BackboneConfig(arch="bart-base")) == 768
+    assert configured_hidden_size(BackboneConfig(name_or_path="SmolLM2-135M-Instruct")) == 576  # no download
+    assert configured_hidden_size(BackboneConfig(name_or_path="demo-t5")) == configured_hidden_size(
+        BackboneConfig(name_or_path="tiny-t5"))  # a demo backbone before it is pretrained
+    assert model_hidden_size(SimpleNamespace(n_embd=48)) == 48 and model_hidden_size(SimpleNamespace()) is None
