@@ -1,17 +1,21 @@
-"""What every stage driver needs: resolved task lists, loaded + tokenised data, the backbone."""
+"""What every stage driver needs: the console, the device (task selection and data loading live in
+`ipt_dist.data.selection` and are re-exported here)."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from ipt_dist.config import IPTConfig
-from ipt_dist.data.batching import TokenizedTask, subsample_task, tokenize_tasks
-from ipt_dist.data.tasks import DataError, TaskData, list_tasks, load_hf_task, load_split, load_tasks, \
-    write_demo_tasks
+# Re-exported for one release: these moved to the component `ipt_dist.data.selection`.
+from ipt_dist.data.selection import (  # noqa: F401
+    TaskSplit,
+    data_dir,
+    load_raw,
+    load_tokenized,
+    resolve_tasks,
+    tokenize_raw,
+)
 
 log = logging.getLogger(__name__)
 
@@ -21,93 +25,6 @@ def setup_logging(level: int = logging.INFO, verbose: bool = False) -> None:
     from ipt_dist import console
 
     console.setup(verbose=verbose, level=level)
-
-
-def data_dir(cfg: IPTConfig) -> Path:
-    """The configured data directory, or the project's own demo tasks (written on first use)."""
-    if cfg.data.data_dir:
-        return Path(cfg.data.data_dir).expanduser()
-    demo = Path(cfg.output_dir) / "demo_data"
-    if not (demo / "tasks.json").is_file():
-        write_demo_tasks(demo)
-        log.info("no data.data_dir given: wrote the demo tasks to %s", demo)
-    return demo
-
-
-@dataclass
-class TaskSplit:
-    train: list[str]  # MSF training ("seen") tasks
-    unseen: list[str]  # held out: settings 2 and 5
-
-    @property
-    def all(self) -> list[str]:
-        return self.train + [t for t in self.unseen if t not in self.train]
-
-
-def resolve_tasks(cfg: IPTConfig) -> TaskSplit:
-    """Training and unseen tasks from the split file, or the config lists, or all tasks present.
-
-    Raises:
-        DataError: a split naming tasks that do not exist, or no tasks at all.
-    """
-    if cfg.data.format == "hf":
-        if not cfg.data.tasks:
-            raise DataError("data.tasks: list the task names to load from the HF dataset source")
-        return TaskSplit(list(cfg.data.tasks), list(cfg.data.unseen_tasks))
-    root = data_dir(cfg)
-    available = list_tasks(root)
-    if cfg.data.split_file:
-        split = load_split(cfg.data.split_file, available)
-        if not split["train"]:
-            raise DataError(f"{cfg.data.split_file}: no training tasks ('train' is empty or missing; it lists "
-                            f"{len(split['dev'])} dev and {len(split['test'])} test tasks). Fix: list the MSF "
-                            "training tasks under 'train'")
-        if split["dev"]:
-            log.warning("%s: the %d tasks under 'dev' are not used (ipt_dist trains on 'train' and evaluates "
-                        "unseen tasks from 'test'): %s", cfg.data.split_file, len(split["dev"]),
-                        ", ".join(split["dev"][:5]) + (" ..." if len(split["dev"]) > 5 else ""))
-        return TaskSplit(split["train"], split["test"])
-    unseen = list(cfg.data.unseen_tasks)
-    train = list(cfg.data.tasks) or [t for t in available if t not in unseen]
-    missing = [t for t in train + unseen if t not in available]
-    if missing:
-        raise DataError(f"data.tasks / data.unseen_tasks: no such task in {root}: {', '.join(missing)}. "
-                        f"Fix: use names of folders in {root}")
-    both = sorted(set(train) & set(unseen))
-    if both:
-        raise DataError(f"data.tasks and data.unseen_tasks both list {', '.join(both)}: a task is either a "
-                        "training task or unseen. Fix: remove it from one of the lists")
-    if not train:
-        if available:
-            raise DataError(f"no training tasks: every task in {root} is listed in data.unseen_tasks. Fix: "
-                            "leave some out of data.unseen_tasks, or list the training tasks in data.tasks")
-        raise DataError(f"no training tasks: {root} holds no task folders and data.tasks is empty. Fix: point "
-                        "data.data_dir at the folder holding the tasks")
-    return TaskSplit(train, unseen)
-
-
-def load_raw(cfg: IPTConfig, names: list[str], data_seed: int | None = None) -> dict[str, TaskData]:
-    """Raw examples of `names`, subsampled to `data.train_size` with `data_seed` when set."""
-    seed = cfg.data.data_seed if data_seed is None else data_seed
-    if cfg.data.format == "hf":
-        raw = {n: load_hf_task(cfg.data.data_dir, n, input_column=cfg.data.hf_input_column,
-                               output_column=cfg.data.hf_output_column) for n in names}
-    else:
-        crossfit_seed = seed if cfg.data.k is not None else None
-        raw = load_tasks(data_dir(cfg), names, fmt=cfg.data.format, k=cfg.data.k, seed=crossfit_seed,
-                         tasks_file=cfg.data.tasks_file, max_examples=cfg.data.max_examples)
-    return {n: subsample_task(t, cfg.data.train_size, seed) for n, t in raw.items()}
-
-
-def load_tokenized(cfg: IPTConfig, backbone, names: list[str], data_seed: int | None = None
-                   ) -> dict[str, TokenizedTask]:
-    return tokenize_raw(cfg, backbone, load_raw(cfg, names, data_seed))
-
-
-def tokenize_raw(cfg: IPTConfig, backbone, raw: dict[str, TaskData]) -> dict[str, TokenizedTask]:
-    """Token ids of tasks already loaded by `load_raw` (the on-disk token cache in output_dir)."""
-    return tokenize_tasks(raw, backbone, prefix=cfg.data.task_prefix,
-                          cache_dir=Path(cfg.output_dir) / "cache" / "tokens")
 
 
 def pick_device(use_gpu: bool | None = None) -> torch.device:
