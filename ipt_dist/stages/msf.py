@@ -24,9 +24,10 @@ from ipt_dist.artifacts import (
     save_msf_checkpoint,
 )
 from ipt_dist.config import ConfigError, IPTConfig
+from ipt_dist.data.batching import TokenizedTask
 from ipt_dist.data.sampling import TaskBalancedSampler
 from ipt_dist.modeling.autoencoder import build_autoencoder
-from ipt_dist.modeling.backbone import build_backbone, resolve_auto_dtype
+from ipt_dist.modeling.backbone import Backbone, build_backbone, resolve_auto_dtype
 from ipt_dist.provenance import check_msf_prompts, msf_provenance
 from ipt_dist.rerun import claim_stage_dir, msf_inputs, recorded_inputs
 from ipt_dist.stages.common import load_raw, pick_device, resolve_tasks, tokenize_raw
@@ -37,13 +38,57 @@ from ipt_dist.train.steps import MSFModel, collate_msf, evaluate_reconstructed, 
 
 # Re-exported for one release: build_autoencoder moved to ipt_dist.modeling.autoencoder, collate_msf and
 # evaluate_reconstructed to ipt_dist.train.steps.
-__all__ = ["build_autoencoder", "collate_msf", "evaluate_reconstructed", "msf_prompts_dir", "run_msf"]
+__all__ = ["build_autoencoder", "collate_msf", "evaluate_reconstructed", "msf_prompts_dir", "run_msf", "train_msf"]
 
 log = logging.getLogger(__name__)
 
 
 def msf_prompts_dir(cfg: IPTConfig) -> Path:
     return Path(cfg.msf.prompts_dir) if cfg.msf.prompts_dir else Path(cfg.output_dir) / "prompts"
+
+
+def train_msf(cfg: IPTConfig, backbone: Backbone, prompts: torch.Tensor, data: list[TokenizedTask],
+              tasks: list[str], out: Path, provenance: dict | None = None, tracker=None) -> BestTracker:
+    """The single-process MSF loop: train the autoencoder over `data` (one entry per task, `prompts`
+    (T, L, H) their stage-0 prompts), evaluate dev every `msf.eval_every` steps and save the best
+    mean-dev checkpoint to `out` (`train.best`: a NaN task is left out of the mean). Appends every
+    step's metrics to `out/history.jsonl`. Returns the best score and step.
+    """
+    tracker = tracker or NullTracker()
+    device = backbone.device
+    H = backbone.hidden_size
+    ae = build_autoencoder(cfg, H).to(device)
+    model = MSFModel(backbone, ae, prompts, cfg.msf.alpha, cfg.msf.lm_reduction)
+    m = cfg.msf
+    opt = torch.optim.AdamW(ae.parameters(), lr=m.lr, eps=m.adam_eps, weight_decay=m.weight_decay)
+    warmup = warmup_steps_for(m.steps, m.warmup_ratio)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: linear_warmup_decay(s, m.steps, warmup))
+    sampler = TaskBalancedSampler([len(d.train) for d in data], m.batch_size, temperature=m.temperature,
+                                  seed=m.seed)
+    history = out / "history.jsonl"
+    best = BestTracker()
+    from tqdm.auto import tqdm
+
+    for step in tqdm(range(m.steps), desc="msf", leave=False):
+        backbone.set_train_mode(True)
+        batch = {k: v.to(device) for k, v in collate_msf(backbone, data, sampler.next_batch()).items()}
+        stats = msf_step(model, opt, sched, batch, m.grad_clip)
+        done = step + 1
+        row = {"step": done, **{k: float(v) for k, v in stats.items()}, "lr": sched.get_last_lr()[0]}
+        if done % m.eval_every == 0 or done == m.steps:
+            scores = evaluate_reconstructed(backbone, ae, prompts, data, "dev", cfg.backbone.eval_batch_size,
+                                            m.eval_max_examples)
+            row["dev_mean"] = dev_mean(scores, tasks)  # NaN tasks left out (train.best)
+            row.update({f"dev/{t}": s for t, s in zip(tasks, scores)})
+            if best.update(row["dev_mean"], done):
+                save_msf_checkpoint(out, ae, {"backbone": backbone.name, "tasks": tasks, "alpha": m.alpha,
+                                              "lm_reduction": m.lm_reduction, "best_dev": best.best, "step": done,
+                                              "temperature": m.temperature, "provenance": provenance})
+            log.info("MSF step %d: loss %.4f (lm %.4f, rec %.6f), mean dev %.4f", done, row["loss"],
+                     row["lm_loss"], row["rec_loss"], row["dev_mean"])
+        append_jsonl(history, row)
+        tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, step=done)
+    return best
 
 
 def run_msf(cfg: IPTConfig, tracker=None) -> dict:
@@ -88,39 +133,10 @@ def run_msf(cfg: IPTConfig, tracker=None) -> dict:
     tracker.log_inputs(msf_datasets(cfg, provenance, {t: len(raw[t].train) for t in split.train}))
     tok = tokenize_raw(cfg, backbone, raw)
     data = [tok[t] for t in split.train]
-    ae = build_autoencoder(cfg, H).to(device)
-    model = MSFModel(backbone, ae, prompts, cfg.msf.alpha, cfg.msf.lm_reduction)
-    m = cfg.msf
-    opt = torch.optim.AdamW(ae.parameters(), lr=m.lr, eps=m.adam_eps, weight_decay=m.weight_decay)
-    warmup = warmup_steps_for(m.steps, m.warmup_ratio)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: linear_warmup_decay(s, m.steps, warmup))
-    sampler = TaskBalancedSampler([len(d.train) for d in data], m.batch_size, temperature=m.temperature,
-                                  seed=m.seed)
-    history = out / "history.jsonl"
-    best, t0 = BestTracker(), time.time()
-    from tqdm.auto import tqdm
-
-    for step in tqdm(range(m.steps), desc="msf", leave=False):
-        backbone.set_train_mode(True)
-        batch = {k: v.to(device) for k, v in collate_msf(backbone, data, sampler.next_batch()).items()}
-        stats = msf_step(model, opt, sched, batch, m.grad_clip)
-        done = step + 1
-        row = {"step": done, **{k: float(v) for k, v in stats.items()}, "lr": sched.get_last_lr()[0]}
-        if done % m.eval_every == 0 or done == m.steps:
-            scores = evaluate_reconstructed(backbone, ae, prompts, data, "dev", cfg.backbone.eval_batch_size,
-                                            m.eval_max_examples)
-            row["dev_mean"] = dev_mean(scores, split.train)  # NaN tasks left out (train.best)
-            row.update({f"dev/{t}": s for t, s in zip(split.train, scores)})
-            if best.update(row["dev_mean"], done):
-                save_msf_checkpoint(out, ae, {"backbone": backbone.name, "tasks": split.train, "alpha": m.alpha,
-                                              "lm_reduction": m.lm_reduction, "best_dev": best.best, "step": done,
-                                              "temperature": m.temperature, "provenance": provenance})
-            log.info("MSF step %d: loss %.4f (lm %.4f, rec %.6f), mean dev %.4f", done, row["loss"],
-                     row["lm_loss"], row["rec_loss"], row["dev_mean"])
-        append_jsonl(history, row)
-        tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, step=done)
-    summary = {"best_dev": best.best, "best_step": best.step, "steps": m.steps, "seconds": time.time() - t0,
-               "checkpoint": str(final), "d": m.d, "tasks": split.train}
+    t0 = time.time()
+    best = train_msf(cfg, backbone, prompts, data, split.train, out, provenance, tracker)
+    summary = {"best_dev": best.best, "best_step": best.step, "steps": cfg.msf.steps, "seconds": time.time() - t0,
+               "checkpoint": str(final), "d": cfg.msf.d, "tasks": split.train}
     atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2).encode())
     if final.is_dir() and not any(final.iterdir()):
         final.rmdir()  # an empty directory (e.g. made by hand) is not a finished run

@@ -8,10 +8,9 @@ from ipt_dist.data.sampling import TaskBalancedSampler
 from ipt_dist.modeling.autoencoder import PromptAutoencoder
 from ipt_dist.modeling.backbone import build_backbone
 from ipt_dist.stages.common import load_tokenized
-from ipt_dist.stages.msf import collate_msf
 from ipt_dist.train.optim import BatchedAdamW
 from ipt_dist.train.packed import Job, PackSettings, train_pack
-from ipt_dist.train.steps import MSFModel, ist_step, msf_step, pt_step
+from ipt_dist.train.steps import MSFModel, collate_msf, ist_step, msf_step, pt_step
 from tests.conftest import tiny_overrides
 
 TASKS = ["demo_sentiment", "demo_topic", "demo_parity"]
