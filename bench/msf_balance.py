@@ -21,10 +21,10 @@ import torch
 
 from ipt_dist.config import load_config
 from ipt_dist.data.sampling import TaskBalancedSampler
+from ipt_dist.modeling.autoencoder import build_autoencoder
 from ipt_dist.modeling.backbone import build_backbone
 from ipt_dist.stages.common import load_tokenized, resolve_tasks
-from ipt_dist.stages.msf import build_autoencoder, collate_msf
-from ipt_dist.train.steps import MSFModel
+from ipt_dist.train.steps import MSFModel, collate_msf
 
 
 def _grad_norm(loss: torch.Tensor, params: list[torch.Tensor]) -> float:

@@ -25,6 +25,7 @@ __all__ = [
     "ConfigError",
     "BackboneConfig",
     "DataConfig",
+    "ScheduleConfig",
     "PTConfig",
     "MSFConfig",
     "ISTConfig",
@@ -129,26 +130,44 @@ class DataConfig:
         return out
 
 
-def _lr_problems(section: str, obj: Any) -> list[str]:
-    out = []
-    if obj.lr <= 0:
-        out.append(f"{section}.lr: must be > 0, got {obj.lr}")
-    if obj.batch_size <= 0:
-        out.append(f"{section}.batch_size: must be > 0, got {obj.batch_size}")
-    if obj.steps <= 0:
-        out.append(f"{section}.steps: must be > 0, got {obj.steps}")
-    if obj.eval_every <= 0:
-        out.append(f"{section}.eval_every: must be > 0, got {obj.eval_every}")
-    if not 0.0 <= obj.warmup_ratio < 1.0:
-        out.append(f"{section}.warmup_ratio: must be in [0, 1), got {obj.warmup_ratio}")
-    if obj.grad_clip < 0:
-        out.append(f"{section}.grad_clip: must be >= 0 (0 disables clipping), got {obj.grad_clip}")
-    return out
+@dataclass
+class ScheduleConfig:
+    """The training-schedule fields PT, MSF and IST share, under the same YAML keys in each section
+    (`pt.lr`, `msf.lr`, `ist.lr`, ...). The defaults are stage 0's; each stage's dataclass
+    overrides those it differs in."""
+
+    lr: float = 1e-4
+    batch_size: int = 8
+    steps: int = 1000
+    warmup_ratio: float = 0.06
+    grad_clip: float = 0.1  # 0 disables clipping
+    eval_every: int = 100
+    seed: int = 42
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.0
+
+    def schedule_problems(self, section: str) -> list[str]:
+        """What is wrong with the schedule fields, each naming `<section>.<field>`."""
+        out = []
+        if self.lr <= 0:
+            out.append(f"{section}.lr: must be > 0, got {self.lr}")
+        if self.batch_size <= 0:
+            out.append(f"{section}.batch_size: must be > 0, got {self.batch_size}")
+        if self.steps <= 0:
+            out.append(f"{section}.steps: must be > 0, got {self.steps}")
+        if self.eval_every <= 0:
+            out.append(f"{section}.eval_every: must be > 0, got {self.eval_every}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            out.append(f"{section}.warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
+        if self.grad_clip < 0:
+            out.append(f"{section}.grad_clip: must be >= 0 (0 disables clipping), got {self.grad_clip}")
+        return out
 
 
 @dataclass
-class PTConfig:
-    """Stage 0: soft-prompt tuning per task."""
+class PTConfig(ScheduleConfig):
+    """Stage 0: soft-prompt tuning per task (schedule: `ScheduleConfig`'s defaults; the reference's lr
+    grid is {1e-5, 2e-5, 5e-5, 1e-4})."""
 
     prompt_len: int = 100  # L
     init_std: float = 0.02
@@ -156,21 +175,12 @@ class PTConfig:
     # (job seed) among the first `init_vocab_top` ids, as in Lester et al. 2021
     init: str = "random"
     init_vocab_top: int = 5000
-    lr: float = 1e-4  # reference grid {1e-5, 2e-5, 5e-5, 1e-4}
-    batch_size: int = 8
-    steps: int = 1000
-    warmup_ratio: float = 0.06
-    grad_clip: float = 0.1
-    eval_every: int = 100
-    seed: int = 42
-    adam_eps: float = 1e-8
-    weight_decay: float = 0.0
     # Start from these prompts instead of N(0, init_std): a directory of prompt files or an IST
     # results directory (IPT-initialised PT starts from Dec(z*)).
     init_from: str | None = None
 
     def problems(self) -> list[str]:
-        out = _lr_problems("pt", self)
+        out = self.schedule_problems("pt")
         if self.prompt_len <= 0:
             out.append(f"pt.prompt_len: must be > 0, got {self.prompt_len}")
         if self.init not in ("random", "vocab"):
@@ -181,7 +191,7 @@ class PTConfig:
 
 
 @dataclass
-class MSFConfig:
+class MSFConfig(ScheduleConfig):
     """Stage 1: multi-task subspace finding (the prompt autoencoder)."""
 
     prompts_dir: str | None = None  # stage-0 prompt files; default <output_dir>/prompts
@@ -191,22 +201,18 @@ class MSFConfig:
     # LM loss over the global batch's target tokens: "sum" (reference: label_smoothed_nll_loss returns
     # a token sum) or "mean" (token mean; weighs the reconstruction ~ tokens-per-batch times more at equal alpha)
     lm_reduction: str = "sum"
+    # Schedule defaults that differ from ScheduleConfig's:
     lr: float = 3e-5
     batch_size: int = 64  # global batch
     steps: int = 10000
-    warmup_ratio: float = 0.06
-    grad_clip: float = 0.1
     eval_every: int = 5000
     eval_max_examples: int | None = None  # cap dev examples per task during training evaluation
     # Task sampling temperature: 1 = proportional to task size (reference), large = uniform.
     temperature: float = 1.0
-    seed: int = 42
-    adam_eps: float = 1e-8
-    weight_decay: float = 0.0
     checkpoint_every: int = 1000  # distributed: ray.train.report a checkpoint every N steps
 
     def problems(self) -> list[str]:
-        out = _lr_problems("msf", self)
+        out = self.schedule_problems("msf")
         if self.d <= 0:
             out.append(f"msf.d: must be > 0, got {self.d}")
         if self.mid_dim <= 0:
@@ -225,24 +231,18 @@ class MSFConfig:
 
 
 @dataclass
-class ISTConfig:
+class ISTConfig(ScheduleConfig):
     """Stage 2: intrinsic subspace tuning (only z in R^d trains)."""
 
     msf_checkpoint: str | None = None  # directory written by MSF; default <output_dir>/msf
     random_decoder: bool = False  # baseline: a randomly initialised decoder instead of MSF's
     init_std: float = 0.02
+    # Schedule defaults that differ from ScheduleConfig's:
     lr: float = 1e-5  # reference
     batch_size: int = 4
-    steps: int = 1000
-    warmup_ratio: float = 0.06
-    grad_clip: float = 0.1
-    eval_every: int = 100
-    seed: int = 42
-    adam_eps: float = 1e-8
-    weight_decay: float = 0.0
 
     def problems(self) -> list[str]:
-        return _lr_problems("ist", self)
+        return self.schedule_problems("ist")
 
 
 @dataclass

@@ -195,7 +195,7 @@ def run_pipeline(cfg: IPTConfig, *, distributed_msf: bool = True) -> dict:
         if check_msf_reuse(cfg_d, d):
             continue
         if distributed_msf:
-            from ipt_dist.distributed.msf import run_distributed_msf
+            from ipt_dist.distributed.msf_driver import run_distributed_msf
 
             msf_runs.append(run_distributed_msf(cfg_d))
             _mark_msf(cfg_d)

@@ -8,7 +8,8 @@
 
 Without a running cluster Ray starts locally on demand. A submitted job runs in a temporary
 copy of the working dir: give absolute --out paths and tracking URIs (see docs/distributed_msf.md).
-Thin on purpose: parse, load the config, call `ipt_dist.distributed.msf.run_distributed_msf`.
+Thin on purpose: parse, load the config, call `ipt_dist.distributed.msf_driver.run_distributed_msf`
+(with --smoke-test, first the stage-0 driver `run_pt` for the prompts it needs).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     from ipt_dist import console
     from ipt_dist.config import load_config
-    from ipt_dist.distributed.msf import DistributedMSFError, run_distributed_msf
+    from ipt_dist.distributed.msf_driver import DistributedMSFError, run_distributed_msf
     from ipt_dist.errors import one_line
     from ipt_dist.stages.common import setup_logging
 
@@ -59,7 +60,9 @@ def _run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config or SMOKE_CONFIG, overrides)
     console.log_to(cfg.output_dir)  # library messages and warnings: <out>/logs/ipt.log
     try:
-        summary = run_distributed_msf(cfg, resume=args.resume, smoke_test=args.smoke_test)
+        if args.smoke_test:
+            _train_smoke_prompts(cfg)
+        summary = run_distributed_msf(cfg, resume=args.resume)
     except DistributedMSFError as exc:  # the run started and failed: not a user error (exit 1)
         if args.debug:
             raise
@@ -67,6 +70,29 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     print(json.dumps(summary, indent=2, default=str))
     return 0
+
+
+def _train_smoke_prompts(cfg) -> None:
+    """--smoke-test: train the stage-0 prompts the run needs (`run_pt`, fast on tiny configs), with
+    the paths the run will use (`absolutize`).
+
+    Raises:
+        MSFInputError: msf.prompts_dir is set elsewhere than where stage 0 writes.
+    """
+    import logging
+
+    from ipt_dist.data.selection import resolve_tasks
+    from ipt_dist.distributed.msf_inputs import MSFInputError, absolutize
+    from ipt_dist.stages.pt import run_pt
+
+    cfg = absolutize(cfg.validate())
+    default = Path(cfg.output_dir) / "prompts"
+    if Path(cfg.msf.prompts_dir) != default:
+        raise MSFInputError(f"smoke test: stage 0 writes its prompts to {default}"
+                            f" but msf.prompts_dir is {cfg.msf.prompts_dir}. "
+                            "Fix: leave msf.prompts_dir unset")
+    logging.getLogger(__name__).info("smoke test: training the stage-0 prompts first")
+    run_pt(cfg, tasks=resolve_tasks(cfg).train)
 
 
 if __name__ == "__main__":

@@ -125,3 +125,25 @@ def test_shipped_msf_and_ist_sweep_configs_describe_one_run():
     # MSF reads the PT sweep's prompts and writes the checkpoint the sweep maps its d to
     assert Path(msf.msf.prompts_dir) == Path(ist.output_dir) / "prompts"
     assert Path(ist.output_dir) / ist.sweep.dims[msf.msf.d] == Path(msf.output_dir) / "msf"
+
+
+def test_pt_msf_ist_share_one_schedule_dataclass_with_their_own_defaults_and_keys():
+    import dataclasses
+
+    from ipt_dist.config import ISTConfig, MSFConfig, PTConfig, ScheduleConfig
+
+    names = [f.name for f in dataclasses.fields(ScheduleConfig)]
+    assert len(names) == 9
+    defaults = {PTConfig: (1e-4, 8, 1000, 100), MSFConfig: (3e-5, 64, 10000, 5000), ISTConfig: (1e-5, 4, 1000, 100)}
+    for cls, (lr, bs, steps, every) in defaults.items():
+        assert issubclass(cls, ScheduleConfig)
+        c = cls()
+        assert (c.lr, c.batch_size, c.steps, c.eval_every) == (lr, bs, steps, every)
+        assert (c.warmup_ratio, c.grad_clip, c.seed, c.adam_eps, c.weight_decay) == (0.06, 0.1, 42, 1e-8, 0.0)
+    cfg = load_config(None, ["pt.lr=0.5", "msf.batch_size=32", "ist.steps=7"])  # the same YAML keys per section
+    assert (cfg.pt.lr, cfg.msf.batch_size, cfg.ist.steps) == (0.5, 32, 7)
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["pt.stepz=1", "msf.grad_clip=-1", "ist.lr=0"])
+    msg = str(e.value)
+    assert "pt.stepz: unknown key; did you mean 'steps'?" in msg
+    assert "msf.grad_clip: must be >= 0" in msg and "ist.lr: must be > 0" in msg

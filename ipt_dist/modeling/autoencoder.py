@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ipt_dist.config import IPTConfig
+
 
 class PromptDecoder(nn.Module):
     """Dec: Linear(d -> H_mid) -> tanh -> Linear(H_mid -> L*H), reshaped to (L, H)."""
@@ -49,3 +51,11 @@ def random_decoder(d: int, prompt_len: int, hidden: int, mid_dim: int = 768, see
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         return PromptDecoder(d, prompt_len, hidden, mid_dim)
+
+
+def build_autoencoder(cfg: IPTConfig, hidden: int) -> PromptAutoencoder:
+    """The MSF autoencoder of `cfg`, initialised from `msf.seed` alone (the same weights in the
+    single-process driver and on every distributed worker, whatever the global RNG holds)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(cfg.msf.seed)
+        return PromptAutoencoder(cfg.msf.d, cfg.pt.prompt_len, hidden, cfg.msf.mid_dim)

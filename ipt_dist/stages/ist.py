@@ -24,10 +24,8 @@ log = logging.getLogger(__name__)
 
 
 def ist_settings(cfg: IPTConfig) -> PackSettings:
-    i = cfg.ist
-    return PackSettings(steps=i.steps, batch_size=i.batch_size, warmup_ratio=i.warmup_ratio,
-                        eval_every=i.eval_every, init_std=i.init_std, adam_eps=i.adam_eps,
-                        weight_decay=i.weight_decay, eval_batch_size=cfg.backbone.eval_batch_size)
+    """`PackSettings.from_config(cfg, "ist")` (kept for callers of this name)."""
+    return PackSettings.from_config(cfg, "ist")
 
 
 def check_msf_provenance(cfg: IPTConfig, train: list[str]) -> None:

@@ -2,15 +2,14 @@
 
     ipt msf --config configs/demo.yaml
 
-The distributed version (Ray Train + DeepSpeed) is `ipt_dist.distributed.msf`; both use the
-same `MSFModel`, sampler and evaluation.
+The distributed version (Ray Train + DeepSpeed) is `ipt_dist.distributed.msf_worker` / `msf_driver`;
+both use the same `MSFModel`, sampler, evaluation and keep-best rule (`ipt_dist.train.best`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -28,42 +27,66 @@ from ipt_dist.config import ConfigError, IPTConfig
 from ipt_dist.data.batching import TokenizedTask
 from ipt_dist.data.sampling import TaskBalancedSampler
 from ipt_dist.data.selection import load_raw, resolve_tasks, tokenize_raw
-from ipt_dist.modeling.autoencoder import PromptAutoencoder
+from ipt_dist.modeling.autoencoder import build_autoencoder
 from ipt_dist.modeling.backbone import Backbone, build_backbone, resolve_auto_dtype
 from ipt_dist.paths import msf_prompts_dir, stage_dir
 from ipt_dist.provenance import check_msf_prompts, msf_provenance
 from ipt_dist.rerun import claim_stage_dir, msf_inputs, recorded_inputs
 from ipt_dist.stages.common import pick_device
 from ipt_dist.tracking import NullTracker, log_msf_model, msf_datasets
+from ipt_dist.train.best import BestTracker, dev_mean
 from ipt_dist.train.optim import linear_warmup_decay, warmup_steps_for
-from ipt_dist.train.steps import MSFModel, evaluate_groups, msf_step
+from ipt_dist.train.steps import MSFModel, collate_msf, evaluate_reconstructed, msf_step
+
+# Re-exported for one release: build_autoencoder moved to ipt_dist.modeling.autoencoder, collate_msf and
+# evaluate_reconstructed to ipt_dist.train.steps.
+__all__ = ["build_autoencoder", "collate_msf", "evaluate_reconstructed", "msf_prompts_dir", "run_msf", "train_msf"]
 
 log = logging.getLogger(__name__)
 
 
-def build_autoencoder(cfg: IPTConfig, hidden: int) -> PromptAutoencoder:
-    with torch.random.fork_rng():
-        torch.manual_seed(cfg.msf.seed)
-        return PromptAutoencoder(cfg.msf.d, cfg.pt.prompt_len, hidden, cfg.msf.mid_dim)
+def train_msf(cfg: IPTConfig, backbone: Backbone, prompts: torch.Tensor, data: list[TokenizedTask],
+              tasks: list[str], out: Path, provenance: dict | None = None, tracker=None) -> BestTracker:
+    """The single-process MSF loop: train the autoencoder over `data` (one entry per task, `prompts`
+    (T, L, H) their stage-0 prompts), evaluate dev every `msf.eval_every` steps and save the best
+    mean-dev checkpoint to `out` (`train.best`: a NaN task is left out of the mean). Appends every
+    step's metrics to `out/history.jsonl`. Returns the best score and step.
+    """
+    tracker = tracker or NullTracker()
+    device = backbone.device
+    H = backbone.hidden_size
+    ae = build_autoencoder(cfg, H).to(device)
+    model = MSFModel(backbone, ae, prompts, cfg.msf.alpha, cfg.msf.lm_reduction)
+    m = cfg.msf
+    opt = torch.optim.AdamW(ae.parameters(), lr=m.lr, eps=m.adam_eps, weight_decay=m.weight_decay)
+    warmup = warmup_steps_for(m.steps, m.warmup_ratio)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: linear_warmup_decay(s, m.steps, warmup))
+    sampler = TaskBalancedSampler([len(d.train) for d in data], m.batch_size, temperature=m.temperature,
+                                  seed=m.seed)
+    history = out / "history.jsonl"
+    best = BestTracker()
+    from tqdm.auto import tqdm
 
-
-def collate_msf(backbone: Backbone, data: list[TokenizedTask], pairs: list[tuple[int, int]]) -> dict:
-    """Rows of a mixed-task batch; `group` is the task index (which prompt the row uses)."""
-    batch = backbone.collate_train([data[t].train.inputs[i] for t, i in pairs],
-                                   [data[t].train.targets[i] for t, i in pairs])
-    batch["group"] = torch.tensor([t for t, _ in pairs])
-    return batch
-
-
-@torch.no_grad()
-def evaluate_reconstructed(backbone: Backbone, ae: PromptAutoencoder, task_prompts: torch.Tensor,
-                           data: list[TokenizedTask], split: str, batch_size: int,
-                           max_examples: int | None = None) -> list[float]:
-    """Settings 1/2: score each task with its reconstructed prompt Dec(Enc(P_i))."""
-    recon = ae(task_prompts.to(next(ae.parameters()).device).float())
-    scores, _ = evaluate_groups(backbone, recon, [t.split(split) for t in data], [t.info.metric for t in data],
-                                batch_size, max_examples)
-    return scores
+    for step in tqdm(range(m.steps), desc="msf", leave=False):
+        backbone.set_train_mode(True)
+        batch = {k: v.to(device) for k, v in collate_msf(backbone, data, sampler.next_batch()).items()}
+        stats = msf_step(model, opt, sched, batch, m.grad_clip)
+        done = step + 1
+        row = {"step": done, **{k: float(v) for k, v in stats.items()}, "lr": sched.get_last_lr()[0]}
+        if done % m.eval_every == 0 or done == m.steps:
+            scores = evaluate_reconstructed(backbone, ae, prompts, data, "dev", cfg.backbone.eval_batch_size,
+                                            m.eval_max_examples)
+            row["dev_mean"] = dev_mean(scores, tasks)  # NaN tasks left out (train.best)
+            row.update({f"dev/{t}": s for t, s in zip(tasks, scores)})
+            if best.update(row["dev_mean"], done):
+                save_msf_checkpoint(out, ae, {"backbone": backbone.name, "tasks": tasks, "alpha": m.alpha,
+                                              "lm_reduction": m.lm_reduction, "best_dev": best.best, "step": done,
+                                              "temperature": m.temperature, "provenance": provenance})
+            log.info("MSF step %d: loss %.4f (lm %.4f, rec %.6f), mean dev %.4f", done, row["loss"],
+                     row["lm_loss"], row["rec_loss"], row["dev_mean"])
+        append_jsonl(history, row)
+        tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, step=done)
+    return best
 
 
 def run_msf(cfg: IPTConfig, tracker=None) -> dict:
@@ -108,40 +131,10 @@ def run_msf(cfg: IPTConfig, tracker=None) -> dict:
     tracker.log_inputs(msf_datasets(cfg, provenance, {t: len(raw[t].train) for t in split.train}))
     tok = tokenize_raw(cfg, backbone, raw)
     data = [tok[t] for t in split.train]
-    ae = build_autoencoder(cfg, H).to(device)
-    model = MSFModel(backbone, ae, prompts, cfg.msf.alpha, cfg.msf.lm_reduction)
-    m = cfg.msf
-    opt = torch.optim.AdamW(ae.parameters(), lr=m.lr, eps=m.adam_eps, weight_decay=m.weight_decay)
-    warmup = warmup_steps_for(m.steps, m.warmup_ratio)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: linear_warmup_decay(s, m.steps, warmup))
-    sampler = TaskBalancedSampler([len(d.train) for d in data], m.batch_size, temperature=m.temperature,
-                                  seed=m.seed)
-    history = out / "history.jsonl"
-    best, best_step, t0 = -math.inf, 0, time.time()
-    from tqdm.auto import tqdm
-
-    for step in tqdm(range(m.steps), desc="msf", leave=False):
-        backbone.set_train_mode(True)
-        batch = {k: v.to(device) for k, v in collate_msf(backbone, data, sampler.next_batch()).items()}
-        stats = msf_step(model, opt, sched, batch, m.grad_clip)
-        done = step + 1
-        row = {"step": done, **{k: float(v) for k, v in stats.items()}, "lr": sched.get_last_lr()[0]}
-        if done % m.eval_every == 0 or done == m.steps:
-            scores = evaluate_reconstructed(backbone, ae, prompts, data, "dev", cfg.backbone.eval_batch_size,
-                                            m.eval_max_examples)
-            row["dev_mean"] = sum(scores) / len(scores)
-            row.update({f"dev/{t}": s for t, s in zip(split.train, scores)})
-            if row["dev_mean"] > best:
-                best, best_step = row["dev_mean"], done
-                save_msf_checkpoint(out, ae, {"backbone": backbone.name, "tasks": split.train, "alpha": m.alpha,
-                                              "lm_reduction": m.lm_reduction, "best_dev": best, "step": done, "temperature": m.temperature,
-                                              "provenance": provenance})
-            log.info("MSF step %d: loss %.4f (lm %.4f, rec %.6f), mean dev %.4f", done, row["loss"],
-                     row["lm_loss"], row["rec_loss"], row["dev_mean"])
-        append_jsonl(history, row)
-        tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, step=done)
-    summary = {"best_dev": best, "best_step": best_step, "steps": m.steps, "seconds": time.time() - t0,
-               "checkpoint": str(final), "d": m.d, "tasks": split.train}
+    t0 = time.time()
+    best = train_msf(cfg, backbone, prompts, data, split.train, out, provenance, tracker)
+    summary = {"best_dev": best.best, "best_step": best.step, "steps": cfg.msf.steps, "seconds": time.time() - t0,
+               "checkpoint": str(final), "d": cfg.msf.d, "tasks": split.train}
     atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2).encode())
     if final.is_dir() and not any(final.iterdir()):
         final.rmdir()  # an empty directory (e.g. made by hand) is not a finished run

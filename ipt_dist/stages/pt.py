@@ -31,11 +31,8 @@ log = logging.getLogger(__name__)
 
 
 def pt_settings(cfg: IPTConfig) -> PackSettings:
-    p = cfg.pt
-    return PackSettings(steps=p.steps, batch_size=p.batch_size, warmup_ratio=p.warmup_ratio,
-                        eval_every=p.eval_every, init_std=p.init_std, init=p.init,
-                        init_vocab_top=p.init_vocab_top, adam_eps=p.adam_eps,
-                        weight_decay=p.weight_decay, eval_batch_size=cfg.backbone.eval_batch_size)
+    """`PackSettings.from_config(cfg, "pt")` (kept for callers of this name)."""
+    return PackSettings.from_config(cfg, "pt")
 
 
 def run_pt(cfg: IPTConfig, tasks: list[str] | None = None, tracker=None) -> list[dict]:

@@ -9,16 +9,17 @@ gives the same results as K separate runs with the same seeds (dropout off).
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
+from ipt_dist.config import IPTConfig
 from ipt_dist.data.batching import TokenizedTask
 from ipt_dist.modeling.autoencoder import PromptDecoder
 from ipt_dist.modeling.backbone import Backbone
+from ipt_dist.train.best import BestTracker, dev_mean
 from ipt_dist.train.optim import BatchedAdamW, linear_warmup_decay, warmup_steps_for
 from ipt_dist.train.steps import evaluate_groups, packed_step
 
@@ -54,6 +55,22 @@ class PackSettings:
     max_rows: int | None = None  # split the packed batch into forward chunks of this many rows
     eval_batch_size: int = 32
     eval_max_examples: int | None = None
+
+    @classmethod
+    def from_config(cls, cfg: IPTConfig, stage: str) -> PackSettings:
+        """The settings of stage `stage` ("pt" or "ist") of `cfg`: its schedule fields and the
+        backbone's eval batch size (`init` / `init_vocab_top` exist for PT only; IST keeps the defaults).
+
+        Raises:
+            ValueError: another stage (MSF trains one autoencoder, not a pack of jobs).
+        """
+        if stage not in ("pt", "ist"):
+            raise ValueError(f"PackSettings.from_config: stage must be 'pt' or 'ist', got {stage!r}")
+        s = getattr(cfg, stage)
+        init = {"init": s.init, "init_vocab_top": s.init_vocab_top} if stage == "pt" else {}
+        return cls(steps=s.steps, batch_size=s.batch_size, warmup_ratio=s.warmup_ratio, eval_every=s.eval_every,
+                   init_std=s.init_std, adam_eps=s.adam_eps, weight_decay=s.weight_decay,
+                   eval_batch_size=cfg.backbone.eval_batch_size, **init)
 
 
 @dataclass
@@ -122,11 +139,79 @@ def settings_init_params(backbone: Backbone, jobs: list[Job], shape: tuple[int, 
     return init_params(jobs, shape, settings.init_std)
 
 
+@dataclass
+class _Pack:
+    """What `_setup_pack` builds for the loop: the trainable (K, ...) parameters, how they become
+    prompts, their optimiser and each job's data stream."""
+
+    kind: str
+    param: torch.Tensor  # (K, L, H) prompts for PT, (K, d) z for IST
+    prompt_fn: Callable[[torch.Tensor], torch.Tensor]  # param -> (K, L, H) prompts
+    opt: BatchedAdamW
+    streams: list[_JobStream]
+    metrics: list[str]
+
+
+def _setup_pack(backbone: Backbone, jobs: list[Job], data: dict[str, TokenizedTask], settings: PackSettings,
+                decoder: PromptDecoder | None, prompt_len: int | None, init: torch.Tensor | None) -> _Pack:
+    """Validate the pack, then build its parameters (seeded per job), optimiser and data streams.
+
+    Raises:
+        ValueError: mixed kinds in one pack, a job without data, an empty training split, IST
+            without a decoder or PT without prompt_len.
+    """
+    kinds = {j.kind for j in jobs}
+    if len(kinds) != 1:
+        raise ValueError(f"a pack holds jobs of one kind, got {sorted(kinds)}")
+    kind = kinds.pop()
+    for j in jobs:
+        if j.job_id not in data:
+            raise ValueError(f"job {j.job_id} (task {j.task}) has no data")
+        if len(data[j.job_id].train) == 0:
+            raise ValueError(f"task {j.task}: the training split is empty")
+    if kind == "ist":
+        if decoder is None:
+            raise ValueError("IST jobs need the frozen MSF decoder")
+        decoder = decoder.to(backbone.device).requires_grad_(False)
+        shape: tuple[int, ...] = (decoder.d,)
+        prompt_fn = decoder
+    else:
+        if prompt_len is None:
+            raise ValueError("PT jobs need prompt_len")
+        shape = (prompt_len, backbone.hidden_size)
+        prompt_fn = lambda p: p
+    param = (init.clone().float() if init is not None
+             else settings_init_params(backbone, jobs, shape, settings, kind)).to(backbone.device)
+    param.requires_grad_(True)
+    opt = BatchedAdamW(param, [j.lr for j in jobs], [j.grad_clip for j in jobs], eps=settings.adam_eps,
+                       weight_decay=settings.weight_decay)
+    streams = [_JobStream(len(data[j.job_id].train), j.seed) for j in jobs]
+    return _Pack(kind, param, prompt_fn, opt, streams, [data[j.job_id].info.metric for j in jobs])
+
+
+def _pack_batch(backbone: Backbone, jobs: list[Job], data: dict[str, TokenizedTask], streams: list[_JobStream],
+                batch_size: int) -> dict[str, torch.Tensor]:
+    """`batch_size` rows of every job from its own stream; `group` (B,) is the job index of each row."""
+    inputs, targets, groups = [], [], []
+    for k, j in enumerate(jobs):
+        split = data[j.job_id].train
+        for i in streams[k].take(batch_size):
+            inputs.append(split.inputs[i])
+            targets.append(split.targets[i])
+            groups.append(k)
+    batch = backbone.collate_train(inputs, targets)
+    batch["group"] = torch.tensor(groups)
+    return {k: v.to(backbone.device) for k, v in batch.items()}
+
+
 def train_pack(backbone: Backbone, jobs: list[Job], data: dict[str, TokenizedTask], settings: PackSettings, *,
                decoder: PromptDecoder | None = None, prompt_len: int | None = None,
                init: torch.Tensor | None = None, progress: bool = False,
                on_progress: Callable[[int, int], None] | None = None) -> list[JobResult]:
     """Train every job of the pack; evaluate dev every `eval_every` steps; score test at best dev.
+
+    Each job keeps its own best step (`train.best.BestTracker`: strictly better wins, the earliest
+    step wins ties, a NaN dev score is never the best).
 
     Args:
         data: job_id -> the tokenized task that job trains on (jobs may use different draws).
@@ -139,38 +224,10 @@ def train_pack(backbone: Backbone, jobs: list[Job], data: dict[str, TokenizedTas
     Raises:
         ValueError: mixed kinds in one pack, a job without data, or an empty training split.
     """
-    kinds = {j.kind for j in jobs}
-    if len(kinds) != 1:
-        raise ValueError(f"a pack holds jobs of one kind, got {sorted(kinds)}")
-    kind = kinds.pop()
-    for j in jobs:
-        if j.job_id not in data:
-            raise ValueError(f"job {j.job_id} (task {j.task}) has no data")
-        if len(data[j.job_id].train) == 0:
-            raise ValueError(f"task {j.task}: the training split is empty")
-    device = backbone.device
-    K, H = len(jobs), backbone.hidden_size
-    if kind == "ist":
-        if decoder is None:
-            raise ValueError("IST jobs need the frozen MSF decoder")
-        decoder = decoder.to(device).requires_grad_(False)
-        shape: tuple[int, ...] = (decoder.d,)
-        prompt_fn = decoder
-    else:
-        if prompt_len is None:
-            raise ValueError("PT jobs need prompt_len")
-        shape = (prompt_len, H)
-        prompt_fn = lambda p: p  # noqa: E731
-    param = (init.clone().float() if init is not None
-             else settings_init_params(backbone, jobs, shape, settings, kind)).to(device)
-    param.requires_grad_(True)
-    opt = BatchedAdamW(param, [j.lr for j in jobs], [j.grad_clip for j in jobs], eps=settings.adam_eps,
-                       weight_decay=settings.weight_decay)
-    streams = [_JobStream(len(data[j.job_id].train), j.seed) for j in jobs]
+    pack = _setup_pack(backbone, jobs, data, settings, decoder, prompt_len, init)
+    kind, param, K = pack.kind, pack.param, len(jobs)
     warmup = warmup_steps_for(settings.steps, settings.warmup_ratio)
-    metrics = [data[j.job_id].info.metric for j in jobs]
-    best = torch.full((K,), -math.inf)
-    best_step = [0] * K
+    best = [BestTracker() for _ in jobs]
     best_param = param.detach().clone()
     dev_curves: list[list[tuple[int, float]]] = [[] for _ in jobs]
     loss_curves: list[list[tuple[int, float]]] = [[] for _ in jobs]
@@ -178,8 +235,8 @@ def train_pack(backbone: Backbone, jobs: list[Job], data: dict[str, TokenizedTas
 
     def evaluate(split: str, p: torch.Tensor) -> list[float]:
         with torch.no_grad():
-            prompts = prompt_fn(p)
-        scores, _ = evaluate_groups(backbone, prompts, [data[j.job_id].split(split) for j in jobs], metrics,
+            prompts = pack.prompt_fn(p)
+        scores, _ = evaluate_groups(backbone, prompts, [data[j.job_id].split(split) for j in jobs], pack.metrics,
                                     settings.eval_batch_size, settings.eval_max_examples)
         return scores
 
@@ -191,19 +248,9 @@ def train_pack(backbone: Backbone, jobs: list[Job], data: dict[str, TokenizedTas
     running = torch.zeros(K)
     for step in range(settings.steps):
         backbone.set_train_mode(True)
-        inputs, targets, groups = [], [], []
-        for k, j in enumerate(jobs):
-            split = data[j.job_id].train
-            for i in streams[k].take(settings.batch_size):
-                inputs.append(split.inputs[i])
-                targets.append(split.targets[i])
-                groups.append(k)
-        batch = backbone.collate_train(inputs, targets)
-        batch["group"] = torch.tensor(groups)
-        batch = {k: v.to(device) for k, v in batch.items()}
+        batch = _pack_batch(backbone, jobs, data, pack.streams, settings.batch_size)
         lr_mult = linear_warmup_decay(step, settings.steps, warmup)
-        losses = packed_step(backbone, param, prompt_fn, opt, batch, lr_mult, settings.max_rows)
-        running += losses.cpu()
+        running += packed_step(backbone, param, pack.prompt_fn, pack.opt, batch, lr_mult, settings.max_rows).cpu()
         if bar is not None:
             bar.update(1)
         done = step + 1
@@ -217,17 +264,16 @@ def train_pack(backbone: Backbone, jobs: list[Job], data: dict[str, TokenizedTas
             scores = evaluate("dev", param.detach())
             for k, s in enumerate(scores):
                 dev_curves[k].append((done, s))
-                if s > best[k]:  # strictly better: the earliest best step wins ties
-                    best[k], best_step[k] = s, done
+                if best[k].update(s, done):
                     best_param[k] = param.detach()[k]
             log.info("%s pack of %d: step %d/%d, mean dev %.4f", kind, K, done, settings.steps,
-                     sum(scores) / len(scores))
+                     dev_mean(scores, [j.task for j in jobs]))
     if bar is not None:
         bar.close()
     tests = evaluate("test", best_param)
     secs = time.time() - t0
     return [
-        JobResult(job=j, metric=metrics[k], best_dev=float(best[k]), best_step=best_step[k], test=tests[k],
+        JobResult(job=j, metric=pack.metrics[k], best_dev=best[k].best, best_step=best[k].step, test=tests[k],
                   dev_curve=dev_curves[k], loss_curve=loss_curves[k], best_param=best_param[k].cpu(),
                   seconds=secs / K)
         for k, j in enumerate(jobs)

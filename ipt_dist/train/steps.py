@@ -5,12 +5,15 @@ Shapes: K jobs (or T tasks), B batch rows, L prompt length, H hidden size, d int
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ipt_dist.data.batching import TokenizedTask
 from ipt_dist.metrics import compute_metric
 from ipt_dist.modeling.autoencoder import PromptAutoencoder, PromptDecoder
 from ipt_dist.modeling.backbone import Backbone
@@ -137,7 +140,7 @@ class MSFModel(nn.Module):
         and `global_tokens` at their defaults: `loss` is then the objective of this batch. Data-parallel
         callers pass `replicas = world * accum` and, for "mean", the global batch's target-token count,
         so that DeepSpeed's gradient average gives the gradient of the global batch's objective
-        (see ipt_dist.distributed.msf).
+        (see ipt_dist.distributed.msf_worker).
         """
         tasks, inverse = torch.unique(batch["group"], return_inverse=True)
         originals = self.task_prompts[tasks]  # (U, L, H)
@@ -202,17 +205,37 @@ def predict(backbone: Backbone, prompts: torch.Tensor, items: list[EvalItem], ba
 
 
 def evaluate_groups(backbone: Backbone, prompts: torch.Tensor, splits: list, metrics: list[str],
-                    batch_size: int, max_examples: int | None = None) -> tuple[list[float], list[list[str]]]:
+                    batch_size: int, max_examples: int | None = None, *, rank: int = 0, world: int = 1,
+                    all_gather: Callable[[list], list[list]] | None = None
+                    ) -> tuple[list[float], list[list[str]]]:
     """Score group g's prompt on splits[g] (a TokenizedSplit) with metrics[g].
 
-    Returns (scores (G,), predictions per group).
+    Sharded (`world` > 1): this rank generates every `world`-th example from `rank` on, and
+    `all_gather(local)` (one list per rank, e.g. torch.distributed.all_gather_object) gives it the
+    others' predictions, so every rank returns the same scores. Every rank runs the same number of
+    generate calls: under ZeRO-3 each forward is a collective, so the shards are padded to equal
+    length with a repeat of their first example (its extra prediction is dropped).
+
+    Returns (scores (G,), predictions per group); a group with no examples scores NaN.
+    Raises:
+        ValueError: `world` > 1 without `all_gather`.
     """
     items, owner = [], []
     for g, split in enumerate(splits):
         n = len(split) if max_examples is None else min(len(split), max_examples)
         items.extend(EvalItem(g, split.inputs[i]) for i in range(n))
         owner.extend([g] * n)
-    preds = predict(backbone, prompts, items, batch_size)
+    if world == 1:
+        preds = predict(backbone, prompts, items, batch_size)
+    else:
+        if all_gather is None:
+            raise ValueError("evaluate_groups: a sharded evaluation (world > 1) needs all_gather")
+        mine = list(range(rank, len(items), world))
+        per_rank = math.ceil(len(items) / world)
+        padded = mine + [mine[0] if mine else 0] * (per_rank - len(mine))
+        local = predict(backbone, prompts, [items[j] for j in padded], batch_size) if padded else []
+        by_item = {j: p for shard in all_gather(list(zip(mine, local[:len(mine)], strict=True))) for j, p in shard}
+        preds = [by_item[j] for j in range(len(items))]
     per_group: list[list[str]] = [[] for _ in splits]
     for g, p in zip(owner, preds):
         per_group[g].append(p)
@@ -221,3 +244,27 @@ def evaluate_groups(backbone: Backbone, prompts: torch.Tensor, splits: list, met
         n = len(per_group[g])
         scores.append(compute_metric(metrics[g], per_group[g], split.references[:n]) if n else float("nan"))
     return scores, per_group
+
+
+# ------------------------------------------------------------------ MSF batches and evaluation
+
+
+def collate_msf(backbone: Backbone, data: list[TokenizedTask], pairs: list[tuple[int, int]]) -> dict:
+    """Rows of a mixed-task batch from (task index, example index) pairs; `group` is the task index
+    (which prompt the row uses)."""
+    batch = backbone.collate_train([data[t].train.inputs[i] for t, i in pairs],
+                                   [data[t].train.targets[i] for t, i in pairs])
+    batch["group"] = torch.tensor([t for t, _ in pairs])
+    return batch
+
+
+@torch.no_grad()
+def evaluate_reconstructed(backbone: Backbone, ae: PromptAutoencoder, task_prompts: torch.Tensor,
+                           data: list[TokenizedTask], split: str, batch_size: int,
+                           max_examples: int | None = None) -> list[float]:
+    """Settings 1/2: score each task with its reconstructed prompt Dec(Enc(P_i)) (single process;
+    the distributed worker gathers the AE first and calls `evaluate_groups` sharded)."""
+    recon = ae(task_prompts.to(next(ae.parameters()).device).float())  # (T, L, H)
+    scores, _ = evaluate_groups(backbone, recon, [t.split(split) for t in data], [t.info.metric for t in data],
+                                batch_size, max_examples)
+    return scores

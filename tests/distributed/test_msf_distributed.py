@@ -26,7 +26,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.distributed.conftest import HIDDEN, PROMPT_LEN, TRAIN_TASKS, free_port, msf_overrides, write_seeded_prompts
+from tests.distributed.conftest import (
+    HIDDEN,
+    PROMPT_LEN,
+    TRAIN_TASKS,
+    free_port,
+    msf_overrides,
+    write_seeded_prompts,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = 4
@@ -48,11 +55,11 @@ def single_process_run(cfg, steps: int) -> tuple[list[dict[str, float]], dict[in
     """
     from ipt_dist.artifacts import load_task_prompts
     from ipt_dist.data.sampling import TaskBalancedSampler
+    from ipt_dist.modeling.autoencoder import build_autoencoder
     from ipt_dist.modeling.backbone import build_backbone
     from ipt_dist.stages.common import load_tokenized
-    from ipt_dist.stages.msf import build_autoencoder, collate_msf
     from ipt_dist.train.optim import linear_warmup_decay, warmup_steps_for
-    from ipt_dist.train.steps import MSFModel, msf_step
+    from ipt_dist.train.steps import MSFModel, collate_msf, msf_step
 
     m = cfg.msf
     backbone = build_backbone(cfg.backbone, "cpu")

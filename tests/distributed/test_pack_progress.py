@@ -110,10 +110,10 @@ def test_msf_heartbeat_logs_rank0_steps_while_training_runs(tmp_path, caplog):
     import re
     import time
 
-    from ipt_dist.distributed.msf import _heartbeat
+    from ipt_dist.distributed.msf_driver import _heartbeat
 
     history = tmp_path / "history.jsonl"
-    with caplog.at_level(logging.INFO, logger="ipt_dist.distributed.msf"), \
+    with caplog.at_level(logging.INFO, logger="ipt_dist.distributed.msf_driver"), \
             _heartbeat(history, 100, "distributed MSF d=2", every_s=0.05):
         time.sleep(0.2)  # nothing written yet: no line
         for step in (10, 20):

@@ -18,9 +18,8 @@ from ipt_dist.modeling.autoencoder import PromptAutoencoder, random_decoder
 from ipt_dist.modeling.backbone import build_backbone
 from ipt_dist.modeling.pca_decoder import pca_decoder
 from ipt_dist.stages.common import load_tokenized
-from ipt_dist.stages.msf import collate_msf
 from ipt_dist.train.packed import Job, PackSettings, train_pack
-from ipt_dist.train.steps import MSFModel, msf_step
+from ipt_dist.train.steps import MSFModel, collate_msf, msf_step
 from tests.conftest import tiny_overrides
 
 TASKS = ["demo_sentiment", "demo_topic", "demo_parity", "demo_copy_first"]

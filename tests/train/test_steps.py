@@ -8,10 +8,9 @@ from ipt_dist.data.sampling import TaskBalancedSampler
 from ipt_dist.modeling.autoencoder import PromptAutoencoder
 from ipt_dist.modeling.backbone import build_backbone
 from ipt_dist.stages.common import load_tokenized
-from ipt_dist.stages.msf import collate_msf
 from ipt_dist.train.optim import BatchedAdamW
 from ipt_dist.train.packed import Job, PackSettings, train_pack
-from ipt_dist.train.steps import MSFModel, ist_step, msf_step, pt_step
+from ipt_dist.train.steps import MSFModel, collate_msf, ist_step, msf_step, pt_step
 from tests.conftest import tiny_overrides
 
 TASKS = ["demo_sentiment", "demo_topic", "demo_parity"]
@@ -233,3 +232,41 @@ def test_packs_reject_mixed_kinds_and_missing_data(setup):
         train_pack(bb, jobs, {}, PackSettings(), prompt_len=4)
     with pytest.raises(ValueError, match="has no data"):
         train_pack(bb, jobs[:1], {}, PackSettings(), prompt_len=4)
+
+
+def test_sharded_evaluate_groups_equals_one_process(setup):
+    """`evaluate_groups` over 2 ranks (each generates every 2nd example, shards padded to equal
+    length, predictions all-gathered) gives every rank the one-process scores and predictions.
+    The ranks run as threads here; all_gather is a real gather between them."""
+    import threading
+
+    from ipt_dist.train.steps import evaluate_groups
+
+    _, bb, data = setup
+    bb.set_train_mode(False)
+    prompts = torch.randn(len(TASKS), 4, bb.hidden_size, generator=torch.Generator().manual_seed(1))  # (T, L, H)
+    splits, metrics = [data[t].dev for t in TASKS], [data[t].info.metric for t in TASKS]
+    one = evaluate_groups(bb, prompts, splits, metrics, 4, max_examples=5)  # 15 items: 8 + 7 over 2 ranks
+    assert len({p for group in one[1] for p in group}) > 1, "all predictions equal: a mix-up could not show"
+
+    world, barrier, slots, got = 2, threading.Barrier(2), [None, None], [None, None]
+
+    def all_gather(rank):
+        def gather(local):
+            slots[rank] = local
+            barrier.wait()
+            out = list(slots)
+            barrier.wait()
+            return out
+        return gather
+
+    def run(rank):
+        got[rank] = evaluate_groups(bb, prompts, splits, metrics, 4, max_examples=5, rank=rank, world=world,
+                                    all_gather=all_gather(rank))
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in range(world)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got[0] == got[1] == one

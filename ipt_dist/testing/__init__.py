@@ -1,0 +1,1 @@
+"""Test aids that must run inside production processes (fault injection), kept out of their code paths."""
