@@ -83,10 +83,11 @@ def _train_smoke_prompts(cfg) -> None:
 
     from ipt_dist.data.selection import resolve_tasks
     from ipt_dist.distributed.msf_inputs import MSFInputError, absolutize
+    from ipt_dist.paths import pt_prompts_dir
     from ipt_dist.stages.pt import run_pt
 
     cfg = absolutize(cfg.validate())
-    default = Path(cfg.output_dir) / "prompts"
+    default = pt_prompts_dir(cfg)
     if Path(cfg.msf.prompts_dir) != default:
         raise MSFInputError(f"smoke test: stage 0 writes its prompts to {default}"
                             f" but msf.prompts_dir is {cfg.msf.prompts_dir}. "

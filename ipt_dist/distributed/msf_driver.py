@@ -37,6 +37,7 @@ from ipt_dist.distributed.msf_inputs import (
     expected_backbone_name,
 )
 from ipt_dist.distributed.msf_worker import BEST_DIR, train_func
+from ipt_dist.paths import stage_dir
 from ipt_dist.testing.faults import MSF_CRASH_MARKER
 
 log = logging.getLogger(__name__)
@@ -221,7 +222,7 @@ def run_distributed_msf(cfg: IPTConfig, *, resume: bool = False, crash_at_step: 
     if result.checkpoint is None:
         _end_mlflow(cfg, mlflow_run_id, "FAILED")
         raise DistributedMSFError(f"run {name} finished without a checkpoint; nothing to export")
-    out = Path(cfg.output_dir) / "msf"
+    out = stage_dir(cfg, "msf")
     with result.checkpoint.as_directory() as ckpt:
         best = Path(ckpt) / BEST_DIR
         if not (best / "msf.json").is_file():

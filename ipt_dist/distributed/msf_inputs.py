@@ -14,7 +14,10 @@ from typing import Any
 from ipt_dist.artifacts import ArtifactError, load_task_prompts
 from ipt_dist.config import IPTConfig
 from ipt_dist.distributed.deepspeed_config import DeepSpeedConfigError, build_ds_config
+from ipt_dist import paths
 from ipt_dist.errors import UserError
+from ipt_dist.modeling.backbone import configured_hidden_size
+from ipt_dist.paths import msf_dist_dir
 from ipt_dist.provenance import backbone_name, check_msf_prompts, msf_provenance
 
 log = logging.getLogger(__name__)
@@ -31,50 +34,23 @@ class MSFInputError(UserError):
 
 def dist_dir(cfg: IPTConfig) -> Path:
     """`<output_dir>/msf_dist`: run record, history and summary of distributed MSF."""
-    return Path(cfg.output_dir) / "msf_dist"
-
-
-def _abs(path: str | None) -> str | None:
-    return None if path is None else str(Path(path).expanduser().resolve())
-
-
-def _abs_storage(path: str) -> str:
-    """Ray Train's storage_path: a URI (s3://, gs://, ...) unchanged, a local path made absolute."""
-    return path if "://" in path else _abs(path)
-
-
-def _abs_sqlite(uri: str) -> str:
-    """sqlite:///relative.db -> sqlite:////abs/relative.db; other URIs unchanged."""
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
-        return prefix + str(Path(uri[len(prefix):]).resolve())
-    return uri
+    return msf_dist_dir(cfg)
 
 
 def absolutize(cfg: IPTConfig) -> IPTConfig:
-    """A copy whose paths are absolute, so that workers (other cwd, other nodes) see the same files.
-
-    `ray job submit` runs the driver in a temporary copy of the working dir: relative paths are
-    resolved there, which is why the docs ask for absolute `--out` and tracking URIs.
+    """`ipt_dist.paths.absolutize`, plus what the workers must see spelled out: the concrete
+    backbone dtype of the device they run on, the prompts directory, Ray's storage path and the
+    resolved tracking URI (all absolute), so that workers (other cwd, other nodes) see the same files.
     """
     from ipt_dist.modeling.backbone import resolve_auto_dtype
     from ipt_dist.tracking import resolve_tracking_uri
 
     cfg = resolve_auto_dtype(cfg, "cuda" if cfg.distributed.use_gpu else "cpu")  # where the workers run
-    out = _abs(cfg.output_dir)
-    storage = cfg.distributed.storage_path or str(Path(out) / "ray_results")
-    data_dir = cfg.data.data_dir if cfg.data.format == "hf" else _abs(cfg.data.data_dir)  # hf: a dataset name
-    cfg = replace(
-        cfg,
-        output_dir=out,
-        data=replace(cfg.data, data_dir=data_dir, tasks_file=_abs(cfg.data.tasks_file),
-                     split_file=_abs(cfg.data.split_file)),
-        msf=replace(cfg.msf, prompts_dir=_abs(cfg.msf.prompts_dir or str(Path(out) / "prompts"))),
-        distributed=replace(cfg.distributed, storage_path=_abs_storage(storage)),
-        backbone=replace(cfg.backbone, cache_dir=_abs(cfg.backbone.cache_dir)),
-    )
+    cfg = paths.absolutize(cfg)
+    cfg = replace(cfg, msf=replace(cfg.msf, prompts_dir=str(paths.msf_prompts_dir(cfg))),
+                  distributed=replace(cfg.distributed, storage_path=paths.ray_storage_path(cfg)))
     if cfg.tracking.enabled:
-        uri = _abs_sqlite(resolve_tracking_uri(cfg))
+        uri = paths.absolute_uri(resolve_tracking_uri(cfg))
         cfg = replace(cfg, tracking=replace(cfg.tracking, tracking_uri=uri))
     return cfg
 
@@ -89,24 +65,7 @@ def expected_backbone_name(cfg: IPTConfig) -> str:
 
 def backbone_hidden_size(cfg: IPTConfig) -> int | None:
     """Hidden size H of the configured backbone without loading its weights (None: unknown here)."""
-    from ipt_dist.modeling import tiny
-
-    b = cfg.backbone
-    if b.arch:
-        c = tiny.arch_config(b.arch)
-    elif b.name_or_path in tiny.TINY_KINDS or b.name_or_path in getattr(tiny, "DEMO_KINDS", {}):
-        kind = getattr(tiny, "DEMO_KINDS", {}).get(b.name_or_path, b.name_or_path)
-        c = tiny.tiny_config(kind, vocab_size=8)  # the hidden size does not depend on the vocabulary
-    elif b.name_or_path.lower().startswith("smollm2-135m"):
-        c = tiny.arch_config("smollm2-135m")
-    else:
-        try:
-            from transformers import AutoConfig
-
-            c = AutoConfig.from_pretrained(b.name_or_path)
-        except Exception:  # noqa: BLE001 - the workers load it and fail with the loader's own error
-            return None
-    return int(getattr(c, "d_model", None) or getattr(c, "hidden_size", None) or c.n_embd)
+    return configured_hidden_size(cfg.backbone)
 
 
 def check_inputs(cfg: IPTConfig, *, resume: bool = False) -> dict[str, Any]:
