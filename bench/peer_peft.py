@@ -2,6 +2,7 @@
 
     python bench/peer_peft.py --model tiny-t5 --tasks 8 --lrs 0.03 0.1 0.3 1.0 --steps 50 --packs 1 8 32
     python bench/peer_peft.py --model smollm2-135m --data shared --tasks 2 --lrs 0.03 0.3 --steps 4 --packs 4
+    python bench/peer_peft.py --arch bart-base --dtype bfloat16 --tasks 8 --lrs 0.01 0.1 --steps 50 --packs 1 16  # GPU
 
 The same PT grid (tasks x learning rates), the same steps, batch size, prompt length L, dtype and
 tokenized data, trained twice in one process on one backbone:
@@ -108,6 +109,7 @@ def run_packed(backbone, jobs: list[Job], data, args, K: int) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="tiny-t5", help="tiny-* / smollm2-135m / a local checkpoint")
+    p.add_argument("--arch", default=None, help="random weights of a named shape instead: bart-base, t5-large, ...")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--data", default="demo", help="demo | shared | a folder of tasks")
     p.add_argument("--tasks", type=int, default=4)
@@ -128,7 +130,7 @@ def main() -> None:
               file=sys.stderr)
         sys.exit(2)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    backbone = build_backbone(BackboneConfig(name_or_path=args.model, dtype=args.dtype, dropout=False, num_beams=1,
+    backbone = build_backbone(BackboneConfig(name_or_path=args.model, arch=args.arch, dtype=args.dtype, dropout=False, num_beams=1,
                                              label_smoothing=0.0, max_new_tokens=8, max_input_len=args.max_input_len,
                                              max_target_len=args.max_target_len), device)
     try:
@@ -139,7 +141,7 @@ def main() -> None:
     jobs = grid("pt", data, args.lrs)
     dev_name = (torch.cuda.get_device_name() if device.type == "cuda"
                 else f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
-    print(f"# packed PT vs PEFT one job at a time: {args.model} ({args.dtype}), device {dev_name}; {len(jobs)} jobs "
+    print(f"# packed PT vs PEFT one job at a time: {args.arch or args.model} ({args.dtype}), device {dev_name}; {len(jobs)} jobs "
           f"({len(data)} tasks of --data {args.data} x lrs {args.lrs}), {args.steps} steps x batch "
           f"{args.batch_size}, prompt L={args.prompt_len}", flush=True)
     # Untimed warm-up of both sides (first-call costs: kernels, allocator, PEFT's imports).
