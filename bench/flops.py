@@ -184,6 +184,16 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, mlp_shape: tuple[int, 
             "threads": torch.get_num_threads() if not gpu else None}
 
 
+def dtype_note(dtype: str, device: torch.device) -> str | None:
+    """A warning to print with every figure of a bf16 run on a CPU without fast bf16 (AVX512-bf16 or
+    AMX): such a CPU emulates bf16 and runs it far slower than fp32. None otherwise."""
+    from ipt_dist.modeling.backbone import resolve_dtype
+
+    if dtype == "bfloat16" and device.type == "cpu" and resolve_dtype("auto", "cpu")[0] != "bfloat16":
+        return "bf16 EMULATED: this CPU has no AVX512-bf16 / AMX (bf16 runs far slower than fp32 here)"
+    return None
+
+
 def mlp_shape(config, rows: int = 2048) -> tuple[int, int, int] | None:
     """(rows, H, FFN) of the backbone's MLP up-projection, the product most of its FLOPs are in."""
     c = config

@@ -39,14 +39,22 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without installing (e.g. on a GPU box)
     sys.path.insert(0, str(ROOT))
 
-from bench.flops import matmul_peak, mlp_shape, padded_tokens, param_counts, prompt_net_flops, row_lengths, \
-    step_flops  # noqa: E402
-from bench.profile_split import format_split, profile_split  # noqa: E402
-from ipt_dist.config import BackboneConfig  # noqa: E402
-from ipt_dist.modeling.autoencoder import PromptAutoencoder  # noqa: E402
-from ipt_dist.modeling.backbone import build_backbone  # noqa: E402
-from ipt_dist.train.optim import BatchedAdamW  # noqa: E402
-from ipt_dist.train.steps import ist_step  # noqa: E402
+from bench.flops import (
+    dtype_note,
+    matmul_peak,
+    mlp_shape,
+    padded_tokens,
+    param_counts,
+    prompt_net_flops,
+    row_lengths,
+    step_flops,
+)
+from bench.profile_split import format_split, profile_split
+from ipt_dist.config import BackboneConfig
+from ipt_dist.modeling.autoencoder import PromptAutoencoder
+from ipt_dist.modeling.backbone import build_backbone
+from ipt_dist.train.optim import BatchedAdamW
+from ipt_dist.train.steps import ist_step
 
 
 def synthetic_batch(backbone, K: int, batch_size: int, in_len: int, tgt_len: int, seed: int = 0) -> dict:
@@ -197,6 +205,9 @@ def main() -> None:
     print(f"# {args.mode} PT/IST throughput: backbone {name} ({backbone.num_parameters() / 1e6:.1f}M params, "
           f"{args.dtype}; non-embedding {(counts.get('body') or counts['encoder'] + counts['decoder'] + counts['cross_kv']) / 1e6:.1f}M), "
           f"device {dev_name}")
+    note = dtype_note(args.dtype, device)
+    if note:
+        print(f"# {note}")
     print(f"# measured {args.dtype} matmul peak: {peak['gflops']:.1f} GFLOP/s (best of "
           + ", ".join(f"{s['m']}x{s['k']}x{s['n']} {s['gflops']:.1f}" for s in peak["shapes"]) + ")")
     try:
@@ -240,7 +251,7 @@ def main() -> None:
                            + (" (train_pack's training steps; its evaluation is not profiled)" if real else "")))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "device": dev_name, "mode": args.mode, "peak": peak,
+            json.dump({"args": vars(args), "device": dev_name, "dtype_note": note, "mode": args.mode, "peak": peak,
                        "param_counts": counts, "rows": rows, "profile": profile}, f, indent=1)
 
 

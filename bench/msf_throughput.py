@@ -78,8 +78,15 @@ def _worker(rank: int, world: int, port: int, args, zero: int, micro: int, out_f
     if gpu:
         torch.cuda.set_device(device)
     deepspeed.init_distributed(dist_backend=dist.get_backend(), dist_init_required=False, verbose=False)
-    from bench.flops import matmul_peak, mlp_shape, old_msf_flops, param_counts, prompt_net_flops, row_lengths, \
-        step_flops
+    from bench.flops import (
+        matmul_peak,
+        mlp_shape,
+        old_msf_flops,
+        param_counts,
+        prompt_net_flops,
+        row_lengths,
+        step_flops,
+    )
     from bench.profile_split import profile_split
     from ipt_dist.distributed.deepspeed_config import build_ds_config
     from ipt_dist.modeling.autoencoder import PromptAutoencoder
@@ -220,6 +227,11 @@ def main() -> None:
             _print_profile(r)
     print(f"\n# MSF throughput: {name}, {args.dtype}, input {args.input_len}, target {args.target_len}, "
           f"L={args.prompt_len}, d={args.d}, device {rows[0]['device'] if rows else '?'}")
+    from bench.flops import dtype_note
+
+    note = dtype_note(args.dtype, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    if note:
+        print(f"# {note}")
     if rows:
         print("# measured " + args.dtype + " matmul peak (rank 0): " + ", ".join(
             f"workers={r['workers']} {r['peak_gflops']:.1f} GFLOP/s" for r in rows if r["zero"] == rows[0]["zero"]
@@ -234,7 +246,7 @@ def main() -> None:
               f"{100 * r['utilization']:.1f}% | {mfu} | {r['old_over_new']:.2f}x |")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "rows": rows}, f, indent=1)
+            json.dump({"args": vars(args), "dtype_note": note, "rows": rows}, f, indent=1)
 
 
 def _print_profile(r: dict) -> None:

@@ -32,10 +32,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.realpath import BenchError, grid, load_data, timed_train_pack  # noqa: E402
-from ipt_dist.config import BackboneConfig  # noqa: E402
-from ipt_dist.modeling.backbone import build_backbone  # noqa: E402
-from ipt_dist.train.packed import Job, PackSettings  # noqa: E402
+from bench.flops import dtype_note
+from bench.realpath import BenchError, grid, load_data, timed_train_pack
+from ipt_dist.config import BackboneConfig
+from ipt_dist.modeling.backbone import build_backbone
+from ipt_dist.train.packed import Job, PackSettings
 
 
 def _batches(n: int, seed: int, batch_size: int, steps: int) -> list[list[int]]:
@@ -144,6 +145,9 @@ def main() -> None:
     print(f"# packed PT vs PEFT one job at a time: {args.arch or args.model} ({args.dtype}), device {dev_name}; {len(jobs)} jobs "
           f"({len(data)} tasks of --data {args.data} x lrs {args.lrs}), {args.steps} steps x batch "
           f"{args.batch_size}, prompt L={args.prompt_len}", flush=True)
+    note = dtype_note(args.dtype, device)
+    if note:
+        print(f"# {note}")
     # Untimed warm-up of both sides (first-call costs: kernels, allocator, PEFT's imports).
     warm = argparse.Namespace(**{**vars(args), "steps": 1})
     peft_job(backbone, jobs[0], data[jobs[0].task], warm)
@@ -166,7 +170,7 @@ def main() -> None:
         print(f"# best: packed K={best['K']}, {best['ratio_vs_peft']:.1f}x the jobs/hour of PEFT one job at a time")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "device": dev_name, "tasks": list(data), "rows": rows,
+            json.dump({"args": vars(args), "device": dev_name, "dtype_note": note, "tasks": list(data), "rows": rows,
                        "best_K": best["K"] if best else None,
                        "best_ratio": best["ratio_vs_peft"] if best else None}, f, indent=1)
 

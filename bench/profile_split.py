@@ -95,9 +95,8 @@ def format_split(pr: dict, title: str) -> str:
     """The profile as printed lines: one summary line and a table of the top ops."""
     busy = f", device busy {100 * pr['busy_share']:.0f}% of wall" if pr.get("busy_share") is not None else ""
     shares = ", ".join(f"{k} {100 * v:.0f}%" for k, v in sorted(pr["shares"].items(), key=lambda kv: -kv[1]))
-    lines = [f"\n# profile {title} ({pr['steps']} steps, {pr['wall_s_per_step']:.3f} s/step{busy}): "
-             f"share of wall: {shares}", "| op | category | self ms/step | share of op time | calls |",
-             "|---|---|---|---|---|"]
+    head = f"\n# profile {title} ({pr['steps']} steps, {pr['wall_s_per_step']:.3f} s/step{busy}): share of wall: {shares}"
+    lines = [head, "| op | category | self ms/step | share of op time | calls |", "|---|---|---|---|---|"]
     lines += [f"| {o['op']} | {o['category']} | {o['self_ms_per_step']:.2f} | {100 * o['share_of_op_time']:.1f}% | "
               f"{o['calls']} |" for o in pr["top"]]
     return "\n".join(lines)

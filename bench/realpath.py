@@ -15,6 +15,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Self
 
 import torch
 
@@ -22,10 +23,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.flops import padded_tokens, row_lengths  # noqa: E402
-from ipt_dist.data.batching import TokenizedTask, tokenize_tasks  # noqa: E402
-from ipt_dist.data.tasks import list_tasks, load_tasks, write_demo_tasks  # noqa: E402
-from ipt_dist.train.packed import Job, PackSettings, train_pack  # noqa: E402
+from bench.flops import padded_tokens, row_lengths
+from ipt_dist.data.batching import TokenizedTask, tokenize_tasks
+from ipt_dist.data.tasks import list_tasks, load_tasks, write_demo_tasks
+from ipt_dist.train.packed import Job, PackSettings, train_pack
 
 SHARED_TASKS = ROOT.parent / "shared" / "data" / "tasks"
 
@@ -74,7 +75,7 @@ class BatchRecorder:
         self.lengths: list[dict[str, torch.Tensor]] = []
         self.positions: list[int] = []
 
-    def __enter__(self) -> BatchRecorder:
+    def __enter__(self) -> Self:
         inner = self.backbone.collate_train
         encdec = self.backbone.is_encoder_decoder
 
