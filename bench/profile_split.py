@@ -32,6 +32,8 @@ SPLIT = [c for c, _ in CATEGORIES] + ["elementwise", "host-other"]
 def categorize(op: str) -> str:
     """The category of a profiled op name ("host-other" for non-aten events)."""
     low = op.lower()
+    if low.startswith("autograd::"):  # the engine's per-node bookkeeping ("evaluate_function: MmBackward0")
+        return "host-other"
     cat = next((c for c, keys in CATEGORIES if any(k in low for k in keys)), None)
     if cat:
         return cat
