@@ -2,8 +2,12 @@
 # Every GPU row of BENCHMARKS.md in one script, for a lent GPU box (torch + transformers, no Ray,
 # no network). Run from the repo root there; results land in $OUT (or ./out):
 #     bash bench/gpu_suite.sh ist     # peak bf16 matmul, IST packing curves: bart-base, t5-large  (~5 min)
+#     bash bench/gpu_suite.sh real    # train_pack itself (PT + IST, bart-base bf16), utilization, profile (~3 min)
+#     bash bench/gpu_suite.sh peft    # packed PT vs HF PEFT one job at a time, bart-base bf16     (~3 min)
 #     bash bench/gpu_suite.sh msf     # MSF llama-1b ZeRO-2/3, micro-batches, profile              (~8 min)
-# `msf` needs DeepSpeed: make .whl here first (bash bench/gpu_wheels.sh) and carry it along.
+# Every throughput row carries `utilization`: achieved model FLOP/s (bench/flops.py) over the best
+# bf16 matmul rate the bench measures on the device at its start. `msf` needs DeepSpeed and `peft`
+# needs peft + accelerate: make .whl here first (bash bench/gpu_wheels.sh) and carry it along.
 set -uo pipefail
 part=${1:-ist}
 OUT=${OUT:-out}
@@ -46,12 +50,25 @@ echo "measured bf16 matmul: ${PEAK} TFLOP/s" | tee "$OUT/peak.txt"
 
 if [ "$part" = ist ] || [ "$part" = all ]; then
   $PY bench/ist_throughput.py --arch bart-base --dtype bfloat16 --packs 1 4 16 64 256 --prompt-len 100 --d 250 \
-    --steps 10 --warmup 3 --json "$OUT/ist_bart_base.json" 2>&1 | tee "$OUT/ist_bart_base.log"
+    --steps 10 --warmup 3 --profile 3 --json "$OUT/ist_bart_base.json" 2>&1 | tee "$OUT/ist_bart_base.log"
   $PY bench/ist_throughput.py --arch t5-large --dtype bfloat16 --packs 1 4 16 64 --prompt-len 100 --d 250 \
     --steps 10 --warmup 3 --json "$OUT/ist_t5_large.json" 2>&1 | tee "$OUT/ist_t5_large.log"
 fi
+if [ "$part" = real ] || [ "$part" = all ]; then
+  # The real path: train_pack on the demo tasks (tokenized by the arch's stand-in tokenizer), PT and IST,
+  # evaluation timed apart, a profile split of the best row.
+  $PY bench/ist_throughput.py --mode real --arch bart-base --dtype bfloat16 --data demo --tasks 8 --kinds pt ist \
+    --packs 1 16 64 256 --steps 20 --warmup 3 --prompt-len 100 --d 250 --input-len 256 --target-len 64 \
+    --eval-examples 4 --profile 3 --json "$OUT/real_bart_base.json" 2>&1 | tee "$OUT/real_bart_base.log"
+fi
+if [ "$part" = peft ] || [ "$part" = all ]; then
+  # 64 PT jobs (8 demo tasks x 8 lrs) x 50 steps: PEFT one job at a time vs packs of K (target >= 20x).
+  $PY bench/peer_peft.py --arch bart-base --dtype bfloat16 --data demo --tasks 8 \
+    --lrs 0.01 0.02 0.05 0.1 0.2 0.5 1.0 2.0 --steps 50 --packs 1 16 64 --prompt-len 100 --max-input-len 256 \
+    --max-target-len 64 --json "$OUT/peer_bart_base.json" 2>&1 | tee "$OUT/peer_bart_base.log"
+fi
 if [ "$part" = msf ] || [ "$part" = all ]; then
   $PY bench/msf_throughput.py --arch llama-1b --dtype bfloat16 --zero 2 3 --workers 1 --micro 8 32 \
-    --input-len 256 --target-len 32 --steps 8 --warmup 3 --profile 3 --peak-tflops "$PEAK" \
+    --input-len 256 --target-len 32 --steps 8 --warmup 3 --profile 3 \
     --json "$OUT/msf_llama_1b.json" 2>&1 | tee "$OUT/msf_llama_1b.log"
 fi

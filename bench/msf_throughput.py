@@ -7,9 +7,14 @@ Each configuration starts `workers` processes (torch.multiprocessing; gloo on CP
 GPU) that build the frozen backbone, the prompt autoencoder and a DeepSpeed engine over the
 autoencoder exactly as the Ray Train workers do (same MSFModel, same ds_configs/*.json), and
 time optimiser steps on synthetic batches. Reports samples/s, tokens/s, step time, peak
-memory, achieved model FLOP/s (about 4N FLOPs per token for a frozen N-parameter backbone:
-forward 2N + activation-gradient backward 2N, plus the autoencoder's 6 FLOPs per parameter
-per sample) and, on a GPU, MFU against the device's dense bf16 peak.
+memory, achieved model FLOP/s (bench/flops.py: 4 x non-embedding parameters x the tokens each
+sees, encoder and decoder apart, + 4 x LM head x target tokens + attention, plus the autoencoder's
+6 FLOPs per parameter per task prompt it reconstructs), `utilization` = achieved FLOP/s per worker
+/ the best dense matmul rate of the same dtype measured by rank 0 on its device at the start of
+the run, and, on a GPU in bf16, MFU against the datasheet peak. Each row also carries the FLOPs
+of the formula used before 2026-12-02 (4 x all parameters, tied embedding included, x prompt +
+attention-mask tokens; autoencoder per sample) and `old_over_new`, the factor by which that
+overstated MFU.
 Needs torch, transformers and deepspeed (no Ray, no MLflow).
 """
 
@@ -58,58 +63,6 @@ def _cfg(args, zero: int, world: int, micro: int):
     ])
 
 
-# Profiled ops by what they do, matched on the op name (first match wins).
-CATEGORIES = [
-    ("communication", ("nccl", "gloo", "all_reduce", "allreduce", "all_gather", "allgather", "reduce_scatter",
-                       "broadcast", "c10d")),
-    ("attention", ("attention", "sdpa", "flash", "softmax", "_efficient")),
-    ("matmul", ("mm", "matmul", "linear", "gemm", "addmm", "bmm", "baddbmm", "einsum")),
-    ("optimizer", ("adam", "_foreach", "optimizer")),
-]
-
-
-def _profile(engine, batch, steps: int, gpu: bool) -> dict:
-    """Profile `steps` more training steps on this rank: each op's self time (device time on a
-    GPU, CPU time otherwise) grouped into matmul / attention / communication / optimizer / other,
-    the device-busy share of wall time (low means launch- or host-bound) and the top ops."""
-    from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
-
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
-    if gpu:
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    with profile(activities=acts) as prof:
-        for _ in range(steps):
-            loss, _, _ = engine(batch)
-            engine.backward(loss)
-            engine.step()
-        if gpu:
-            torch.cuda.synchronize()
-    wall_us = (time.perf_counter() - t0) * 1e6
-    ops = []
-    for e in prof.key_averages():
-        if gpu:
-            if e.device_type != DeviceType.CPU:
-                continue  # kernels are counted through the ops that launched them
-            us = getattr(e, "self_device_time_total", None)
-            us = us if us is not None else getattr(e, "self_cuda_time_total", 0)
-        else:
-            us = e.self_cpu_time_total
-        if us > 0:
-            ops.append((e.key, float(us), int(e.count)))
-    total = sum(us for _, us, _ in ops) or 1.0
-    shares: dict[str, float] = {}
-    for name, us, _ in ops:
-        low = name.lower()
-        cat = next((c for c, keys in CATEGORIES if any(k in low for k in keys)), "other")
-        shares[cat] = shares.get(cat, 0.0) + us / total
-    top = sorted(ops, key=lambda o: -o[1])[:15]
-    return {"steps": steps, "busy_share": total / wall_us if gpu else None, "shares": shares,
-            "top": [{"op": n, "self_ms_per_step": us / 1e3 / steps, "share": us / total, "calls": c}
-                    for n, us, c in top]}
-
-
 def _worker(rank: int, world: int, port: int, args, zero: int, micro: int, out_file: str) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
@@ -125,12 +78,27 @@ def _worker(rank: int, world: int, port: int, args, zero: int, micro: int, out_f
     if gpu:
         torch.cuda.set_device(device)
     deepspeed.init_distributed(dist_backend=dist.get_backend(), dist_init_required=False, verbose=False)
+    from bench.flops import (
+        matmul_peak,
+        mlp_shape,
+        old_msf_flops,
+        param_counts,
+        prompt_net_flops,
+        row_lengths,
+        step_flops,
+    )
+    from bench.profile_split import profile_split
     from ipt_dist.distributed.deepspeed_config import build_ds_config
     from ipt_dist.modeling.autoencoder import PromptAutoencoder
-    from ipt_dist.modeling.backbone import build_backbone
+    from ipt_dist.modeling.backbone import build_backbone, load_model_config
     from ipt_dist.train.steps import MSFModel
 
     cfg = _cfg(args, zero, world, micro)
+    # The peak of this rank's device and thread count, before anything else runs on it.
+    mm_peak = (matmul_peak(getattr(torch, args.dtype), device, mlp_shape(load_model_config(cfg.backbone)),
+                           squares=args.peak_squares)
+               if rank == 0 else None)
+    dist.barrier()
     ds = build_ds_config(cfg, world)
     hf_ds = None
     if zero == 3:
@@ -159,7 +127,12 @@ def _worker(rank: int, world: int, port: int, args, zero: int, micro: int, out_f
     batch = backbone.collate_train(inputs, targets)
     batch["group"] = torch.arange(micro) % T
     batch = {k: v.to(device) for k, v in batch.items()}
-    tokens = int(batch["attention_mask"].sum()) + micro * args.prompt_len  # per rank per step
+    lengths = row_lengths(batch, args.prompt_len, backbone.is_encoder_decoder)
+    tokens = int(lengths["enc"].sum() + lengths["dec"].sum())  # per rank per step, prompt included
+    tasks = len(torch.unique(batch["group"]))
+    flops = step_flops(backbone.model, lengths, param_counts(backbone.model))
+    flops_rank = flops["total"] + prompt_net_flops(n_ae, tasks, trainable=True)  # per rank per step
+    flops_old = old_msf_flops(backbone.model, lengths) + 6 * n_ae * micro
     if gpu:
         torch.cuda.reset_peak_memory_stats()
     times = []
@@ -175,7 +148,14 @@ def _worker(rank: int, world: int, port: int, args, zero: int, micro: int, out_f
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
     step = statistics.median(times)
-    prof = _profile(engine, batch, args.profile, gpu) if args.profile and rank == 0 else None
+
+    def profiled(stop) -> None:
+        for _ in range(args.profile):
+            loss, _, _ = engine(batch)
+            engine.backward(loss)
+            engine.step()
+
+    prof = profile_split(profiled, args.profile, gpu) if args.profile and rank == 0 else None
     peak = (torch.cuda.max_memory_allocated() / 2**30 if gpu
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
     t = torch.tensor([peak], dtype=torch.float64)
@@ -183,17 +163,19 @@ def _worker(rank: int, world: int, port: int, args, zero: int, micro: int, out_f
         t = t.to(device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     if rank == 0:
-        tok_s = tokens * world / step
-        flops = 4 * n_backbone * tok_s + 6 * n_ae * micro * world / step
         dev = torch.cuda.get_device_name() if gpu else "cpu"
-        peak_flops = next((v for k, v in PEAK_BF16.items() if k in dev), None) if args.dtype == "bfloat16" else None
-        measured = args.peak_tflops * 1e12 if args.peak_tflops else None
+        datasheet = next((v for k, v in PEAK_BF16.items() if k in dev), None) if args.dtype == "bfloat16" else None
+        per_rank = flops_rank / step  # FLOP/s of one worker
         with open(out_file, "w") as f:
             json.dump({"zero": zero, "workers": world, "micro": micro, "step_s": step,
-                       "samples_per_s": micro * world / step, "tokens_per_s": tok_s, "tokens_per_step": tokens,
-                       "peak_mem_gib": float(t.item()), "model_tflops": flops / 1e12,
-                       "mfu": flops / world / peak_flops if peak_flops else None,
-                       "mfu_measured_peak": flops / world / measured if measured else None,
+                       "samples_per_s": micro * world / step, "tokens_per_s": tokens * world / step,
+                       "tokens_per_step": tokens, "peak_mem_gib": float(t.item()),
+                       "model_tflops": per_rank * world / 1e12, "utilization": per_rank / (mm_peak["gflops"] * 1e9),
+                       "peak_gflops": mm_peak["gflops"], "matmul_peak": mm_peak,
+                       "mfu": per_rank / datasheet if datasheet else None,
+                       "flops_per_step": {**flops, "autoencoder": flops_rank - flops["total"]},
+                       "model_tflops_old_formula": flops_old * world / step / 1e12,
+                       "old_over_new": flops_old / flops_rank,
                        "backbone_params": n_backbone, "ae_params": n_ae, "device": dev, "profile": prof}, f)
     dist.barrier()
     dist.destroy_process_group()
@@ -216,8 +198,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--profile", type=int, default=0, metavar="STEPS",
                    help="after timing, profile this many steps on rank 0: time by op category and top ops")
-    p.add_argument("--peak-tflops", type=float, default=None,
-                   help="also report MFU against this peak (e.g. a bf16 matmul rate measured on the device)")
+    p.add_argument("--peak-squares", type=int, nargs="+", default=None,
+                   help="square matmul sizes of the peak measurement (default CPU 512 1024 2048, GPU 2048 4096 8192)")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     rows = []
@@ -245,29 +227,32 @@ def main() -> None:
             _print_profile(r)
     print(f"\n# MSF throughput: {name}, {args.dtype}, input {args.input_len}, target {args.target_len}, "
           f"L={args.prompt_len}, d={args.d}, device {rows[0]['device'] if rows else '?'}")
-    print("| ZeRO | workers | micro | step (s) | samples/s | tokens/s | peak mem (GiB) | model TFLOP/s | MFU "
-          "| MFU vs measured peak |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    from bench.flops import dtype_note
+
+    note = dtype_note(args.dtype, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    if note:
+        print(f"# {note}")
+    if rows:
+        print("# measured " + args.dtype + " matmul peak (rank 0): " + ", ".join(
+            f"workers={r['workers']} {r['peak_gflops']:.1f} GFLOP/s" for r in rows if r["zero"] == rows[0]["zero"]
+            and r["micro"] == rows[0]["micro"]))
+    print("| ZeRO | workers | micro | step (s) | samples/s | tokens/s | peak mem (GiB) | model TFLOP/s | utilization "
+          "| MFU (datasheet) | old formula / new |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] else "-"
-        mfu_m = f"{100 * r['mfu_measured_peak']:.1f}%" if r.get("mfu_measured_peak") else "-"
         print(f"| {r['zero']} | {r['workers']} | {r['micro']} | {r['step_s']:.3f} | {r['samples_per_s']:.1f} | "
-              f"{r['tokens_per_s']:.0f} | {r['peak_mem_gib']:.2f} | {r['model_tflops']:.3f} | {mfu} | {mfu_m} |")
+              f"{r['tokens_per_s']:.0f} | {r['peak_mem_gib']:.2f} | {r['model_tflops']:.4f} | "
+              f"{100 * r['utilization']:.1f}% | {mfu} | {r['old_over_new']:.2f}x |")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "rows": rows}, f, indent=1)
+            json.dump({"args": vars(args), "dtype_note": note, "rows": rows}, f, indent=1)
 
 
 def _print_profile(r: dict) -> None:
-    pr = r["profile"]
-    busy = f", device busy {100 * pr['busy_share']:.0f}% of wall" if pr["busy_share"] is not None else ""
-    shares = ", ".join(f"{k} {100 * v:.0f}%" for k, v in sorted(pr["shares"].items(), key=lambda kv: -kv[1]))
-    print(f"\n# profile ZeRO-{r['zero']} workers={r['workers']} micro={r['micro']} ({pr['steps']} steps, rank 0"
-          f"{busy}): {shares}")
-    print("| op | self ms/step | share | calls |")
-    print("|---|---|---|---|")
-    for o in pr["top"]:
-        print(f"| {o['op']} | {o['self_ms_per_step']:.2f} | {100 * o['share']:.1f}% | {o['calls']} |")
+    from bench.profile_split import format_split
+
+    print(format_split(r["profile"], f"ZeRO-{r['zero']} workers={r['workers']} micro={r['micro']} (rank 0)"))
 
 
 if __name__ == "__main__":
