@@ -245,12 +245,14 @@ def train_pack(backbone: Backbone, jobs: list[Job], data: dict[str, TokenizedTas
         from tqdm.auto import tqdm
 
         bar = tqdm(total=settings.steps, desc=f"{kind} x{K}", leave=False)
-    running = torch.zeros(K)
+    # Per-job training losses accumulate on the device and are read once per eval interval: no
+    # host round trip per step (a `.cpu()` here waited for every CUDA step to finish).
+    running = torch.zeros(K, device=param.device)
     for step in range(settings.steps):
         backbone.set_train_mode(True)
         batch = _pack_batch(backbone, jobs, data, pack.streams, settings.batch_size)
         lr_mult = linear_warmup_decay(step, settings.steps, warmup)
-        running += packed_step(backbone, param, pack.prompt_fn, pack.opt, batch, lr_mult, settings.max_rows).cpu()
+        running += packed_step(backbone, param, pack.prompt_fn, pack.opt, batch, lr_mult, settings.max_rows)
         if bar is not None:
             bar.update(1)
         done = step + 1
@@ -258,8 +260,9 @@ def train_pack(backbone: Backbone, jobs: list[Job], data: dict[str, TokenizedTas
             on_progress(done, settings.steps)
         if done % settings.eval_every == 0 or done == settings.steps:
             n = settings.eval_every if done % settings.eval_every == 0 else done % settings.eval_every
+            sums = running.tolist()  # the one host read per interval
             for k in range(K):
-                loss_curves[k].append((done, float(running[k]) / n))
+                loss_curves[k].append((done, sums[k] / n))
             running.zero_()
             scores = evaluate("dev", param.detach())
             for k, s in enumerate(scores):
