@@ -39,7 +39,9 @@ sys.path.insert(0, str(ROOT))
 def main() -> None:
     from ipt_dist.artifacts import read_jsonl
     from ipt_dist.config import load_config
-    from ipt_dist.distributed.sweep import prepare_smoke, run_sweep, task_slots
+    from ipt_dist.distributed.cluster import task_slots
+    from ipt_dist.distributed.fanout import run_sweep
+    from ipt_dist.sweep.smoke import prepare_smoke
     from ipt_dist.stages.common import setup_logging
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -51,7 +53,7 @@ def main() -> None:
     setup_logging(logging.WARNING)
     out = Path(args.out).resolve()
     base = load_config(args.config, [f"output_dir={out / 'inputs'}", *args.set])
-    base = prepare_smoke(base, "ist")  # PT sweep (prompts, PT denominators) + MSF once, shared by all runs
+    base = prepare_smoke(base, "ist", run_sweep)  # PT sweep (prompts, PT denominators) + MSF once, shared by all runs
     import ray
 
     if ray.is_initialized():  # the PT sweep started a Ray: each K below starts its own, cold

@@ -170,7 +170,7 @@ def run_pipeline(cfg: IPTConfig, *, distributed_msf: bool = True) -> dict:
     MSF checkpoints go to `<out>/msf_d<d>/msf`; `sweep.dims` values are replaced by them.
     Returns paths and headline numbers.
     """
-    from ipt_dist.distributed.sweep import run_sweep
+    from ipt_dist.distributed.fanout import run_sweep
     from ipt_dist.modeling.backbone import resolve_auto_dtype
     from ipt_dist.report import log_report_to_mlflow, make_report
     from ipt_dist.tracking import resolve_tracking_uri

@@ -75,3 +75,7 @@ def _no_leaked_tracking_uri():
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = before
+
+
+# The sweep tests' stage-0 inputs (session-scoped: shared by tests/sweep and tests/distributed).
+from tests.sweep.fixtures import stage0  # noqa: E402, F401

@@ -38,7 +38,7 @@ def clean_logging(monkeypatch):
 
 def _emit():
     """One record of each kind: ours (info, warning), a library's (info, error), a Python warning."""
-    logging.getLogger("ipt_dist.distributed.sweep").info("pt sweep: 1/2 jobs done")
+    logging.getLogger("ipt_dist.distributed.fanout").info("pt sweep: 1/2 jobs done")
     logging.getLogger("ipt_dist.data").warning("task x: 3 targets were cut")
     logging.getLogger("somelib.db").info("Creating initial database tables...")
     logging.getLogger("somelib.core").error("connection lost")

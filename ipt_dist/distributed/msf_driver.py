@@ -131,7 +131,7 @@ def _wait_for_resources(cfg: IPTConfig, poll_s: float = 5.0) -> None:
 
 def _init_ray(cfg: IPTConfig) -> None:
     # No address: `ray job submit` sets RAY_ADDRESS; otherwise join a running local cluster or start one.
-    from ipt_dist.distributed.sweep import init_ray
+    from ipt_dist.distributed.cluster import init_ray
 
     init_ray(cfg)
 

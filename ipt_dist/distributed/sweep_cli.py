@@ -47,10 +47,9 @@ def main(stage: str, description: str, argv: list[str] | None = None) -> int:
 def _run(stage: str, args: argparse.Namespace) -> int:
     from ipt_dist import console
     from ipt_dist.config import load_config
-    from ipt_dist.distributed.sweep import run_sweep
-    from ipt_dist.stages.common import setup_logging
+    from ipt_dist.distributed.fanout import run_sweep
 
-    setup_logging(verbose=args.verbose)
+    console.setup(verbose=args.verbose)
     overrides = list(args.set)
     if args.out:
         overrides.append(f"output_dir={args.out}")

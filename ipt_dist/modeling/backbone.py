@@ -296,6 +296,13 @@ def resolve_dtype(dtype: str, device_type: str, cpuinfo: str | None = None) -> t
     return "float32", "CPU without AVX512-bf16 / AMX"
 
 
+def pick_device(use_gpu: bool | None = None) -> torch.device:
+    """cuda when asked for (None: when available) and present, else cpu."""
+    if use_gpu is None:
+        use_gpu = torch.cuda.is_available()
+    return torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+
+
 def resolve_auto_dtype(cfg, device_type: str):
     """`cfg` (an IPTConfig) with backbone.dtype "auto" made concrete for `device_type`; logged once.
     Every driver calls it first, so job ids, provenance and DeepSpeed see the dtype actually used."""

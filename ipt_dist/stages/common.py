@@ -1,4 +1,4 @@
-"""What every stage driver needs: the console, the device, and (re-exported from their components)
+"""What every stage driver needs: the console, and (re-exported from their components) the device,
 resolved task lists and loaded + tokenised data (`ipt_dist.data.selection`), the data directory
 (`ipt_dist.paths`)."""
 
@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import logging
 
-import torch
-
 from ipt_dist.data.selection import TaskSplit, load_raw, load_tokenized, resolve_tasks, tokenize_raw
+from ipt_dist.modeling.backbone import pick_device
 from ipt_dist.paths import data_dir
 
 __all__ = ["TaskSplit", "data_dir", "load_raw", "load_tokenized", "pick_device", "resolve_tasks", "setup_logging",
@@ -21,8 +20,3 @@ def setup_logging(level: int = logging.INFO, verbose: bool = False) -> None:
 
     console.setup(verbose=verbose, level=level)
 
-
-def pick_device(use_gpu: bool | None = None) -> torch.device:
-    if use_gpu is None:
-        use_gpu = torch.cuda.is_available()
-    return torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")

@@ -1,1 +1,2 @@
-"""Test aids that must run inside production processes (fault injection), kept out of their code paths."""
+"""Test hooks that must run inside production processes (fault injection): production code calls
+one function per hook, a no-op unless a test asked for the fault (no inline `os._exit`)."""

@@ -80,7 +80,7 @@ def test_cpu_config_uses_the_split_file():
 @needs_shared
 def test_cpu_config_plans_against_the_shared_data(tmp_path):
     """The CPU config with the split resolves its tasks and the PT sweep plan (no Ray, no model)."""
-    from ipt_dist.distributed.sweep import plan_sweep
+    from ipt_dist.sweep.plan import plan_sweep
 
     cfg = load_config(CONFIGS[0], [f"output_dir={tmp_path}", f"data.data_dir={TASKS}",
                                    f"data.split_file={SPLIT}"])

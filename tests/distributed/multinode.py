@@ -126,7 +126,7 @@ def sweep_case(cfg_path: str, report: dict, gpus: int = 0) -> None:
     """A PT sweep on 2 worker nodes; the first worker node is removed while a pack runs on it.
     With `gpus` (sweep.num_gpus > 0 in the config) the packs run on `PackRunner` actors."""
     from ipt_dist.config import load_config
-    from ipt_dist.distributed.sweep import run_sweep
+    from ipt_dist.distributed.fanout import run_sweep
 
     name = "PackRunner.run" if gpus else "run_pack"
     cluster = LocalCluster(gpus_per_node=gpus)

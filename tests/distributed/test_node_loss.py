@@ -133,7 +133,8 @@ def test_node_lost_mid_sweep_its_pack_reruns_on_a_surviving_node_and_every_job_i
 
     from ipt_dist.artifacts import read_jsonl
     from ipt_dist.config import config_to_dict
-    from ipt_dist.distributed.sweep import _load_param, run_pack
+    from ipt_dist.sweep.results import load_param as _load_param
+    from ipt_dist.sweep.worker import run_pack
 
     extra = ["sweep.num_gpus=1"] if gpu else []
     cfg = load_config(None, sweep_overrides(tmp_path / "out", demo_dir) + extra)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict
 
-from ipt_dist.distributed.pack_progress import (
+from ipt_dist.sweep.progress import (
     PackProgressBoard,
     ThrottledProgress,
     describe_packs,
@@ -56,11 +56,11 @@ def test_board_keeps_the_latest_state_per_pack_and_the_driver_describes_it():
 
 
 def test_heartbeat_line_has_the_steps_of_running_packs_and_an_eta_before_any_pack_ends(caplog):
-    from ipt_dist.distributed.sweep import _Progress
+    from ipt_dist.sweep.progress import SweepProgress
 
-    progress = _Progress("pt", total=44, skipped=0)
+    progress = SweepProgress("pt", total=44, skipped=0)
     progress.t0 -= 120  # two minutes in, no pack finished
-    with caplog.at_level(logging.INFO, logger="ipt_dist.distributed.sweep"):
+    with caplog.at_level(logging.INFO, logger="ipt_dist.sweep.progress"):
         progress.report(2)
         progress.report(2, partial=11.0, packs="pack 1 (pt x22): 500/1000 steps, ETA 2m00s")
     first, second = [r.getMessage() for r in caplog.records]
@@ -89,7 +89,8 @@ def test_run_pack_forwards_the_steps_of_its_pack(tmp_path, demo_dir):
     """The worker side of the path: `run_pack` hands train_pack a forwarder that sends
     (pack id, done, total, seconds) to the board it was given."""
     from ipt_dist.config import config_to_dict, load_config
-    from ipt_dist.distributed.sweep import plan_sweep, run_pack
+    from ipt_dist.sweep.plan import plan_sweep
+    from ipt_dist.sweep.worker import run_pack
     from tests.conftest import tiny_overrides
 
     cfg = load_config(None, tiny_overrides(tmp_path / "run", demo_dir) + [

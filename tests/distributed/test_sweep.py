@@ -1,8 +1,9 @@
 """PT/IST sweeps on a real local Ray with a real MLflow SQLite store (tiny T5, demo tasks).
 
 The stage-0 prompts, the PT results of both data seeds (the denominators of relative
-performance, one per task and draw) and the MSF checkpoint are trained once per module with the
-single-process stages; one 28-job IST sweep (one pack's worker is killed on its first attempt) is shared by
+performance, one per task and draw) and the MSF checkpoint are trained once per session with the
+single-process stages (`tests/sweep/fixtures.py`; the planning tests, which need no Ray, are in
+`tests/sweep/`); one 28-job IST sweep (one pack's worker is killed on its first attempt) is shared by
 the tests that inspect its results, MLflow runs, retries and resumption.
 """
 
@@ -18,10 +19,9 @@ import pytest
 import torch
 
 from ipt_dist.config import ConfigError, load_config
-from ipt_dist.data.tasks import DataError
-from tests.conftest import tiny_overrides
+from tests.sweep.fixtures import LRS, N_JOBS, SEEN, UNSEEN, base_overrides, sweep_cfg
 
-# Tests that start Ray carry both marks; the planning and MLflow tests below need no Ray.
+# Tests that start Ray carry both marks; the MLflow tests below need no Ray.
 distributed = pytest.mark.distributed
 slow = pytest.mark.slow
 
@@ -30,75 +30,6 @@ ROOT = Path(__file__).resolve().parents[2]
 # pip-installed) package importable before the session's Ray fixture starts it.
 if str(ROOT) not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
-SEEN = ["demo_sentiment", "demo_topic", "demo_parity"]
-UNSEEN = ["demo_copy_first"]
-LRS = [0.1, 0.3, 1.0]
-# 3 msf_seen + 1 msf_unseen + 3x3 ist_seen_same + 3x1x3 ist_seen_new + 1x2x3 ist_unseen
-N_JOBS = 3 + 1 + 9 + 9 + 6
-
-
-def base_overrides(out: Path, demo_dir: Path) -> list[str]:
-    return tiny_overrides(out, demo_dir) + [
-        f"data.tasks=[{', '.join(SEEN)}]",
-        f"data.unseen_tasks=[{', '.join(UNSEEN)}]",
-        "data.max_examples=8",
-        "data.train_size=6",  # each data seed draws its own 6 training examples
-        "data.data_seed=42",
-        "backbone.max_new_tokens=4",
-        "pt.steps=10", "pt.eval_every=5",
-        "ist.steps=10", "ist.eval_every=5",
-        "msf.steps=6", "msf.eval_every=6",
-        "sweep.data_seeds=[42, 13]",
-        f"sweep.lrs=[{', '.join(map(str, LRS))}]",
-        "sweep.pack_size=8",
-        "sweep.max_in_flight=2",
-        "sweep.max_retries=2",
-        "sweep.num_cpus=1",
-    ]
-
-
-@pytest.fixture(scope="module")
-def stage0(tmp_path_factory, demo_dir):
-    """Stage-0 prompts of all tasks, PT results on both data seeds and one MSF checkpoint (d=4),
-    single process (a PT sweep would need Ray, and the planning tests run without it)."""
-    from ipt_dist.stages.common import resolve_tasks
-    from ipt_dist.stages.msf import run_msf
-    from ipt_dist.stages.pt import run_pt
-
-    out = tmp_path_factory.mktemp("stage0")
-    cfg = load_config(None, base_overrides(out, demo_dir))
-    pt = run_pt(cfg, tasks=resolve_tasks(cfg).all)
-    # The new-data draw: settings 4 and 5 divide by PT trained and tested on seed 13.
-    pt += run_pt(load_config(None, base_overrides(out / "pt_s13", demo_dir) + ["data.data_seed=13"]),
-                 tasks=resolve_tasks(cfg).all)
-    pt = [{**r, "job_id": f"{r['job_id']}-s{r['data_seed']}"} for r in pt]  # `ipt pt` ids omit the draw
-    assert {r["data_seed"] for r in pt} == {42, 13}
-    run_msf(cfg)
-    return {"out": out, "ckpt": out / "msf", "prompts": out / "prompts", "demo_dir": demo_dir, "pt": pt}
-
-
-def write_pt_results(stage0, out: Path) -> None:
-    """The stage-0 PT results of both draws where the IST sweep looks for them (<out>/pt/results.jsonl)."""
-    from ipt_dist.artifacts import append_jsonl
-
-    path = out / "pt" / "results.jsonl"
-    if not path.is_file():
-        for r in stage0["pt"]:
-            append_jsonl(path, r)
-
-
-def sweep_cfg(stage0, out: Path, *extra: str, tracking: bool = True, pt_results: bool = True):
-    """The sweep config of these tests; `pt_results` also puts the PT denominators in `out`."""
-    if pt_results:
-        write_pt_results(stage0, out)
-    over = base_overrides(out, stage0["demo_dir"]) + [
-        f"msf.prompts_dir={stage0['prompts']}",
-        f"sweep.dims={{4: {stage0['ckpt']}}}",
-    ]
-    if tracking:
-        over += ["tracking.enabled=true", f"tracking.tracking_uri=sqlite:///{out}/mlflow.db",
-                 "tracking.experiment=sweep-test"]
-    return load_config(None, over + list(extra))
 
 
 def mlflow_runs(cfg) -> list:
@@ -112,7 +43,8 @@ def mlflow_runs(cfg) -> list:
 @pytest.fixture(scope="module")
 def main_sweep(stage0, ray_local, tmp_path_factory):
     """The 28-job IST sweep, K=8, with the worker of one pack killed on its first attempt."""
-    from ipt_dist.distributed.sweep import CRASH_ENV, run_sweep
+    from ipt_dist.distributed.fanout import run_sweep
+    from ipt_dist.testing.faults import SWEEP_CRASH_ENV as CRASH_ENV
 
     out = tmp_path_factory.mktemp("ist")
     marker = out / "crashed.marker"
@@ -216,7 +148,7 @@ def test_dead_worker_is_retried_and_the_sweep_completes(main_sweep):
 @distributed
 @slow
 def test_rerunning_the_finished_sweep_starts_nothing(main_sweep):
-    from ipt_dist.distributed.sweep import run_sweep
+    from ipt_dist.distributed.fanout import run_sweep
 
     again = run_sweep(main_sweep["cfg"], stage="ist")
     assert (again.jobs_started, again.jobs_skipped, again.jobs_total) == (0, N_JOBS, N_JOBS)
@@ -232,7 +164,7 @@ def test_killed_sweep_resumes_and_mlflow_catches_up(main_sweep):
     in MLflow is rewritten from the results file; nothing is duplicated."""
     from mlflow import MlflowClient
 
-    from ipt_dist.distributed.sweep import run_sweep
+    from ipt_dist.distributed.fanout import run_sweep
 
     cfg, sdir = main_sweep["cfg"], main_sweep["result"].sweep_dir
     lines = (sdir / "results.jsonl").read_text().splitlines()
@@ -276,7 +208,7 @@ def test_mlflow_server_stopped_and_restarted_during_a_sweep_loses_nothing(stage0
 
     from mlflow import MlflowClient
 
-    from ipt_dist.distributed.sweep import run_sweep
+    from ipt_dist.distributed.fanout import run_sweep
     from tests.distributed.conftest import free_port, start_mlflow_server, stop_mlflow_server
 
     port = free_port()
@@ -345,7 +277,7 @@ def test_disk_filling_up_mid_sweep_is_a_clear_error_and_nothing_is_lost(stage0, 
     import threading
 
     from ipt_dist.artifacts import ArtifactError, read_jsonl
-    from ipt_dist.distributed.sweep import run_sweep
+    from ipt_dist.distributed.fanout import run_sweep
 
     disk = tmp_path / "disk"
     disk.mkdir()
@@ -401,7 +333,7 @@ def test_disk_filling_up_mid_sweep_is_a_clear_error_and_nothing_is_lost(stage0, 
 @slow
 def test_sweep_asking_more_than_any_node_has_fails_before_any_pack(stage0, ray_local, tmp_path):
     """A Ray task that no node can place would wait forever: a clear error instead."""
-    from ipt_dist.distributed.sweep import run_sweep
+    from ipt_dist.distributed.fanout import run_sweep
 
     cfg = sweep_cfg(stage0, tmp_path, "sweep.num_gpus=1", tracking=False)
     with pytest.raises(ConfigError, match=r"sweep.num_gpus=1.0: no node of this Ray cluster has that many GPUs"):
@@ -413,7 +345,7 @@ def test_sweep_asking_more_than_any_node_has_fails_before_any_pack(stage0, ray_l
 @slow
 def test_packed_sweep_equals_one_job_per_task(main_sweep, stage0, tmp_path):
     """K=1 (one Ray task per job) gives the same ids, scores, curves and z as the K=8 packs."""
-    from ipt_dist.distributed.sweep import run_sweep
+    from ipt_dist.distributed.fanout import run_sweep
 
     cfg = sweep_cfg(stage0, tmp_path, "sweep.pack_size=1", "sweep.lrs=[0.3]",
                     "sweep.settings=[ist_seen_same, ist_unseen]", tracking=False)
@@ -440,7 +372,7 @@ def test_a_failing_pack_is_recorded_and_the_rest_of_the_sweep_completes(stage0, 
     import logging
 
     from ipt_dist.artifacts import read_msf_meta, save_msf_checkpoint
-    from ipt_dist.distributed.sweep import run_sweep
+    from ipt_dist.distributed.fanout import run_sweep
     from ipt_dist.modeling.autoencoder import PromptAutoencoder
 
     meta = read_msf_meta(stage0["ckpt"])
@@ -473,7 +405,7 @@ def _load(path: Path) -> torch.Tensor:
 @slow
 def test_pt_sweep_writes_stage0_prompts_and_reruns_nothing(stage0, ray_local, tmp_path):
     from ipt_dist.artifacts import load_prompt
-    from ipt_dist.distributed.sweep import run_sweep
+    from ipt_dist.distributed.fanout import run_sweep
     from ipt_dist.summary import select_best_lr
 
     cfg = sweep_cfg(stage0, tmp_path, "data.tasks=[demo_sentiment, demo_topic]", "data.unseen_tasks=[]",
@@ -600,101 +532,10 @@ def test_child_relative_is_paired_with_pt_on_the_same_draw_and_the_parent_has_th
     assert parent["ist_unseen_d4/n_relative"] == 2
 
 
-# ----------------------------------------------------------------------------- planning (no Ray)
-
-
-def test_job_ids_are_stable_and_content_derived(stage0, tmp_path):
-    from ipt_dist.distributed.sweep import group_packs, plan_sweep
-
-    a = plan_sweep(sweep_cfg(stage0, tmp_path / "a", tracking=False), "ist")
-    b = plan_sweep(sweep_cfg(stage0, tmp_path / "b", "sweep.pack_size=1", tracking=False), "ist")
-    assert len(a.jobs) == N_JOBS and [j.job_id for j in a.jobs] == [j.job_id for j in b.jobs]
-    c = plan_sweep(sweep_cfg(stage0, tmp_path / "a", "sweep.lrs=[0.3, 2.0]", tracking=False), "ist")
-    ids_a = {j.job_id: j for j in a.jobs}
-    for j in c.jobs:
-        assert (j.job_id in ids_a) == (j.lr in (None, 0.3))
-    d = plan_sweep(sweep_cfg(stage0, tmp_path / "a", "ist.steps=12", tracking=False), "ist")
-    changed = {j.role for j in d.jobs if j.job_id not in ids_a}
-    assert changed == {"ist"}  # settings 1-2 do not train: their ids do not depend on ist.steps
-    packs = group_packs(a.jobs, 8)
-    assert sorted(len(p) for p in packs) == [4, 8, 8, 8]
-    for p in packs:
-        assert len({j.pack_key() for j in p}) == 1
-
-
-def test_pca_decoder_adds_ist_jobs_for_settings_3_to_5_with_their_own_ids(stage0, tmp_path):
-    """sweep.pca_decoder: the MSF IST grid again with decoder "pca"; its ids digest the training tasks'
-    prompt files (and d); prompts changed since MSF read them are refused."""
-    import shutil
-
-    from ipt_dist.artifacts import load_prompt, save_prompt
-    from ipt_dist.distributed.sweep import IST_SETTINGS, plan_sweep
-
-    base = plan_sweep(sweep_cfg(stage0, tmp_path / "a", tracking=False), "ist")
-    plan = plan_sweep(sweep_cfg(stage0, tmp_path / "a", "sweep.pca_decoder=true", tracking=False), "ist")
-    pca = [j for j in plan.jobs if j.decoder == "pca"]
-    msf_ist = [j for j in base.jobs if j.role == "ist"]
-    assert len(pca) == len(msf_ist) == 9 + 9 + 6 and {j.setting for j in pca} == set(IST_SETTINGS)
-    assert all(j.role == j.kind == "ist" and j.msf_run_id is None for j in pca)
-
-    def grid(jobs):
-        return sorted((j.setting, j.task, j.data_seed, j.lr, j.d) for j in jobs)
-
-    assert grid(pca) == grid(msf_ist)
-    assert len({j.job_id for j in plan.jobs}) == len(plan.jobs) == N_JOBS + len(pca)
-    assert {j.job_id for j in base.jobs} <= {j.job_id for j in plan.jobs}  # MSF jobs keep their ids
-    assert len({j.pack_key() for j in pca}) == 1 and pca[0].pack_key() not in {j.pack_key() for j in msf_ist}
-
-    # A retrained stage-0 prompt of a training task: the PCA would span other prompts than MSF read,
-    # so the comparison would not be like for like: refused (also without msf_seen, which checks it too).
-    prompts = tmp_path / "prompts"
-    shutil.copytree(stage0["prompts"], prompts)
-    p, meta = load_prompt(prompts / "demo_sentiment.safetensors")
-    save_prompt(prompts / "demo_sentiment.safetensors", p + 0.01, **meta)
-    with pytest.raises(ConfigError, match=r"pca_decoder \(d=4\): the stage-0 prompt files of demo_sentiment "
-                                          r"changed since MSF d=4 read them"):
-        plan_sweep(sweep_cfg(stage0, tmp_path / "a", "sweep.pca_decoder=true", f"msf.prompts_dir={prompts}",
-                             "sweep.settings=[msf_unseen, ist_seen_same, ist_seen_new, ist_unseen]",
-                             tracking=False), "ist")
-
-    with pytest.raises(ConfigError, match=r"sweep.pca_decoder \(d=4\) is computed from the stage-0 prompts"):
-        plan_sweep(sweep_cfg(stage0, tmp_path / "a", "sweep.pca_decoder=true", "sweep.settings=[ist_seen_same]",
-                             f"msf.prompts_dir={tmp_path / 'none'}", tracking=False), "ist")
-    with pytest.raises(ConfigError, match="sweep.pca_decoder needs an IST setting"):
-        plan_sweep(sweep_cfg(stage0, tmp_path / "a", "sweep.pca_decoder=true", "sweep.settings=[msf_seen]",
-                             tracking=False), "ist")
-
-
-def test_packs_are_balanced_fill_the_slots_and_go_longest_first():
-    """No short last pack idling a slot at the end, no idle slot while one pack holds many jobs."""
-    from ipt_dist.distributed.sweep import JobSpec, group_packs
-
-    def jobs(n, kind="ist", d=4):
-        return [JobSpec(job_id=f"{kind}{d}-{i}", stage="ist", role=kind, kind=kind, task=f"t{i:03d}", seen=True,
-                        data_seed=42, lr=0.1, d=d, decoder="msf") for i in range(n)]
-
-    ist, evals = jobs(40), jobs(6, "msf_eval")
-    packs = group_packs(ist + evals, 32)
-    assert [len(p) for p in packs] == [20, 20, 6]  # not 32 + 8
-    assert sorted(j.job_id for p in packs for j in p) == sorted(j.job_id for j in ist + evals)
-    assert all(len({j.pack_key() for j in p}) == 1 for p in packs)
-    # fewer packs than slots: the largest is halved until every slot has one
-    assert sorted(len(p) for p in group_packs(jobs(40), 64, slots=4)) == [10, 10, 10, 10]
-    assert [len(p) for p in group_packs(jobs(3), 64, slots=8)] == [1, 1, 1]
-    # the cost decides the order: six evaluation-only jobs go after twenty training jobs' pack
-    steps = {"ist": 100, "msf_eval": 0}
-    packs = group_packs(jobs(20) + jobs(30, "msf_eval"), 32, cost=lambda p: len(p) * (steps[p[0].kind] + 1))
-    assert [(p[0].kind, len(p)) for p in packs] == [("ist", 20), ("msf_eval", 30)]
-    assert group_packs(ist, 32) == group_packs(list(reversed(ist)), 32)  # deterministic
-    # more big packs than slots: the last wave of big packs comes in halves, after the full ones
-    assert [len(p) for p in group_packs(jobs(256), 32, slots=2)] == [32] * 6 + [16] * 4
-    assert [len(p) for p in group_packs(jobs(64), 32, slots=2)] == [32, 32]  # one wave: nothing to taper
-
-
 GPU_SWEEP = """
 import sys, ray
 from ipt_dist.config import load_config
-from ipt_dist.distributed.sweep import run_sweep
+from ipt_dist.distributed.fanout import run_sweep
 ray.init(address="local", num_cpus=2, num_gpus=2, _temp_dir=sys.argv[2], include_dashboard=False,
          log_to_driver=False)  # its own Ray, with two declared (fake) GPUs
 res = run_sweep(load_config(sys.argv[1]), stage="ist")
@@ -714,7 +555,7 @@ def test_gpu_sweep_runs_packs_on_a_pool_of_actors_that_survives_a_dead_worker(ma
     import tempfile
 
     from ipt_dist.config import save_config
-    from ipt_dist.distributed.sweep import CRASH_ENV
+    from ipt_dist.testing.faults import SWEEP_CRASH_ENV as CRASH_ENV
 
     cfg = sweep_cfg(stage0, tmp_path, "sweep.pack_size=1", "sweep.lrs=[0.3]", "sweep.num_gpus=1",
                     "sweep.settings=[ist_seen_same, ist_unseen]", tracking=False)
@@ -745,7 +586,8 @@ def test_results_of_another_configuration_in_the_sweep_dir_are_refused(stage0, t
     children under one MLflow parent): refused before any work, naming what changed."""
     from ipt_dist.artifacts import append_jsonl
     from ipt_dist.config import save_config
-    from ipt_dist.distributed.sweep import plan_sweep, run_sweep
+    from ipt_dist.distributed.fanout import run_sweep
+    from ipt_dist.sweep.plan import plan_sweep
 
     old = sweep_cfg(stage0, tmp_path, tracking=False)
     plan = plan_sweep(old, "ist")
@@ -761,175 +603,6 @@ def test_results_of_another_configuration_in_the_sweep_dir_are_refused(stage0, t
     assert len((plan.sweep_dir / "results.jsonl").read_text().splitlines()) == 1  # nothing deleted
 
 
-def test_ist_lrs_set_the_ist_grid_apart_from_pt(stage0, tmp_path):
-    from ipt_dist.distributed.sweep import plan_sweep
-
-    plan = plan_sweep(sweep_cfg(stage0, tmp_path, "sweep.ist_lrs=[0.5, 2.0]", tracking=False), "ist")
-    ist = [j for j in plan.jobs if j.role == "ist"]
-    assert {j.lr for j in ist} == {0.5, 2.0} and len(ist) == 2 * (9 + 9 + 6) // 3
-    pt = plan_sweep(sweep_cfg(stage0, tmp_path, "sweep.ist_lrs=[0.5]", tracking=False), "pt")
-    assert {j.lr for j in pt.jobs} == set(LRS)
-    with pytest.raises(ConfigError, match="sweep.ist_lrs: every learning rate must be > 0"):
-        sweep_cfg(stage0, tmp_path, "sweep.ist_lrs=[-1.0]", tracking=False)
-
-
-def test_ist_sweep_without_a_pt_denominator_on_some_draw_is_refused_before_any_job(stage0, tmp_path):
-    """Every IST/MSF-eval job on draw s is divided by PT on the same task and draw: a sweep whose
-    PT results miss a (task, draw) fails at planning, listing the pairs and the fix."""
-    from ipt_dist.artifacts import append_jsonl
-    from ipt_dist.distributed.sweep import plan_sweep
-
-    only_42 = [r for r in stage0["pt"] if r["data_seed"] == 42 or r["task"] == "demo_topic"]
-    for r in only_42:
-        append_jsonl(tmp_path / "pt" / "results.jsonl", r)
-    cfg = sweep_cfg(stage0, tmp_path, tracking=False, pt_results=False)
-    with pytest.raises(ConfigError) as err:
-        plan_sweep(cfg, "ist", check_data=False)
-    msg = str(err.value)
-    # settings 4 (seen tasks) and 5 (the unseen task) run on draw 13; demo_topic has PT on it
-    assert "3 (task, draw) pairs of this sweep have no stage-0 PT result" in msg
-    assert "draws [13]: demo_copy_first, demo_parity, demo_sentiment" in msg and "demo_topic" not in msg
-    assert "Fix: run the PT sweep first with the same sweep.data_seeds [42, 13] and output_dir" in msg
-    assert not (tmp_path / "ist_sweep").exists()  # nothing ran, nothing was written
-    # Settings that use the PT/MSF draw only need nothing more.
-    plan = plan_sweep(sweep_cfg(stage0, tmp_path, "sweep.settings=[msf_seen, ist_seen_same]", tracking=False,
-                                pt_results=False), "ist", check_data=False)
-    assert {j.data_seed for j in plan.jobs} == {42}
-    # The prompt files alone (one draw each) cannot pair draw 13 either.
-    with pytest.raises(ConfigError, match="have no stage-0 PT result"):
-        plan_sweep(sweep_cfg(stage0, tmp_path / "empty", tracking=False, pt_results=False), "ist",
-                   check_data=False)
-    plan = plan_sweep(sweep_cfg(stage0, tmp_path / "full", tracking=False), "ist", check_data=False)
-    assert len(plan.jobs) == N_JOBS and {(r["task"], r["data_seed"]) for r in plan.pt_records} == {
-        (t, s) for t in SEEN + UNSEEN for s in (42, 13)}
-
-
-@pytest.mark.parametrize("extra, match", [
-    (["data.tasks=[demo_sentiment, no_such_task]"], "no_such_task"),
-    (["sweep.dims={4: CKPT, 8: /nonexistent/msf_d8}"], r"sweep.dims\[8\]: no MSF checkpoint"),
-    (["sweep.dims={8: CKPT}"], "has d=4, not 8"),
-    (["pt.prompt_len=6"], "pt.prompt_len: checkpoint 4 vs config 6"),
-    (["sweep.data_seeds=[42]"], "ist_seen_new"),
-    (["sweep.data_seeds=[13, 42]"], r"data_seeds\[0\] \(13\) must be the data seed"),
-    (["data.unseen_tasks=[]"], "no unseen tasks"),
-    (["msf.prompts_dir=/nonexistent/prompts"], "need stage-0 prompts"),
-    (["sweep.pack_sise=4"], "did you mean 'pack_size'"),
-    (["sweep.settings=[ist_seen]"], "is not one of"),
-])
-def test_bad_sweeps_fail_before_any_work(stage0, tmp_path, extra, match):
-    from ipt_dist.distributed.sweep import plan_sweep
-
-    extra = [e.replace("CKPT", str(stage0["ckpt"])) for e in extra]
-    with pytest.raises((ConfigError, DataError), match=match):
-        plan_sweep(sweep_cfg(stage0, tmp_path, *extra, tracking=False), "ist")
-
-
-# ----------------------------------------------------------------------------- provenance (no Ray)
-
-
-def test_decoder_of_another_draw_is_refused_listing_every_mismatch(stage0, tmp_path):
-    """MSF trained on seed 42; a sweep whose setting 3 draws seed 13 and whose 'new data' holds 42:
-    one error naming the seed, the digests, setting 4 and the backbone field, with the fix."""
-    from ipt_dist.distributed.sweep import plan_sweep
-
-    cfg = sweep_cfg(stage0, tmp_path, "data.data_seed=13", "sweep.data_seeds=[13, 42]", "backbone.dtype=bfloat16",
-                    tracking=False)
-    with pytest.raises(ConfigError) as err:
-        plan_sweep(cfg, "ist")
-    msg = str(err.value)
-    assert "sweep.dims[4]: the MSF checkpoint" in msg and "(4 mismatches, checkpoint value vs config value)" in msg
-    assert "data.data_seed: checkpoint 42 vs config 13 (setting 3's draw)" in msg
-    assert "training data (digest of the train split) differs for 3 of 3 tasks: demo_sentiment (checkpoint" in msg
-    assert "draw 42 is among setting 4's new draws (sweep.data_seeds[1:] = [42])" in msg
-    assert "backbone.dtype: checkpoint 'float32' vs config 'bfloat16'" in msg
-    assert "Fix: train MSF for d=4 on setting 3's draw" in msg and "sweep.data_seeds[0] = 13" in msg
-
-
-@pytest.mark.parametrize("extra, match", [
-    (["backbone.chat_template=true"], "backbone.chat_template: checkpoint False vs config True"),
-    (["data.task_prefix=false"], "data.task_prefix: checkpoint True vs config False"),
-    (["data.train_size=5"], "data.train_size: checkpoint 6 vs config 5"),
-])
-def test_decoder_of_another_backbone_or_tokenisation_is_refused(stage0, tmp_path, extra, match):
-    from ipt_dist.distributed.sweep import plan_sweep
-
-    with pytest.raises(ConfigError, match=match):
-        plan_sweep(sweep_cfg(stage0, tmp_path, *extra, tracking=False), "ist")
-
-
-def test_decoder_is_refused_when_a_data_file_changed_under_the_same_seed(stage0, tmp_path):
-    import shutil
-
-    from ipt_dist.distributed.sweep import plan_sweep
-
-    data = tmp_path / "data"
-    shutil.copytree(stage0["demo_dir"], data)
-    cfg = sweep_cfg(stage0, tmp_path, f"data.data_dir={data}", tracking=False)
-    assert len(plan_sweep(cfg, "ist").jobs) == N_JOBS  # a copy of the same data is the same data
-    train = data / "demo_topic" / "train.jsonl"
-    rows = [json.loads(x) for x in train.read_text().splitlines()]
-    train.write_text("".join(json.dumps({**r, "input": r["input"] + " again"}) + "\n" for r in rows))
-    with pytest.raises(ConfigError, match=r"differs for 1 of 3 tasks: demo_topic \(checkpoint \w+ vs config \w+\)"):
-        plan_sweep(cfg, "ist")
-
-
-def test_settings_1_2_refuse_prompts_of_another_draw_or_changed_since_msf(stage0, tmp_path):
-    import shutil
-
-    from ipt_dist.artifacts import load_prompt, prompt_path, save_prompt
-    from ipt_dist.distributed.sweep import plan_sweep
-    from ipt_dist.provenance import prompt_provenance
-    from ipt_dist.stages.common import load_raw
-
-    prompts = tmp_path / "prompts"
-    shutil.copytree(stage0["prompts"], prompts)
-    cfg = sweep_cfg(stage0, tmp_path, f"msf.prompts_dir={prompts}", tracking=False)
-    p, meta = load_prompt(prompt_path(prompts, "demo_topic"))
-    save_prompt(prompt_path(prompts, "demo_topic"), p + 1.0, **{k: v for k, v in meta.items()
-                                                               if k not in ("prompt_len", "hidden")})
-    p, meta = load_prompt(prompt_path(prompts, "demo_copy_first"))
-    meta["provenance"] = prompt_provenance(cfg, load_raw(cfg, ["demo_copy_first"], 13)["demo_copy_first"], 13)
-    save_prompt(prompt_path(prompts, "demo_copy_first"), p, **{k: v for k, v in meta.items()
-                                                              if k not in ("prompt_len", "hidden")})
-    with pytest.raises(ConfigError) as err:
-        plan_sweep(cfg, "ist")
-    msg = str(err.value)
-    assert "demo_copy_first: data.data_seed: prompt 13 vs config 42" in msg
-    assert "sweep.dims[4]: the stage-0 prompt files of demo_topic changed since MSF read them" in msg
-
-
-def test_checkpoint_without_provenance_is_refused(stage0, tmp_path):
-    import shutil
-
-    from ipt_dist.distributed.sweep import plan_sweep
-
-    old = tmp_path / "old_msf"
-    shutil.copytree(stage0["ckpt"], old)
-    meta = json.loads((old / "msf.json").read_text())
-    del meta["provenance"]
-    (old / "msf.json").write_text(json.dumps(meta))
-    with pytest.raises(ConfigError, match=r"sweep.dims\[4\]: the MSF checkpoint .* records no provenance.*"
-                                          r"Fix: retrain MSF for d=4"):
-        plan_sweep(sweep_cfg(stage0, tmp_path, f"sweep.dims={{4: {old}}}", tracking=False), "ist")
-
-
-def test_chat_template_changes_job_ids(stage0, tmp_path):
-    """Token ids change with the chat template: jobs with it on are other jobs (not 'already done')."""
-    from ipt_dist.distributed.sweep import plan_sweep
-
-    off = plan_sweep(sweep_cfg(stage0, tmp_path, tracking=False), "pt")
-    on = plan_sweep(sweep_cfg(stage0, tmp_path, "backbone.chat_template=true", tracking=False), "pt")
-    assert len(on.jobs) == len(off.jobs) and not {j.job_id for j in on.jobs} & {j.job_id for j in off.jobs}
-
-
-def test_shipped_sweep_configs_load():
-    smoke = load_config(ROOT / "configs" / "sweep_smoke.yaml")
-    assert smoke.backbone.name_or_path == "demo-t5" and smoke.sweep.data_seeds[0] == smoke.data.data_seed
-    real = load_config(ROOT / "configs" / "ist_sweep.yaml")
-    assert real.sweep.num_gpus > 0 and set(real.sweep.settings) == {
-        "msf_seen", "msf_unseen", "ist_seen_same", "ist_seen_new", "ist_unseen"}
-
-
 @distributed
 @slow
 def test_heartbeat_shows_the_steps_of_a_running_pack(ray_local, demo_dir, tmp_path, monkeypatch, caplog):
@@ -938,16 +611,16 @@ def test_heartbeat_shows_the_steps_of_a_running_pack(ray_local, demo_dir, tmp_pa
     import logging
     import re
 
-    from ipt_dist.distributed import sweep
+    from ipt_dist.distributed import fanout
 
-    monkeypatch.setattr(sweep, "HEARTBEAT_S", 0.0)
-    monkeypatch.setattr(sweep, "WAIT_S", 0.2)
+    monkeypatch.setattr(fanout, "HEARTBEAT_S", 0.0)
+    monkeypatch.setattr(fanout, "WAIT_S", 0.2)
     # long enough (a few seconds on an idle machine) that the driver waits several times while it runs
     cfg = load_config(None, base_overrides(tmp_path, demo_dir) + [
         "data.tasks=[demo_sentiment]", "data.unseen_tasks=[]", "sweep.data_seeds=[42]", "sweep.lrs=[0.3]",
         "pt.steps=400", "pt.eval_every=400", "tracking.enabled=false", "sweep.max_in_flight=1"])
-    with caplog.at_level(logging.INFO, logger="ipt_dist.distributed.sweep"):
-        res = sweep.run_sweep(cfg, stage="pt")
+    with caplog.at_level(logging.INFO, logger="ipt_dist"):
+        res = fanout.run_sweep(cfg, stage="pt")
     assert (res.jobs_total, res.jobs_failed) == (1, 0)
     beats = [r.getMessage() for r in caplog.records if "| pack 1 (pt x1): " in r.getMessage()]
     assert beats, [r.getMessage() for r in caplog.records]
