@@ -181,7 +181,11 @@ def test_node_lost_mid_sweep_its_pack_reruns_on_a_surviving_node_and_every_job_i
         for (_, a), (_, b) in zip(got["loss_curve"], ref["loss_curve"], strict=True):
             assert a == pytest.approx(b, rel=1e-5), got["job_id"]
         assert got["best_dev"] == pytest.approx(ref["best_dev"], abs=1e-6)
-        torch.testing.assert_close(_load_param(sdir / got["param_file"]), out["param"], atol=1e-4, rtol=0)
+        # The reference trains all 8 jobs in one pack, the sweep in packs of 2: other matmul shapes, so
+        # float rounding differs, and Adam (lr 0.1 / 0.3, 30 steps) turns that into up to ~7e-4 on a
+        # few prompt entries on an AVX2-only CPU (seen 2026-12-02; < 1e-4 on AVX512). A pack that
+        # carried state over from its killed attempt would be off by about a step, i.e. >= 1e-1.
+        torch.testing.assert_close(_load_param(sdir / got["param_file"]), out["param"], atol=1e-2, rtol=0)
 
 
 # ----------------------------------------------------------------------------- MSF
