@@ -7,7 +7,8 @@ Each size is a real PT sweep (stage 0: tasks x data seeds x lrs, `sweep.lrs` of 
 per task, so 7,200 jobs = 120 tasks, the size of the paper's IST grid) on tiny-t5 with one training step
 per job and a few dev / test examples, packed `--pack-size` jobs per Ray task, so the backbone work is
 small and the driver dominates. Tasks are copies of the project's demo tasks under new names. One local
-Ray serves every run (warm workers: a cached backbone, as in a long sweep); each run gets its own output
+Ray of its own (`--slots` CPUs) serves every run, warmed first by an unrecorded sweep of one task (imports,
+MLflow's schema code, the workers' cached backbone; `--no-warmup` skips it); each run gets its own output
 directory and MLflow store:
 
   sqlite:   the embedded store, `sqlite:///<run>/mlflow.db` (the default of a sweep without a URI);
