@@ -116,12 +116,12 @@ class CallTimer:
 
 
 def _modules_with(name: str) -> list:
-    """Every loaded ipt_dist.distributed module that imported `name` (the sweep driver may be split
-    into several modules)."""
+    """Every loaded ipt_dist module that holds `name` (the sweep driver is split into several modules,
+    with and without Ray: whichever one calls it is timed)."""
     import ipt_dist.distributed.sweep  # noqa: F401 - load the driver and what it imports
 
     return [m for n, m in sorted(sys.modules.items())
-            if n.startswith("ipt_dist.distributed") and m is not None and hasattr(m, name)]
+            if (n == "ipt_dist" or n.startswith("ipt_dist.")) and m is not None and hasattr(m, name)]
 
 
 def _cpu_seconds() -> float:
