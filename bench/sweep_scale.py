@@ -46,6 +46,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import Self
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -72,7 +73,7 @@ class RssSampler:
         self.every, self.peak, self.start = every, 0, 0
         self._stop = threading.Event()
 
-    def __enter__(self) -> RssSampler:
+    def __enter__(self) -> Self:
         self.start = self.peak = _rss_bytes()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
@@ -94,7 +95,7 @@ class CallTimer:
     def __init__(self, owners: list, name: str) -> None:
         self.owners, self.name, self.times = owners, name, []
 
-    def __enter__(self) -> CallTimer:
+    def __enter__(self) -> Self:
         self._orig = []
         for owner in self.owners:
             orig = getattr(owner, self.name)
@@ -239,7 +240,7 @@ class PostgresMlflow:
         http = _free_port()
         art = self.tmp / "artifacts"
         art.mkdir(exist_ok=True)
-        self.log = open(self.tmp / "mlflow_server.log", "w")
+        self.log = open(self.tmp / "mlflow_server.log", "w")  # noqa: SIM115 - the server's, closed in stop()
         self.server = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
              f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/mlflow", "--artifacts-destination", art.as_uri(),
@@ -268,7 +269,9 @@ class PostgresMlflow:
                 os.killpg(self.server.pid, 9)
         if self.pg_started:
             subprocess.run(self._as_pg([str(self.pg_ctl), "-D", str(self.data), "-m", "fast", "-w", "stop"]),
-                           capture_output=True)
+                           capture_output=True, check=False)
+        if self.server is not None:
+            self.log.close()
 
 
 # ----------------------------------------------------------------------------- one run

@@ -20,7 +20,7 @@ def test_sweep_scale_bench_measures_a_real_sweep(tmp_path):
     env.pop("MLFLOW_TRACKING_URI", None)
     r = subprocess.run([sys.executable, str(ROOT / "bench" / "sweep_scale.py"), "--out", str(out), "--sizes", "40",
                         "--stores", "sqlite", "--pack-size", "32", "--no-warmup", "--json", str(js)],
-                       capture_output=True, text=True, cwd=tmp_path, env=env, timeout=900)
+                       capture_output=True, text=True, cwd=tmp_path, env=env, timeout=900, check=False)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     [row] = json.loads(js.read_text())["rows"]
     # 40 rounds to one task x 5 draws x 12 lrs
