@@ -258,10 +258,13 @@ def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
 
 
 def _task_order(records: Iterable[dict], seen: list[str] | None, unseen: list[str] | None) -> list[str]:
-    order = list(seen or []) + [t for t in (unseen or []) if t not in (seen or [])]
+    order = list(dict.fromkeys([*(seen or []), *(unseen or [])]))
+    known = set(order)  # a set: `in order` on the list was O(records x tasks)
     for r in records:
-        if r.get("task") is not None and r["task"] not in order:
-            order.append(r["task"])
+        t = r.get("task")
+        if t is not None and t not in known:
+            known.add(t)
+            order.append(t)
     return order
 
 

@@ -143,7 +143,10 @@ class Fanout:
         self.crash = sweep_crash_request()  # None unless a test asks a worker to die
         self.cfg_ref = ray.put(config_to_dict(plan.cfg))
         self.refs: dict[tuple, Any] = {}  # shared key -> ObjectRef, each put once
-        self.packs: dict[Any, tuple[int, str, int]] = {}  # ObjectRef -> (pack id, label, jobs)
+        # ObjectRef -> (pack id, label, jobs) of the packs in flight only: a ref kept after its pack is
+        # done pins the pack's result (every job's record and tensor) in the object store until the end
+        self.packs: dict[Any, tuple[int, str, int]] = {}
+        self.submitted = 0
         try:  # steps of the running packs for the heartbeat; best effort, as everything about progress
             self.board = ray.remote(PackProgressBoard).options(num_cpus=0).remote()
         except Exception as exc:  # noqa: BLE001
@@ -154,7 +157,8 @@ class Fanout:
         return self.pool.can_submit()
 
     def submit(self, pack: list[JobSpec]):
-        pack_id = len(self.packs) + 1
+        self.submitted += 1
+        pack_id = self.submitted
         progress = (self.board, pack_id) if self.board is not None and pack[0].kind != "msf_eval" else None
         args = (self.cfg_ref, [asdict(j) for j in pack], self.shared_ref(pack[0]), self.inputs.inits(pack),
                 self.crash, progress)
@@ -184,7 +188,9 @@ class Fanout:
                 describe_packs(running, {pid: label for pid, label, _ in mine}))
 
     def done(self, ref, exc: Exception | None = None) -> bool:
-        """A pack finished (or failed). True: its actor was lost for good (run the pack again)."""
+        """A pack finished (or failed): its ref is released. True: its actor was lost for good (run the
+        pack again)."""
+        self.packs.pop(ref, None)
         return self.pool.done(ref, exc)
 
     def close(self, cancel: list | None = None) -> None:
