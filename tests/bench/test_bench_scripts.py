@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.bench import bench_module
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -124,11 +126,7 @@ def test_msf_throughput_runs_without_ray_and_mlflow_and_profiles(tmp_path):
 
 def test_msf_balance_measures_both_terms_on_a_tiny_config(tmp_path, demo_dir):
     """bench/msf_balance.py (used to re-tune alpha for msf.lm_reduction): runs, and its numbers hang together."""
-    sys.path.insert(0, str(ROOT))
-    try:
-        from bench.msf_balance import measure
-    finally:
-        sys.path.remove(str(ROOT))
+    measure = bench_module("msf_balance").measure
     from ipt_dist.config import load_config
     from tests.conftest import tiny_overrides
 

@@ -1,22 +1,16 @@
 """bench/flops.py: the model-FLOP count of the throughput benches, checked against hand counts."""
 
-import sys
-from pathlib import Path
 
 import pytest
+
+from tests.bench import bench_module
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def flops():
-    sys.path.insert(0, str(ROOT))
-    try:
-        import bench.flops as mod
-    finally:
-        sys.path.remove(str(ROOT))
-    return mod
+    return bench_module("flops")
 
 
 def _batch(in_lens, tgt_lens, decoder_only):

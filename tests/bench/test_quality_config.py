@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.bench import bench_module
 
 from ipt_dist.config import IPTConfig, load_config
 
@@ -43,11 +44,8 @@ def test_split_tasks_exist_in_the_shared_data():
 @pytest.mark.shared_data
 @needs_shared
 def test_split_is_the_documented_seeded_draw():
-    sys.path.insert(0, str(REPO))
-    try:
-        from bench.quality import gpu_split, make_split
-    finally:
-        sys.path.remove(str(REPO))
+    q = bench_module("quality")
+    gpu_split, make_split = q.gpu_split, q.make_split
     assert make_split(TASKS) == json.loads(SPLIT.read_text())
     gpu = gpu_split(TASKS)
     cfg = load_config(CONFIGS[1])

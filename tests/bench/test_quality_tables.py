@@ -3,24 +3,18 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pytest
 
+from tests.bench import bench_module
+
 from ipt_dist.summary import bootstrap_mean_ci
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def quality():
-    sys.path.insert(0, str(REPO))
-    try:
-        import bench.quality as q
-    finally:
-        sys.path.remove(str(REPO))
-    return q
+    return bench_module("quality")
 
 
 def _summary(ratios: dict[str, list[float]]) -> dict:
