@@ -128,8 +128,8 @@ def measure_real(backbone, decoder, kind: str, K: int, args, data, device, count
 
     jobs = grid(kind, data, args.lrs, n_jobs=K)
     settings = PackSettings(steps=args.steps, batch_size=args.batch_size, warmup_ratio=0.0, eval_every=args.steps,
-                            max_rows=args.max_rows, eval_batch_size=args.eval_batch_size,
-                            eval_max_examples=args.eval_examples)
+                            max_rows=args.max_rows, length_buckets=args.length_buckets,
+                            eval_batch_size=args.eval_batch_size, eval_max_examples=args.eval_examples)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     ist = kind == "ist"
@@ -143,7 +143,8 @@ def measure_real(backbone, decoder, kind: str, K: int, args, data, device, count
     n = len(timed)
     row = _row(K, kind, r["steady_s"] / n, flops / n, tokens // n, positions // n, args, peak, device)
     n_eval = eval_examples(jobs, data, args.eval_examples)
-    row.update(train_s=r["train_s"], first_steps_s=r["train_s"] - r["steady_s"], eval_s=r["eval_s"],
+    row.update(forwards_per_step=sum(r["chunks"][i] for i in timed) / n, length_buckets=args.length_buckets,
+               train_s=r["train_s"], first_steps_s=r["train_s"] - r["steady_s"], eval_s=r["eval_s"],
                eval_examples=n_eval, eval_examples_per_s=n_eval / r["eval_s"] if r["eval_s"] > 0 else None)
 
     def profiled(stop) -> None:  # --profile: the same pack again for --profile steps; profiling stops before eval
@@ -172,6 +173,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps before (synthetic) / at the start (real)")
     p.add_argument("--job-steps", type=int, default=1000, help="steps per job, for jobs/hour")
     p.add_argument("--max-rows", type=int, default=None, help="forward chunk size (rows) for large packs")
+    p.add_argument("--length-buckets", type=int, default=4,
+                   help="real mode: the most length buckets a step's rows are cut into (1: pad to the step's longest)")
     p.add_argument("--kinds", nargs="+", default=["pt", "ist"], choices=["pt", "ist"], help="real mode")
     p.add_argument("--data", default="demo", help="real mode: demo | shared | a folder of tasks")
     p.add_argument("--tasks", type=int, default=4, help="real mode: tasks (jobs cycle over tasks x --lrs)")

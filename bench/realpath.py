@@ -27,6 +27,7 @@ from bench.flops import padded_tokens, row_lengths
 from ipt_dist.data.batching import TokenizedTask, tokenize_tasks
 from ipt_dist.data.tasks import list_tasks, load_tasks, write_demo_tasks
 from ipt_dist.train.packed import Job, PackSettings, train_pack
+from ipt_dist.train.rows import PaddedRows
 
 SHARED_TASKS = ROOT.parent / "shared" / "data" / "tasks"
 
@@ -67,29 +68,36 @@ def grid(kind: str, data: dict[str, TokenizedTask], lrs: list[float], n_jobs: in
 
 
 class BatchRecorder:
-    """Records the row lengths of every training batch `backbone.collate_train` builds (the FLOP
-    count needs them: train_pack collates inside). Wraps the instance's method; restores it on exit."""
+    """Records the row lengths and processed positions of every training step `train_pack` gathers
+    (`PaddedRows.gather`: the FLOP count needs them, and padding is counted per length bucket).
+    Wraps the class's method; restores it on exit."""
 
     def __init__(self, backbone, prompt_len: int) -> None:
         self.backbone, self.prompt_len = backbone, prompt_len
         self.lengths: list[dict[str, torch.Tensor]] = []
         self.positions: list[int] = []
+        self.chunks: list[int] = []  # forwards per step
 
     def __enter__(self) -> Self:
-        inner = self.backbone.collate_train
-        encdec = self.backbone.is_encoder_decoder
+        inner = PaddedRows.gather
+        encdec, L = self.backbone.is_encoder_decoder, self.prompt_len
 
-        def recording(inputs, targets):
-            batch = inner(inputs, targets)
-            self.lengths.append(row_lengths(batch, self.prompt_len, encdec))
-            self.positions.append(padded_tokens(batch, self.prompt_len, encdec))
-            return batch
+        def recording(pool, *args, **kwargs):
+            step = inner(pool, *args, **kwargs)
+            per_chunk = [row_lengths(c, L, encdec) for c in step.chunks]
+            self.lengths.append({k: torch.cat([r[k] for r in per_chunk]) for k in per_chunk[0]})
+            self.positions.append(sum(padded_tokens(c, L, encdec) for c in step.chunks))
+            self.chunks.append(len(step.chunks))
+            return step
 
-        self.backbone.collate_train = recording
+        PaddedRows.gather = recording
         return self
 
     def __exit__(self, *exc) -> None:
-        del self.backbone.collate_train  # back to the class's method
+        PaddedRows.gather = _GATHER
+
+
+_GATHER = PaddedRows.gather  # the unwrapped method, restored on exit
 
 
 def timed_train_pack(backbone, jobs: list[Job], data: dict[str, TokenizedTask], settings: PackSettings, *,
@@ -125,11 +133,11 @@ def timed_train_pack(backbone, jobs: list[Job], data: dict[str, TokenizedTask], 
                              prompt_len=prompt_len, on_progress=on_progress)
         t_end = time.perf_counter()
     if len(rec.lengths) != settings.steps:
-        raise RuntimeError(f"train_pack collated {len(rec.lengths)} batches through backbone.collate_train for "
+        raise RuntimeError(f"train_pack gathered {len(rec.lengths)} batches through PaddedRows.gather for "
                            f"{settings.steps} steps: the FLOP count in bench/realpath.py needs updating")
     return {"results": results, "train_s": marks[settings.steps] - t0,
             "steady_s": marks[settings.steps] - marks[warmup], "eval_s": t_end - marks[settings.steps],
-            "lengths": rec.lengths, "positions": rec.positions}
+            "lengths": rec.lengths, "positions": rec.positions, "chunks": rec.chunks}
 
 
 def eval_examples(jobs: list[Job], data: dict[str, TokenizedTask], cap: int | None) -> int:

@@ -89,8 +89,8 @@ def job_context(cfg: IPTConfig, kind: str) -> dict:
         ctx["chat_template"] = True
     if kind in ("ist", "pt"):
         s = asdict(pack_settings(cfg, kind))
-        s.pop("eval_batch_size", None)
-        s.pop("max_rows", None)
+        for how in ("eval_batch_size", "max_rows", "length_buckets"):  # how the work is batched, not what
+            s.pop(how, None)
         ctx["schedule"] = s
     return ctx
 

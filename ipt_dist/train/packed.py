@@ -21,6 +21,7 @@ from ipt_dist.modeling.autoencoder import PromptDecoder
 from ipt_dist.modeling.backbone import Backbone
 from ipt_dist.train.best import BestTracker, dev_mean
 from ipt_dist.train.optim import BatchedAdamW, linear_warmup_decay, warmup_steps_for
+from ipt_dist.train.rows import PaddedRows, StepBatch
 from ipt_dist.train.steps import evaluate_groups, packed_step
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ class PackSettings:
     adam_eps: float = 1e-8
     weight_decay: float = 0.0
     max_rows: int | None = None  # split the packed batch into forward chunks of this many rows
+    length_buckets: int = 4  # the most length buckets (forwards) a step's rows are split into; 1: none
     eval_batch_size: int = 32
     eval_max_examples: int | None = None
 
@@ -150,6 +152,7 @@ class _Pack:
     opt: BatchedAdamW
     streams: list[_JobStream]
     metrics: list[str]
+    rows: PaddedRows  # every job's training rows, padded once, on the device
 
 
 def _setup_pack(backbone: Backbone, jobs: list[Job], data: dict[str, TokenizedTask], settings: PackSettings,
@@ -186,22 +189,19 @@ def _setup_pack(backbone: Backbone, jobs: list[Job], data: dict[str, TokenizedTa
     opt = BatchedAdamW(param, [j.lr for j in jobs], [j.grad_clip for j in jobs], eps=settings.adam_eps,
                        weight_decay=settings.weight_decay)
     streams = [_JobStream(len(data[j.job_id].train), j.seed) for j in jobs]
-    return _Pack(kind, param, prompt_fn, opt, streams, [data[j.job_id].info.metric for j in jobs])
+    rows = PaddedRows(backbone, [data[j.job_id].train for j in jobs])
+    return _Pack(kind, param, prompt_fn, opt, streams, [data[j.job_id].info.metric for j in jobs], rows)
 
 
-def _pack_batch(backbone: Backbone, jobs: list[Job], data: dict[str, TokenizedTask], streams: list[_JobStream],
-                batch_size: int) -> dict[str, torch.Tensor]:
-    """`batch_size` rows of every job from its own stream; `group` (B,) is the job index of each row."""
-    inputs, targets, groups = [], [], []
+def _pack_batch(pack: _Pack, jobs: list[Job], data: dict[str, TokenizedTask], settings: PackSettings) -> StepBatch:
+    """`batch_size` rows of every job from its own stream, gathered from the padded pool in length
+    buckets; each chunk's `group` is the job index of its rows."""
+    rows, groups = [], []
     for k, j in enumerate(jobs):
         split = data[j.job_id].train
-        for i in streams[k].take(batch_size):
-            inputs.append(split.inputs[i])
-            targets.append(split.targets[i])
-            groups.append(k)
-    batch = backbone.collate_train(inputs, targets)
-    batch["group"] = torch.tensor(groups)
-    return {k: v.to(backbone.device) for k, v in batch.items()}
+        rows += [pack.rows.row(split, i) for i in pack.streams[k].take(settings.batch_size)]
+        groups += [k] * settings.batch_size
+    return pack.rows.gather(rows, groups, len(jobs), buckets=settings.length_buckets, max_rows=settings.max_rows)
 
 
 def train_pack(backbone: Backbone, jobs: list[Job], data: dict[str, TokenizedTask], settings: PackSettings, *,
@@ -250,9 +250,9 @@ def train_pack(backbone: Backbone, jobs: list[Job], data: dict[str, TokenizedTas
     running = torch.zeros(K, device=param.device)
     for step in range(settings.steps):
         backbone.set_train_mode(True)
-        batch = _pack_batch(backbone, jobs, data, pack.streams, settings.batch_size)
+        batch = _pack_batch(pack, jobs, data, settings)
         lr_mult = linear_warmup_decay(step, settings.steps, warmup)
-        running += packed_step(backbone, param, pack.prompt_fn, pack.opt, batch, lr_mult, settings.max_rows)
+        running += packed_step(backbone, param, pack.prompt_fn, pack.opt, batch, lr_mult)
         if bar is not None:
             bar.update(1)
         done = step + 1

@@ -18,6 +18,7 @@ from ipt_dist.metrics import compute_metric
 from ipt_dist.modeling.autoencoder import PromptAutoencoder, PromptDecoder
 from ipt_dist.modeling.backbone import Backbone
 from ipt_dist.train.optim import BatchedAdamW
+from ipt_dist.train.rows import StepBatch
 
 
 def group_mean(losses: torch.Tensor, rows: torch.Tensor, row_group: torch.Tensor, num_groups: int,
@@ -41,28 +42,30 @@ def target_token_counts(batch: dict[str, torch.Tensor], num_groups: int) -> torc
     return torch.zeros(num_groups, device=per_row.device).index_add_(0, batch["group"], per_row)
 
 
-def _chunks(batch: dict[str, torch.Tensor], max_rows: int | None):
+def split_batch(batch: dict[str, torch.Tensor], num_groups: int, max_rows: int | None = None) -> StepBatch:
+    """A collated batch as a `StepBatch`: chunks of at most `max_rows` rows, in order, unsorted."""
     B = batch["input_ids"].shape[0]
     step = max_rows or B
-    for s in range(0, B, step):
-        yield {k: v[s : s + step] for k, v in batch.items()}
+    chunks = [{k: v[s : s + step] for k, v in batch.items()} for s in range(0, B, step)]
+    return StepBatch(chunks, target_token_counts(batch, num_groups))  # token counts not read: no device sync
 
 
 def packed_step(backbone: Backbone, param: torch.Tensor, prompt_fn, optimizer: BatchedAdamW,
-                batch: dict[str, torch.Tensor], lr_mult: float, max_rows: int | None = None) -> torch.Tensor:
-    """One optimiser step of K jobs packed in `param` (K, ...); returns per-job losses (K,).
+                batch: StepBatch, lr_mult: float) -> torch.Tensor:
+    """One optimiser step of K jobs packed in `param` (K, ...); returns per-job losses (K,), on the device.
 
-    `batch["group"]` (B,) says which job each row belongs to; `prompt_fn(param)` gives the
-    (K, L, H) prompts. sum_k loss_k is back-propagated: row k of the gradient is job k's own.
+    Each chunk's `group` (rows,) says which job each row belongs to; `prompt_fn(param)` gives the
+    (K, L, H) prompts. sum_k loss_k is back-propagated: row k of the gradient is job k's own. Every
+    chunk divides by the step's per-job token counts (`batch.counts`), so the chunks add up to the
+    per-job token means of the whole step.
     """
     K = param.shape[0]
-    counts = target_token_counts(batch, K)
     total = torch.zeros(K, device=param.device)
     optimizer.zero_grad()
-    for chunk in _chunks(batch, max_rows):
+    for chunk in batch.chunks:
         prompts = prompt_fn(param)  # (K, L, H)
         losses, rows = backbone.token_losses(prompts[chunk["group"]], chunk)
-        per_job = group_mean(losses, rows, chunk["group"], K, counts)  # (K,)
+        per_job = group_mean(losses, rows, chunk["group"], K, batch.counts)  # (K,)
         per_job.sum().backward()
         total += per_job.detach()
     optimizer.step(lr_mult)
@@ -71,14 +74,15 @@ def packed_step(backbone: Backbone, param: torch.Tensor, prompt_fn, optimizer: B
 
 def pt_step(backbone: Backbone, prompts: torch.Tensor, optimizer: BatchedAdamW, batch, lr_mult: float,
             max_rows: int | None = None) -> torch.Tensor:
-    """PT: the prompts (K, L, H) themselves train."""
-    return packed_step(backbone, prompts, lambda p: p, optimizer, batch, lr_mult, max_rows)
+    """PT: the prompts (K, L, H) themselves train, on one collated batch."""
+    return packed_step(backbone, prompts, lambda p: p, optimizer, split_batch(batch, prompts.shape[0], max_rows),
+                       lr_mult)
 
 
 def ist_step(backbone: Backbone, decoder: PromptDecoder, z: torch.Tensor, optimizer: BatchedAdamW, batch,
              lr_mult: float, max_rows: int | None = None) -> torch.Tensor:
-    """IST: only z (K, d) trains; the prompt is Dec(z) with the decoder frozen."""
-    return packed_step(backbone, z, decoder, optimizer, batch, lr_mult, max_rows)
+    """IST: only z (K, d) trains on one collated batch; the prompt is Dec(z) with the decoder frozen."""
+    return packed_step(backbone, z, decoder, optimizer, split_batch(batch, z.shape[0], max_rows), lr_mult)
 
 
 LM_REDUCTIONS = ("sum", "mean")

@@ -14,7 +14,10 @@ from ipt_dist.config import load_config
 from ipt_dist.modeling.autoencoder import random_decoder
 from ipt_dist.modeling.backbone import build_backbone
 from ipt_dist.stages.common import load_tokenized
+from ipt_dist.train import rows as rows_mod
 from ipt_dist.train.packed import Job, PackSettings, init_params, settings_init_params, train_pack
+from ipt_dist.train.rows import PaddedRows
+from ipt_dist.train.steps import target_token_counts
 from tests.conftest import tiny_overrides
 
 SETTINGS = PackSettings(steps=6, batch_size=3, warmup_ratio=0.2, eval_every=3, eval_batch_size=16)
@@ -136,6 +139,73 @@ def test_forward_chunks_do_not_change_the_result(setup):
     chunked = run(bb, draws, jobs, prompt_len=4,
                   settings=PackSettings(**{**SETTINGS.__dict__, "max_rows": 5}))
     assert_same(whole, chunked)
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_padded_rows_gather_equals_collating_the_same_rows(setups, backbone, monkeypatch):
+    """The pool padded once, gathered by index in length buckets, gives exactly the tensors the
+    per-step collation gave for the same rows, with less padding when lengths differ."""
+    monkeypatch.setattr(rows_mod, "MIN_BUCKET_POSITIONS", 0)  # the demo rows are short: let them bucket
+    bb, draws = setups(backbone)
+    splits = [draws[42][t].train for t in ("demo_sentiment", "demo_topic", "demo_copy_first")] + [
+        draws[13]["demo_sentiment"].train]
+    pool = PaddedRows(bb, splits + splits[:1])  # a split given twice is stored once
+    assert pool.tensors["input_ids"].shape[0] == sum(len(s) for s in splits)
+    g = torch.Generator().manual_seed(0)
+    picks = [(k, int(i)) for k in range(4) for i in torch.randint(0, len(splits[k]), (12,), generator=g)]
+    rows = [pool.row(splits[k], i) for k, i in picks]
+    groups = [k for k, _ in picks]
+    one = pool.gather(rows, groups, 4, buckets=1)
+    assert len(pool.gather(rows, groups, 4, buckets=4).chunks) > 1  # cut by length alone
+    many = pool.gather(rows, groups, 4, buckets=4, max_rows=7)
+    assert len(one.chunks) == 1 and len(many.chunks) > len(one.chunks)
+    assert all(c["input_ids"].shape[0] <= 7 for c in many.chunks)
+    assert many.tokens == one.tokens and many.padded_tokens < one.padded_tokens
+    whole = bb.collate_train([splits[k].inputs[i] for k, i in picks], [splits[k].targets[i] for k, i in picks])
+    whole["group"] = torch.tensor(groups)
+    assert torch.equal(many.counts, target_token_counts(whole, 4)) and torch.equal(one.counts, many.counts)
+    # every chunk is what collate_train makes of its own rows (each padded to its own longest row),
+    # and the chunks hold exactly the picked rows with their jobs
+    seen = []
+    for c in many.chunks:
+        pairs = [_row_content(bb, c, j) for j in range(c["input_ids"].shape[0])]
+        ref = bb.collate_train([x for x, _ in pairs], [t for _, t in pairs])
+        for name in ref:
+            assert torch.equal(c[name], ref[name]), name
+        seen += [(tuple(x), tuple(t), int(gr)) for (x, t), gr in zip(pairs, c["group"])]
+    picked = [(tuple(splits[k].inputs[i]), tuple(splits[k].targets[i]), k) for k, i in picks]
+    assert sorted(seen) == sorted(picked)
+
+
+def _row_content(bb, chunk, j) -> tuple[list[int], list[int]]:
+    """(input ids, target ids) of row j of a collated chunk."""
+    tgt = chunk["labels"][j][chunk["labels"][j] != -100].tolist()
+    seq = chunk["input_ids"][j][chunk["attention_mask"][j] == 1].tolist()
+    return (seq, tgt) if bb.is_encoder_decoder else (seq[: len(seq) - len(tgt)], tgt)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_length_buckets_do_not_change_the_result(setups, backbone, monkeypatch):
+    """48 rows of mixed-length tasks a step: cut into length buckets (several forwards, each padded
+    to its own longest row) they train to the same results as one forward over all rows."""
+    monkeypatch.setattr(rows_mod, "MIN_BUCKET_POSITIONS", 0)  # the demo rows are short: let them bucket
+    bb, draws = setups(backbone)
+    jobs = pack_jobs("pt")
+    settings = PackSettings(**{**SETTINGS.__dict__, "batch_size": 12, "length_buckets": 1})
+    whole = run(bb, draws, jobs, prompt_len=4, settings=settings)
+    bucketed = run(bb, draws, jobs, prompt_len=4, settings=PackSettings(**{**settings.__dict__, "length_buckets": 4}))
+    assert_same(whole, bucketed)
+    assert_jobs_differ(bucketed)
+    # not vacuous: rows like a step's (12 per job) really are cut into several buckets ...
+    splits = [draws[seed][j.task].train for j, seed in jobs]
+    pool = PaddedRows(bb, splits)
+    rows, groups = [pool.row(sp, i % len(sp)) for sp in splits for i in range(12)], [r // 12 for r in range(48)]
+    step = pool.gather(rows, groups, 4, buckets=4)
+    assert len(step.chunks) > 1 and step.padded_tokens < pool.gather(rows, groups, 4, buckets=1).padded_tokens
+    # ... and by default rows this short stay in one forward (too few positions for a bucket to pay)
+    monkeypatch.undo()
+    assert len(pool.gather(rows, groups, 4, buckets=4).chunks) == 1
 
 
 def test_vocab_init_starts_each_prompt_from_embeddings_of_sampled_tokens(setup):
