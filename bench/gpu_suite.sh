@@ -60,6 +60,13 @@ if [ "$part" = real ] || [ "$part" = all ]; then
   $PY bench/ist_throughput.py --mode real --arch bart-base --dtype bfloat16 --data demo --tasks 8 --kinds pt ist \
     --packs 1 16 64 256 --steps 20 --warmup 3 --prompt-len 100 --d 250 --input-len 256 --target-len 64 \
     --eval-examples 4 --profile 3 --json "$OUT/real_bart_base.json" 2>&1 | tee "$OUT/real_bart_base.log"
+  # The same PT packs with length buckets and with backbone.compile (compiling happens in the warmup steps).
+  $PY bench/ist_throughput.py --mode real --arch bart-base --dtype bfloat16 --data demo --tasks 8 --kinds pt \
+    --packs 64 256 --steps 20 --warmup 3 --prompt-len 100 --input-len 256 --target-len 64 --eval-examples 1 \
+    --length-buckets 4 --json "$OUT/real_bart_base_buckets.json" 2>&1 | tee "$OUT/real_bart_base_buckets.log"
+  $PY bench/ist_throughput.py --mode real --arch bart-base --dtype bfloat16 --data demo --tasks 8 --kinds pt \
+    --packs 64 256 --steps 20 --warmup 6 --prompt-len 100 --input-len 256 --target-len 64 --eval-examples 1 \
+    --compile --json "$OUT/real_bart_base_compile.json" 2>&1 | tee "$OUT/real_bart_base_compile.log"
 fi
 if [ "$part" = peft ] || [ "$part" = all ]; then
   # 64 PT jobs (8 demo tasks x 8 lrs) x 50 steps: PEFT one job at a time vs packs of K (target >= 20x).

@@ -173,7 +173,9 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps before (synthetic) / at the start (real)")
     p.add_argument("--job-steps", type=int, default=1000, help="steps per job, for jobs/hour")
     p.add_argument("--max-rows", type=int, default=None, help="forward chunk size (rows) for large packs")
-    p.add_argument("--length-buckets", type=int, default=4,
+    p.add_argument("--compile", action="store_true",
+                   help="backbone.compile: torch.compile the training forward (compiles in the --warmup steps)")
+    p.add_argument("--length-buckets", type=int, default=1,
                    help="real mode: the most length buckets a step's rows are cut into (1: pad to the step's longest)")
     p.add_argument("--kinds", nargs="+", default=["pt", "ist"], choices=["pt", "ist"], help="real mode")
     p.add_argument("--data", default="demo", help="real mode: demo | shared | a folder of tasks")
@@ -194,7 +196,7 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     real = args.mode == "real"
     bcfg = BackboneConfig(name_or_path=args.model, arch=args.arch, dtype=args.dtype, dropout=False, num_beams=1,
-                          label_smoothing=0.0, max_new_tokens=args.max_new_tokens,
+                          label_smoothing=0.0, max_new_tokens=args.max_new_tokens, compile=args.compile,
                           **({"max_input_len": args.input_len, "max_target_len": args.target_len} if real else {}))
     backbone = build_backbone(bcfg, device)
     counts = param_counts(backbone.model)

@@ -122,6 +122,8 @@ def main() -> None:
     p.add_argument("--max-target-len", type=int, default=8)
     p.add_argument("--packs", type=int, nargs="+", default=[1, 8], help="pack sizes K of our side")
     p.add_argument("--eval-examples", type=int, default=2, help="our evaluation: examples per job and split")
+    p.add_argument("--compile", action="store_true",
+                   help="our side with backbone.compile (torch.compile of the training forward; PEFT stays eager)")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     try:
@@ -133,7 +135,7 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     backbone = build_backbone(BackboneConfig(name_or_path=args.model, arch=args.arch, dtype=args.dtype, dropout=False, num_beams=1,
                                              label_smoothing=0.0, max_new_tokens=8, max_input_len=args.max_input_len,
-                                             max_target_len=args.max_target_len), device)
+                                             max_target_len=args.max_target_len, compile=args.compile), device)
     try:
         data = load_data(backbone, args.data, args.tasks)
     except BenchError as exc:

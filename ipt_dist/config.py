@@ -71,7 +71,16 @@ class BackboneConfig:
     num_beams: int = 4  # reference decoding: beam search, 4 beams
     max_new_tokens: int = 64  # reference: max 64 generated tokens
     eval_batch_size: int = 32
+    # PT / IST packs: the most length buckets (one forward each) a training step's rows are cut
+    # into, each padded to its own longest row (`train.rows`); 1 pads every row to the step's
+    # longest. Off by default: on the 2-core CPU neither tiny-t5 nor SmolLM2 packs ran measurably
+    # faster with 4 (BENCHMARKS.md); large mixed-length packs on a GPU are where it can pay.
+    length_buckets: int = 1
     gradient_checkpointing: bool = False
+    # torch.compile the backbone's training forward (PT, IST and single-process MSF steps; not
+    # generation, not the DeepSpeed MSF workers). The first steps of each new shape compile
+    # (dynamic shapes; minutes on a small CPU); worth it only for long runs: see BENCHMARKS.md.
+    compile: bool = False
     # Decoder-only instruct models: wrap each input in the tokenizer's chat template as a user
     # turn; the target is the assistant's answer. Off: input and target are plain continuous text.
     chat_template: bool = False
@@ -82,7 +91,8 @@ class BackboneConfig:
         out = []
         if self.dtype not in DTYPES:
             out.append(f"backbone.dtype: {self.dtype!r} is not one of {DTYPES}")
-        for name in ("max_input_len", "max_target_len", "num_beams", "max_new_tokens", "eval_batch_size"):
+        for name in ("max_input_len", "max_target_len", "num_beams", "max_new_tokens", "eval_batch_size",
+                     "length_buckets"):
             if getattr(self, name) <= 0:
                 out.append(f"backbone.{name}: must be > 0, got {getattr(self, name)}")
         if not 0.0 <= self.label_smoothing < 1.0:

@@ -127,6 +127,11 @@ class MSFWorker:
         from ipt_dist.train.steps import MSFModel
 
         cfg, m = self.cfg, self.cfg.msf
+        if cfg.backbone.compile:  # DeepSpeed's hooks (ZeRO-3 gathers) and torch.compile: not combined here
+            from dataclasses import replace
+
+            log.warning("backbone.compile is not applied in the DeepSpeed MSF workers; they run the backbone eagerly")
+            cfg = replace(cfg, backbone=replace(cfg.backbone, compile=False))
         self.hf_ds_config = None
         if self.stage == 3:
             # While this object lives, transformers builds models under deepspeed.zero.Init (each rank

@@ -54,6 +54,16 @@ class Backbone:
             tok.pad_token = tok.eos_token
         if tok.eos_token_id is None:
             raise ValueError(f"backbone {self.name}: the tokenizer has no eos token; targets need one to stop")
+        self._train_forward: torch.nn.Module | None = None
+
+    def train_forward(self) -> torch.nn.Module:
+        """The module `token_losses` runs: the whole model (encoder-decoders) or its body without the
+        LM head (decoder-only), wrapped by `torch.compile` (dynamic shapes) when `cfg.compile`."""
+        if self._train_forward is None:
+            module = (self.model if self.is_encoder_decoder
+                      else getattr(self.model, self.model.base_model_prefix))
+            self._train_forward = torch.compile(module, dynamic=True) if self.cfg.compile else module
+        return self._train_forward
 
     # ---------------------------------------------------------------- properties
     @property
@@ -213,8 +223,8 @@ class Backbone:
         eps = self.cfg.label_smoothing
         if self.is_encoder_decoder:
             decoder_input_ids = self.model.prepare_decoder_input_ids_from_labels(labels=labels)
-            logits = self.model(inputs_embeds=embeds, attention_mask=mask, decoder_input_ids=decoder_input_ids,
-                                use_cache=False).logits  # (B, T, V)
+            logits = self.train_forward()(inputs_embeds=embeds, attention_mask=mask,
+                                          decoder_input_ids=decoder_input_ids, use_cache=False).logits  # (B, T, V)
             sel = labels != -100
             rows = sel.nonzero()[:, 0]
             losses = F.cross_entropy(logits[sel].float(), labels[sel], label_smoothing=eps, reduction="none")
@@ -222,8 +232,8 @@ class Backbone:
         # Decoder-only: run the body, then the LM head only where a target token is predicted
         # (position t predicts token t+1), so the (B, N, V) logits are never materialised.
         L = prompts.shape[1]
-        body = getattr(self.model, self.model.base_model_prefix)
-        hidden = body(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state  # (B, L+N, H)
+        hidden = self.train_forward()(inputs_embeds=embeds, attention_mask=mask,
+                                      use_cache=False).last_hidden_state  # (B, L+N, H)
         full_labels = F.pad(labels, (L, 0), value=-100)  # (B, L+N): prompt positions carry no loss
         shifted = full_labels[:, 1:]
         sel = shifted != -100

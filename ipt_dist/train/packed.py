@@ -54,14 +54,14 @@ class PackSettings:
     adam_eps: float = 1e-8
     weight_decay: float = 0.0
     max_rows: int | None = None  # split the packed batch into forward chunks of this many rows
-    length_buckets: int = 4  # the most length buckets (forwards) a step's rows are split into; 1: none
+    length_buckets: int = 1  # the most length buckets (forwards) a step's rows are cut into; 1: none
     eval_batch_size: int = 32
     eval_max_examples: int | None = None
 
     @classmethod
     def from_config(cls, cfg: IPTConfig, stage: str) -> PackSettings:
         """The settings of stage `stage` ("pt" or "ist") of `cfg`: its schedule fields and the
-        backbone's eval batch size (`init` / `init_vocab_top` exist for PT only; IST keeps the defaults).
+        backbone's eval batch size and length buckets (`init` / `init_vocab_top` exist for PT only; IST keeps the defaults).
 
         Raises:
             ValueError: another stage (MSF trains one autoencoder, not a pack of jobs).
@@ -72,7 +72,7 @@ class PackSettings:
         init = {"init": s.init, "init_vocab_top": s.init_vocab_top} if stage == "pt" else {}
         return cls(steps=s.steps, batch_size=s.batch_size, warmup_ratio=s.warmup_ratio, eval_every=s.eval_every,
                    init_std=s.init_std, adam_eps=s.adam_eps, weight_decay=s.weight_decay,
-                   eval_batch_size=cfg.backbone.eval_batch_size, **init)
+                   eval_batch_size=cfg.backbone.eval_batch_size, length_buckets=cfg.backbone.length_buckets, **init)
 
 
 @dataclass

@@ -4,7 +4,7 @@
 host-to-device copy of the whole batch per step) and padded every row of a mixed-task pack to
 the longest. Here the distinct training splits of a pack are collated once (`Backbone.collate_train`,
 the one collation), kept on the model's device, and a step is:
-  - the jobs' row indices (host ints from their seeded streams) sorted by length;
+  - the jobs' row indices (host ints from their seeded streams), sorted by length when buckets > 1;
   - cut into at most `buckets` contiguous length buckets (fewer when padding is already small or a
     bucket would get fewer than `MIN_BUCKET_ROWS` rows), then into chunks of at most `max_rows`;
   - per chunk, one `index_select` on the device and a slice to the chunk's own longest row.
@@ -89,7 +89,10 @@ class PaddedRows:
                 longest row of the step).
             max_rows: the most rows in one forward chunk (None: no limit).
         """
-        order = sorted(range(len(rows)), key=lambda j: (sum(self._widths(rows[j])), j))
+        # One bucket keeps the given (job-major) order: the rows and results of a step are then exactly
+        # those of one collated batch; buckets need the rows sorted by length.
+        order = (sorted(range(len(rows)), key=lambda j: (sum(self._widths(rows[j])), j)) if buckets > 1
+                 else range(len(rows)))
         srows = [rows[j] for j in order]
         sgroups = [groups[j] for j in order]
         widths = [self._widths(r) for r in srows]

@@ -189,3 +189,38 @@ def test_hidden_size_of_named_shapes_and_unknown_models():
     assert configured_hidden_size(BackboneConfig(name_or_path="demo-t5")) == configured_hidden_size(
         BackboneConfig(name_or_path="tiny-t5"))  # a demo backbone before it is pretrained
     assert model_hidden_size(SimpleNamespace(n_embd=48)) == 48 and model_hidden_size(SimpleNamespace()) is None
+
+
+def test_compile_wraps_the_training_forward_only():
+    """backbone.compile wraps what token_losses runs (the whole encoder-decoder; a decoder-only
+    model's body without the LM head) and leaves the model itself (generation) eager."""
+    t5, llama = _bb("tiny-t5", compile=True), _bb("tiny-llama", compile=True)
+    assert isinstance(t5.train_forward(), torch._dynamo.eval_frame.OptimizedModule)
+    assert t5.train_forward()._orig_mod is t5.model
+    assert llama.train_forward()._orig_mod is getattr(llama.model, llama.model.base_model_prefix)
+    assert not isinstance(t5.model, torch._dynamo.eval_frame.OptimizedModule)
+    assert _bb("tiny-t5").train_forward() is not None and _bb("tiny-t5").cfg.compile is False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["tiny-llama"])  # the decoder-only body path (SmolLM2's); ~80 s of compiling
+def test_compiled_training_forward_matches_eager(kind):
+    """backbone.compile: token losses and prompt gradients equal the eager ones, over two batch
+    shapes (dynamic shapes: the second shape must not need a different answer)."""
+    eager, compiled = _bb(kind), _bb(kind, compile=True)
+    compiled.model.load_state_dict(eager.model.state_dict())  # the same weights
+    for inputs, targets in [(INPUTS, TARGETS), (INPUTS + [" [demo] a long and slow but fine film"],
+                                                TARGETS + ["positive"])]:
+        x, y = eager.tokenize(inputs, targets)
+        batch = eager.collate_train(x, y)
+        grads, out = [], []
+        for bb in (eager, compiled):
+            prompts = torch.randn(len(x), 3, bb.hidden_size, generator=torch.Generator().manual_seed(0))
+            prompts.requires_grad_(True)
+            losses, rows = bb.token_losses(prompts, batch)
+            losses.sum().backward()
+            out.append((losses.detach(), rows))
+            grads.append(prompts.grad)
+        assert torch.equal(out[0][1], out[1][1])
+        assert torch.allclose(out[0][0], out[1][0], atol=1e-5), (out[0][0] - out[1][0]).abs().max()
+        assert torch.allclose(grads[0], grads[1], atol=1e-5), (grads[0] - grads[1]).abs().max()
