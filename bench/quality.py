@@ -1,32 +1,38 @@
 """PYTHONPATH=. HF_HUB_OFFLINE=1 python bench/quality.py --config configs/quality_cpu.yaml --out runs/quality_cpu
 
 Reproduce the paper's finding on real data with a real pretrained backbone: stage-0 prompt
-tuning (PT) per task -> MSF for each intrinsic dimension d -> IST (plus the random-decoder
-baseline) -> the five evaluation settings, all through `ipt_dist.pipeline.run_pipeline` on the
-real CrossFit few-shot tasks of ../shared/data/tasks and SmolLM2-135M-Instruct (chat template).
+tuning (PT) per task -> MSF for each intrinsic dimension d -> IST with the MSF, random and PCA
+decoders -> the five evaluation settings, all through `ipt_dist.pipeline.run_pipeline` on the
+real CrossFit few-shot tasks of ../shared/data/tasks and SmolLM2-135M-Instruct.
 
-    python bench/quality.py                                       # the CPU configuration (~35 min, 2 cores)
+    python bench/quality.py                                       # the CPU configuration (see its header for the cost)
     python bench/quality.py --config configs/quality_gpu.yaml --out /abs/runs/quality_gpu --distributed-msf
     python bench/quality.py --set pt.steps=80 --set "sweep.lrs=[0.01]"   # any KEY=VALUE of the config
     python bench/quality.py --make-split                          # re-derive bench/quality_split.json
     python bench/quality.py --make-split gpu                      # print the GPU configuration's split
 
+Cost: configs/quality_cpu.yaml trains about 66k example rows through SmolLM2; measured at ~0.11 s
+per row on a 2-core CPU with AVX512-bf16 (~2.5 h in all) and ~0.45 s per row in fp32 on an
+AVX2-only one (~8-9 h). Resumable: the same command skips every finished job and MSF run.
+
 Besides the pipeline's own report (<out>/report/report.md, <out>/ist_sweep/summary.md) it
-writes <out>/quality.md and <out>/quality.json: per task the PT score, the IST score and the
-ratio IST / PT for each d (seen tasks: setting 4, new few-shot data; unseen tasks: setting 5),
-the random-decoder baseline, and two untuned baselines next to PT that show PT learned
-something: the majority-class answer of the train draw (mean over data seeds) and the frozen
-backbone with no soft prompt at all (an empty (B, 0, H) prompt, the same decoding); then the
-mean relative performance per setting and d beside the paper's numbers (d=5: 87% / 65%,
-d=250: 97% / 83% for seen tasks on new data / unseen tasks).
+writes <out>/quality.md and <out>/quality.json: per task the PT score, the IST score per decoder
+and d (seen tasks: setting 4, new few-shot data; unseen tasks: setting 5), and two untuned
+baselines next to PT that show PT learned something: the majority-class answer of the train draw
+(mean over data seeds) and the frozen backbone with no soft prompt at all (an empty (B, 0, H)
+prompt, the same decoding); then per setting and d the mean paired relative performance with its
+95% bootstrap CI for the MSF, random and PCA decoders beside the paper's numbers (d=5: 87% / 65%,
+d=250: 97% / 83% for seen tasks on new data / unseen tasks), and MSF against each baseline decoder
+(CI overlap and the paired-difference CI).
 
 The task split (`--make-split`, shipped as bench/quality_split.json): the CrossFit tasks
-(`gym__*`) of the shared data whose inputs are short (90th percentile of the train inputs
-<= 100 characters, so that chat template + task prefix + input fit in 64 tokens), whose answers
-are short (90th percentile <= 16 characters), not scored by Matthews correlation (a PT score
-<= 0 has no ratio) and, for classification, with at most 12 labels (16-shot draws must cover
-them). From that pool, `random.Random(0)` draws 4 classification and 2 generation tasks,
-shuffles them, and the first 4 are the MSF training tasks, the last 2 the unseen tasks.
+(`gym__*`) of the shared data whose inputs are short enough for CPU time (90th percentile of the
+train inputs <= POOL_MAX_INPUT_CHARS = 300 characters), whose answers are short (90th percentile
+<= 32 characters), not scored by Matthews correlation (a PT score <= 0 has no ratio) and, for
+classification, with at most 12 labels (16-shot draws must cover them). From that pool,
+`random.Random(0)` draws per task type (DRAW: 21 classification, 5 multiple-choice, 6 generation,
+about the pool's proportions); the first 5 / 1 / 2 drawn of each type are the unseen tasks, the
+rest (24) the MSF training tasks.
 
 MSF runs single-process by default (`ipt_dist.stages.msf.run_msf`): on a 2-core CPU the Ray
 Train + DeepSpeed workers only add start-up time. `--distributed-msf` uses the distributed path.
