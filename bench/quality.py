@@ -215,6 +215,73 @@ def untuned_baselines(cfg: IPTConfig, tasks: list[str], cache: Path) -> dict[str
     return {t: got["tasks"][t] for t in tasks}
 
 
+# ----------------------------------------------------------------------------- PT calibration
+
+
+def pt_calibration(cfg: IPTConfig, out: Path, command: str, t_start: float) -> int:
+    """`--pt-only`: the PT sweep of `cfg` (every task x draw x `sweep.lrs`) and the untuned baselines,
+    then <out>/pt_calibration.md: per task and lr the mean test score over draws at each job's best
+    dev step, the lr PT would pick (best mean dev) and whether PT there beats the majority answer and
+    the no-prompt backbone. The same --out then continues into the full run (finished jobs are skipped)."""
+    from ipt_dist.distributed.fanout import run_sweep
+    from ipt_dist.modeling.backbone import resolve_auto_dtype
+    from ipt_dist.paths import absolutize
+    from ipt_dist.stages.common import resolve_tasks
+    from ipt_dist.sweep.results import pt_baseline_records
+
+    cfg = resolve_auto_dtype(absolutize(cfg.validate()), "cuda" if cfg.sweep.num_gpus > 0 else "cpu")
+    result = run_sweep(cfg, "pt")
+    split = resolve_tasks(cfg)
+    tasks = split.all
+    baselines = untuned_baselines(cfg, tasks, out / "baselines.json")
+    kinds = {r["name"]: r.get("task_type") for r in json.loads((Path(cfg.data.data_dir) / "tasks.json").read_text())}
+    by: dict[tuple[str, float], list[dict]] = {}
+    for r in pt_baseline_records(cfg):
+        by.setdefault((r["task"], r["lr"]), []).append(r)
+    lrs = sorted({lr for _, lr in by})
+    lines = [f"# PT calibration: {out}", "", f"- command: `{command}`",
+             f"- {len(tasks)} tasks x data seeds {cfg.sweep.data_seeds} x lrs {lrs}; PT {cfg.pt.steps} steps x batch "
+             f"{cfg.pt.batch_size}, L={cfg.pt.prompt_len}, init {cfg.pt.init}, backbone {cfg.backbone.name_or_path} "
+             f"({cfg.backbone.dtype}); wall {(time.time() - t_start) / 60:.1f} min; failed jobs {result.jobs_failed}",
+             "- cells: test score (mean over draws) at each job's best dev step, `dev` in brackets; "
+             "**bold** = the lr PT picks (best mean dev)", "",
+             "| task | type | majority | no prompt | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " | PT above both |",
+             "|---|---|---|---|" + "---|" * len(lrs) + "---|"]
+    above = {"majority": 0, "no_prompt": 0, "both": 0, "n": 0}
+    for t in tasks:
+        cells, best = [], None
+        for lr in lrs:
+            rs = by.get((t, lr), [])
+            if not rs:
+                cells.append("-")
+                continue
+            dev = sum(r["best_dev"] for r in rs) / len(rs)
+            test = sum(r["test"] for r in rs) / len(rs)
+            cells.append((dev, test))
+            if best is None or dev > best[0]:
+                best = (dev, test, len(cells) - 1)
+        b = baselines.get(t, {})
+        maj, nop = b.get("majority"), b.get("no_prompt")
+        flag = "-"
+        if best is not None and maj is not None and nop is not None:
+            pt = best[1]
+            if kinds.get(t) == "classification":
+                above["n"] += 1
+                above["majority"] += pt > maj
+                above["no_prompt"] += pt > nop
+                above["both"] += pt > max(maj, nop)
+            flag = "yes" if pt > max(maj, nop) else "no"
+        shown = [c if isinstance(c, str) else (f"**{c[1]:.3f}** ({c[0]:.3f})" if best and i == best[2]
+                                               else f"{c[1]:.3f} ({c[0]:.3f})") for i, c in enumerate(cells)]
+        lines.append(f"| {t} | {kinds.get(t) or '-'} | {_f(maj)} | {_f(nop)} | " + " | ".join(shown) + f" | {flag} |")
+    lines += ["", f"Classification tasks: PT (at its picked lr) above the majority answer on {above['majority']} of "
+                  f"{above['n']}, above no prompt on {above['no_prompt']}, above both on {above['both']}."]
+    path = out / "pt_calibration.md"
+    path.write_text("\n".join(lines) + "\n")
+    print(path.read_text())
+    return 0 if not result.jobs_failed else 1
+
+
 # ----------------------------------------------------------------------------- the table
 
 
@@ -414,6 +481,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="run directory (default: the config's output_dir)")
     ap.add_argument("--data", default=str(DEFAULT_DATA), help="JSONL task directory (default ../shared/data/tasks)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
+    ap.add_argument("--pt-only", action="store_true",
+                    help="calibrate PT first: only the PT sweep and the untuned baselines -> <out>/pt_calibration.md "
+                         "(per task and lr: PT against majority and no prompt); the full run reuses its PT jobs")
     ap.add_argument("--distributed-msf", action="store_true", help="MSF with Ray Train + DeepSpeed workers")
     ap.add_argument("--make-split", nargs="?", const="cpu", choices=["cpu", "gpu"],
                     help=f"re-derive the task split: cpu writes {SPLIT_FILE.name}, gpu prints the lists of "
@@ -457,6 +527,8 @@ def main(argv: list[str] | None = None) -> int:
     command = "PYTHONPATH=. HF_HUB_OFFLINE=1 python bench/quality.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     log.info("quality benchmark: config %s, output %s", args.config, out)
 
+    if args.pt_only:
+        return pt_calibration(cfg, out, command, t_start)
     result = run_pipeline(cfg, distributed_msf=args.distributed_msf)
     t_pipe = time.time()
     log.info("pipeline done in %.1f min: %s", (t_pipe - t_start) / 60, result.get("mean_relative"))
