@@ -204,12 +204,6 @@ class MSFWorker:
         self.best, self.best_state = BestTracker(), None
         self.resumed_from = 0
 
-    # ------------------------------------------------------------------ collectives
-    def _all_reduce(self, values: list[float]) -> list[float]:
-        t = torch.tensor(values, dtype=torch.float64, device=self.device)
-        self.dist.all_reduce(t)
-        return t.tolist()
-
     # ------------------------------------------------------------------ training
     def train_step(self) -> dict[str, float]:
         """One optimiser step over this rank's share of the global batch (accum micro-batches)."""
@@ -219,6 +213,7 @@ class MSFWorker:
         t0 = time.perf_counter()
         self.backbone.set_train_mode(True)
         lr = self.scheduler.get_last_lr()[0]  # the lr this step applies
+        global_pairs = self.sampler.global_batch_at(self.sampler.step)  # every rank's rows (deterministic)
         pairs = self.sampler.next_batch()  # (micro * accum) rows of this rank
         micro_batches = [collate_msf(self.backbone, self.data, pairs[i * b.micro:(i + 1) * b.micro])
                          for i in range(b.accum)]
@@ -230,10 +225,12 @@ class MSFWorker:
         # to undo that average, so the step's gradient is that of the global batch's objective, as one
         # process computes it (msf_step): with "sum", the token sum over the whole global batch; with
         # "mean", additionally divided by the global target-token count, which must then be known before
-        # the first backward (one extra all-reduce). The reconstruction MSE is a mean over rows and every
-        # micro-batch has `micro` rows, so the average of the micro-batch means is the global mean.
+        # the first backward: every rank draws the same global batch from the seeded sampler, so it counts
+        # the global batch's target tokens itself (no collective). The reconstruction MSE is a mean over
+        # rows and every micro-batch has `micro` rows, so the average of the micro-batch means is the global mean.
         replicas = b.world * b.accum
-        global_tgt = self._all_reduce([float(tgt)])[0] if self.model.lm_reduction == "mean" else None
+        global_tgt = (float(sum(len(self.data[t].train.targets[i]) for t, i in global_pairs))
+                      if self.model.lm_reduction == "mean" else None)
         lm_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         rec_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         for mb in micro_batches:

@@ -116,7 +116,7 @@ def sweep_overrides(out: Path, demo_dir: Path) -> list[str]:
 
 @distributed
 @slow
-@pytest.mark.parametrize("gpu", [False, True], ids=["cpu_tasks", "gpu_actors"])
+@pytest.mark.parametrize("gpu", [False, pytest.param(True, marks=pytest.mark.heavy)], ids=["cpu_tasks", "gpu_actors"])
 def test_node_lost_mid_sweep_its_pack_reruns_on_a_surviving_node_and_every_job_is_stored_once(
         tmp_path, demo_dir, gpu):
     """The first worker node is removed while a pack runs on it and no node replaces it: the pack
@@ -196,6 +196,7 @@ LOSS_RTOL = WEIGHT_ATOL = 1e-5  # as tests/distributed/test_msf_distributed.py (
 
 @distributed
 @slow
+@pytest.mark.heavy  # ~2 min; CI covers a killed MSF worker resuming (test_killed_worker_resumes_from_latest_checkpoint)
 def test_node_lost_mid_msf_restarts_from_the_latest_checkpoint_once_a_node_is_back(
         tmp_path, demo_dir, tiny_t5_dir):
     """2 MSF workers on 2 nodes; after a committed checkpoint one worker's node is removed, and a

@@ -200,6 +200,7 @@ def test_killed_sweep_resumes_and_mlflow_catches_up(main_sweep):
 
 @distributed
 @slow
+@pytest.mark.heavy  # ~1.5 min; CI covers MLflow failing for a moment (test_child_run_failing_for_a_moment_...)
 def test_mlflow_server_stopped_and_restarted_during_a_sweep_loses_nothing(stage0, ray_local, tmp_path):
     """A real `mlflow server` is stopped after the first results and started again after more
     jobs finished: training goes on, the children that failed meanwhile are queued and written

@@ -203,6 +203,7 @@ def test_compile_wraps_the_training_forward_only():
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # ~80 s of compiling on 2 cores; test_compile_wraps_the_training_forward_only stays in CI
 @pytest.mark.parametrize("kind", ["tiny-llama"])  # the decoder-only body path (SmolLM2's); ~80 s of compiling
 def test_compiled_training_forward_matches_eager(kind):
     """backbone.compile: token losses and prompt gradients equal the eager ones, over two batch
