@@ -218,7 +218,7 @@ def untuned_baselines(cfg: IPTConfig, tasks: list[str], cache: Path) -> dict[str
 # ----------------------------------------------------------------------------- PT calibration
 
 
-def pt_calibration(cfg: IPTConfig, out: Path, command: str, t_start: float) -> int:
+def pt_calibration(cfg: IPTConfig, out: Path, command: str, t_start: float, *, distributed_msf: bool = False) -> int:
     """`--pt-only`: the PT sweep of `cfg` (every task x draw x `sweep.lrs`) and the untuned baselines,
     then <out>/pt_calibration.md: per task and lr the mean test score over draws at each job's best
     dev step, the lr PT would pick (best mean dev) and whether PT there beats the majority answer and
@@ -227,17 +227,22 @@ def pt_calibration(cfg: IPTConfig, out: Path, command: str, t_start: float) -> i
     from ipt_dist.modeling.backbone import resolve_auto_dtype
     from ipt_dist.paths import absolutize
     from ipt_dist.stages.common import resolve_tasks
+    from ipt_dist.sweep.plan import plan_sweep
     from ipt_dist.sweep.results import pt_baseline_records
 
-    cfg = resolve_auto_dtype(absolutize(cfg.validate()), "cuda" if cfg.sweep.num_gpus > 0 else "cpu")
+    # the dtype as run_pipeline resolves it, so that the full run's PT jobs are these ones
+    gpu = cfg.sweep.num_gpus > 0 or (distributed_msf and cfg.distributed.use_gpu)
+    cfg = resolve_auto_dtype(absolutize(cfg.validate()), "cuda" if gpu else "cpu")
     result = run_sweep(cfg, "pt")
     split = resolve_tasks(cfg)
     tasks = split.all
     baselines = untuned_baselines(cfg, tasks, out / "baselines.json")
     kinds = {r["name"]: r.get("task_type") for r in json.loads((Path(cfg.data.data_dir) / "tasks.json").read_text())}
+    planned = {j.job_id for j in plan_sweep(cfg, "pt", check_data=False).jobs}  # not earlier grids' jobs
     by: dict[tuple[str, float], list[dict]] = {}
     for r in pt_baseline_records(cfg):
-        by.setdefault((r["task"], r["lr"]), []).append(r)
+        if r["job_id"] in planned:
+            by.setdefault((r["task"], r["lr"]), []).append(r)
     lrs = sorted({lr for _, lr in by})
     lines = [f"# PT calibration: {out}", "", f"- command: `{command}`",
              f"- {len(tasks)} tasks x data seeds {cfg.sweep.data_seeds} x lrs {lrs}; PT {cfg.pt.steps} steps x batch "
@@ -528,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("quality benchmark: config %s, output %s", args.config, out)
 
     if args.pt_only:
-        return pt_calibration(cfg, out, command, t_start)
+        return pt_calibration(cfg, out, command, t_start, distributed_msf=args.distributed_msf)
     result = run_pipeline(cfg, distributed_msf=args.distributed_msf)
     t_pipe = time.time()
     log.info("pipeline done in %.1f min: %s", (t_pipe - t_start) / 60, result.get("mean_relative"))

@@ -23,7 +23,6 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.flops import padded_tokens, row_lengths
 from ipt_dist.data.batching import TokenizedTask, tokenize_tasks
 from ipt_dist.data.tasks import list_tasks, load_tasks, write_demo_tasks
 from ipt_dist.train.packed import Job, PackSettings, train_pack
@@ -82,11 +81,15 @@ class BatchRecorder:
         inner = PaddedRows.gather
         encdec, L = self.backbone.is_encoder_decoder, self.prompt_len
 
-        def recording(pool, *args, **kwargs):
-            step = inner(pool, *args, **kwargs)
-            per_chunk = [row_lengths(c, L, encdec) for c in step.chunks]
-            self.lengths.append({k: torch.cat([r[k] for r in per_chunk]) for k in per_chunk[0]})
-            self.positions.append(sum(padded_tokens(c, L, encdec) for c in step.chunks))
+        def recording(pool, rows, *args, **kwargs):
+            step = inner(pool, rows, *args, **kwargs)
+            # From host lists and tensor shapes only: reading the device tensors would sync every step.
+            n_in = torch.tensor([pool.in_len[r] for r in rows])
+            tgt = torch.tensor([pool.tgt_len[r] for r in rows])
+            self.lengths.append({"enc": L + n_in + (0 if encdec else tgt), "dec": tgt if encdec else 0 * tgt,
+                                 "tgt": tgt})
+            self.positions.append(sum(c["input_ids"].shape[0] * (L + c["input_ids"].shape[1])
+                                      + (c["labels"].numel() if encdec else 0) for c in step.chunks))
             self.chunks.append(len(step.chunks))
             return step
 

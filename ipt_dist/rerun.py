@@ -29,7 +29,8 @@ INPUTS_FILE = "inputs.json"
 _SECTIONS = {"pt": ("seed", "backbone", "data", "pt"), "msf": ("seed", "backbone", "data", "pt.prompt_len", "msf"),
              "ist": ("seed", "backbone", "data", "pt.prompt_len", "ist")}
 _NOT_INPUTS = {"backbone.eval_batch_size", "backbone.cache_dir", "msf.prompts_dir", "ist.msf_checkpoint",
-               "msf.eval_max_examples", "msf.checkpoint_every"}
+               "msf.eval_max_examples", "msf.checkpoint_every",
+               "backbone.length_buckets", "backbone.compile"}  # how the backbone pass is batched / run, not what
 _TASK_LISTS = {"data.tasks", "data.unseen_tasks", "data.split_file"}  # which tasks, not how each is trained
 # `ipt ist` names each job by task, lr and init seed: other values are other jobs, not changed ones.
 # (Its data seed is MSF's own draw, which `ipt ist` checks: another one is refused, not a new job.)

@@ -8,8 +8,8 @@ the one collation), kept on the model's device, and a step is:
   - cut into at most `buckets` contiguous length buckets (fewer when padding is already small or a
     bucket would get fewer than `MIN_BUCKET_ROWS` rows), then into chunks of at most `max_rows`;
   - per chunk, one `index_select` on the device and a slice to the chunk's own longest row.
-Lengths live on the host, so nothing here reads a device value (no sync per step); the per-job
-target-token counts are host sums too, copied once.
+Lengths live on the host, so nothing here reads a device value or waits for the device: the row
+indices go over from pinned memory, and the per-job target-token counts are summed on the device.
 
 Each chunk divides by the whole step's per-job token counts, so the chunks' losses sum to the
 same per-job token means, and the same gradients, as one forward over the unsorted batch.
@@ -68,6 +68,7 @@ class PaddedRows:
         self.tgt_len = [len(t) for t in targets]
         full = backbone.collate_train(inputs, targets) if inputs else {}
         self.tensors = {k: v.to(self.device) for k, v in full.items()}
+        self._tgt_len = torch.tensor(self.tgt_len, dtype=torch.float32, device=self.device)
 
     def row(self, split: TokenizedSplit, i: int) -> int:
         """Pool index of row `i` of `split` (a split given to the constructor)."""
@@ -103,22 +104,27 @@ class PaddedRows:
         for a, b in pairwise(cuts):
             step = max_rows or (b - a)
             bounds += [(s, min(s + step, b)) for s in range(a, b, step)]
-        index = torch.tensor(srows, dtype=torch.long).to(self.device, non_blocking=True)
-        group = torch.tensor(sgroups, dtype=torch.long).to(self.device, non_blocking=True)
-        counts = [0.0] * num_groups
-        for r, g in zip(srows, sgroups):
-            counts[g] += self.tgt_len[r]
+        index, group = self._to_device(srows), self._to_device(sgroups)
+        counts = torch.zeros(num_groups, device=self.device).index_add_(0, group, self._tgt_len[index])
         chunks, padded = [], 0
         for a, b in bounds:
             w_in = max(w[0] for w in widths[a:b])
             w_lab = max(w[1] for w in widths[a:b])
             idx = index[a:b]
-            chunk = {k: t.index_select(0, idx)[:, : (w_lab if k == "labels" else w_in)]
+            chunk = {k: t[:, : (w_lab if k == "labels" else w_in)].index_select(0, idx)
                      for k, t in self.tensors.items()}
             chunk["group"] = group[a:b]
             chunks.append(chunk)
             padded += (b - a) * (w_in + w_lab * both)
-        return StepBatch(chunks, torch.tensor(counts, device=self.device), real, padded)
+        return StepBatch(chunks, counts, real, padded)
+
+    def _to_device(self, values: list[int]) -> torch.Tensor:
+        """A host list as a long tensor on the device without waiting for it (pinned on CUDA: a copy
+        from pageable memory, or a tensor built on the device, would block the host)."""
+        t = torch.tensor(values, dtype=torch.long)
+        if self.device.type == "cuda":
+            t = t.pin_memory()
+        return t.to(self.device, non_blocking=True)
 
 
 def _padded(widths: list[tuple[int, int]], cuts: list[int], both: bool) -> int:

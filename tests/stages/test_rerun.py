@@ -56,6 +56,12 @@ def test_inputs_leave_out_what_does_not_change_results(tiny_cfg):
     assert stage_inputs(replace(tiny_cfg, pt=replace(tiny_cfg.pt, steps=3)), "pt") != base
     ist = stage_inputs(tiny_cfg, "ist", {"decoder": "abc"})
     assert ist["input.decoder"] == "abc" and "ist.lr" not in ist and "pt.lr" not in ist
+    # how the backbone pass is batched or run is not an input: neither changing it nor a directory
+    # written before these fields existed (its inputs.json lacks them) is refused
+    fast = replace(tiny_cfg, backbone=replace(tiny_cfg.backbone, length_buckets=4, compile=True))
+    for stage in ("pt", "msf", "ist"):
+        assert stage_inputs(fast, stage) == stage_inputs(tiny_cfg, stage)
+        assert not any(k in stage_inputs(tiny_cfg, stage) for k in ("backbone.length_buckets", "backbone.compile"))
 
 
 @pytest.mark.slow
