@@ -119,6 +119,10 @@ class DataConfig:
     # When set, train and dev are subsampled to this many examples with `data_seed`
     # (a "new few-shot data" draw for setting 4 uses another seed).
     train_size: int | None = None
+    # When set, classification tasks draw this many examples per label (the target) for train and
+    # for dev instead (all of a label when it has fewer), as the reference's few-shot data does
+    # (16 per class; other tasks `train_size`, reference 32). Needs `data_seed`.
+    shots_per_class: int | None = None
     max_examples: int | None = None  # cap per split, for quick runs
     task_prefix: bool = True  # prepend " [task_name] " to every input, as the reference does
     hf_input_column: str = "input"
@@ -132,6 +136,11 @@ class DataConfig:
             out.append(f"data.max_examples: must be > 0 or null, got {self.max_examples}")
         if self.train_size is not None and self.train_size <= 0:
             out.append(f"data.train_size: must be > 0 or null, got {self.train_size}")
+        if self.shots_per_class is not None and self.shots_per_class <= 0:
+            out.append(f"data.shots_per_class: must be > 0 or null, got {self.shots_per_class}")
+        if self.shots_per_class is not None and self.data_seed is None:
+            out.append("data.shots_per_class: a few-shot draw needs a seed, but data.data_seed is null. "
+                       "Fix: set data.data_seed (the sweep's first data seed, e.g. 100)")
         if self.train_size is not None and self.data_seed is None:
             # random.Random(None) seeds from the OS: every run would draw other examples, and what
             # PT, MSF and IST were trained on could not be told apart or compared

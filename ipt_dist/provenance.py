@@ -47,7 +47,7 @@ __all__ = [
 VERSION = 1
 # Fields of the data fingerprint that define the draw (data_dir and format may move or be spelled
 # differently for the same examples: the content digests decide).
-_DRAW_FIELDS = ("data.data_seed", "data.k", "data.train_size", "data.max_examples")
+_DRAW_FIELDS = ("data.data_seed", "data.k", "data.train_size", "data.shots_per_class", "data.max_examples")
 _SHOW = 5  # tasks named in a digest mismatch (a changed seed changes them all)
 NO_PROVENANCE = ("records no provenance (msf.json was written before ipt_dist recorded what MSF was trained "
                  "from), so its training draw and backbone cannot be checked against this run")
@@ -68,7 +68,8 @@ def backbone_fingerprint(cfg: IPTConfig) -> dict:
 
 def draw_seed(cfg: IPTConfig, seed: int | None) -> int | None:
     """The seed that picks the few-shot draw, or None when no seed does (all examples, one file)."""
-    return seed if cfg.data.train_size is not None or cfg.data.k is not None else None
+    d = cfg.data
+    return seed if d.train_size is not None or d.k is not None or d.shots_per_class is not None else None
 
 
 def split_digest(examples: Iterable[Example]) -> str:
@@ -91,7 +92,9 @@ def data_fingerprint(cfg: IPTConfig, tasks: dict[str, TaskData], seed: int | Non
     d = cfg.data
     return {"data.data_dir": d.data_dir, "data.format": d.format, "data.data_seed": draw_seed(cfg, seed),
             "data.k": d.k, "data.train_size": d.train_size, "data.max_examples": d.max_examples,
-            "tasks": list(tasks), "train_digest": {n: split_digest(t.train) for n, t in tasks.items()}}
+            "tasks": list(tasks), "train_digest": {n: split_digest(t.train) for n, t in tasks.items()},
+            # only when set: records written before the field existed keep their digests
+            **({"data.shots_per_class": d.shots_per_class} if d.shots_per_class is not None else {})}
 
 
 def file_digest(path: str | Path, length: int = 16) -> str:
@@ -212,9 +215,9 @@ def _mismatches(recorded: dict, cfg: IPTConfig, same: dict[str, TaskData], same_
             out.append(f"{key}: {what} {got_backbone.get(key)!r} vs config {want_backbone.get(key)!r}")
     want, got = data_fingerprint(cfg, same, same_seed), recorded.get("data", {})
     for key in _DRAW_FIELDS:
-        if got.get(key) != want[key]:
+        if got.get(key) != want.get(key):
             where = " (setting 3's draw)" if key == "data.data_seed" and what == "checkpoint" else ""
-            out.append(f"{key}: {what} {got.get(key)!r} vs config {want[key]!r}{where}")
+            out.append(f"{key}: {what} {got.get(key)!r} vs config {want.get(key)!r}{where}")
     got_digest = got.get("train_digest", {})
     both = [t for t in want["train_digest"] if t in got_digest]
     changed = [f"{t} ({what} {got_digest[t]} vs config {want['train_digest'][t]})" for t in both

@@ -53,6 +53,13 @@ def test_a_matching_decoder_passes_and_each_mismatch_is_named():
                    "backbone.max_input_len: checkpoint 256 vs config 64"]
     msg = mismatch_message("/ckpt", out, "retrain")
     assert "(2 mismatches, checkpoint value vs config value):" in msg and msg.endswith("Fix: retrain")
+    # a per-class draw is another draw: named against a checkpoint that drew a total (old records
+    # have no such field and keep their fingerprint while it is unset)
+    assert "data.shots_per_class" not in rec["data"]
+    per_class = load_config(None, ["data.train_size=2", "data.data_seed=100", "data.shots_per_class=16"])
+    assert draw_seed(load_config(None, ["data.shots_per_class=16", "data.data_seed=1"]), 42) == 42
+    assert "data.shots_per_class: checkpoint None vs config 16" in check_decoder_provenance(
+        rec, per_class, _tasks("a", "b"), 100)
 
 
 def test_a_checkpoint_without_provenance_is_one_clear_problem():

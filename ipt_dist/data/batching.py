@@ -49,17 +49,29 @@ def prefixed_input(task: str, text: str, prefix: bool = True) -> str:
     return f" [{task}] {text}" if prefix else text
 
 
-def subsample_task(task: TaskData, train_size: int | None, seed: int | None) -> TaskData:
-    """A few-shot draw: `train_size` train and dev examples chosen with `seed` (None: all)."""
-    if train_size is None:
+def subsample_task(task: TaskData, train_size: int | None, seed: int | None,
+                   shots_per_class: int | None = None) -> TaskData:
+    """A few-shot draw chosen with `seed`: `shots_per_class` train and dev examples per label for a
+    classification task (the label is the target; all of a label that has fewer), else `train_size`
+    train and dev examples (None: all). Drawn examples keep their order in the split."""
+    per_class = shots_per_class is not None and task.info.is_classification
+    if train_size is None and not per_class:
         return task
     if seed is None:  # random.Random(None) would draw differently in every process
-        raise ValueError(f"task {task.name}: a draw of train_size={train_size} needs a data seed, got None. "
-                         "Fix: set data.data_seed")
+        what = f"shots_per_class={shots_per_class}" if per_class else f"train_size={train_size}"
+        raise ValueError(f"task {task.name}: a draw of {what} needs a data seed, got None. Fix: set data.data_seed")
     rng = random.Random(seed)
 
     def pick(xs: list[Example]) -> list[Example]:
-        return rng.sample(xs, train_size) if len(xs) > train_size else list(xs)
+        if not per_class:
+            return rng.sample(xs, train_size) if len(xs) > train_size else list(xs)
+        by_label: dict[str, list[int]] = {}
+        for i, ex in enumerate(xs):
+            by_label.setdefault(ex.target, []).append(i)
+        keep = [i for label in sorted(by_label) for i in
+                (rng.sample(by_label[label], shots_per_class) if len(by_label[label]) > shots_per_class
+                 else by_label[label])]
+        return [xs[i] for i in sorted(keep)]
 
     return replace(task, train=pick(task.train), dev=pick(task.dev))
 

@@ -88,7 +88,7 @@ def load_raw(cfg: IPTConfig, names: list[str], data_seed: int | None = None) -> 
         crossfit_seed = seed if cfg.data.k is not None else None
         raw = load_tasks(data_dir(cfg), names, fmt=cfg.data.format, k=cfg.data.k, seed=crossfit_seed,
                          tasks_file=cfg.data.tasks_file, max_examples=cfg.data.max_examples)
-    return {n: subsample_task(t, cfg.data.train_size, seed) for n, t in raw.items()}
+    return {n: subsample_task(t, cfg.data.train_size, seed, cfg.data.shots_per_class) for n, t in raw.items()}
 
 
 def load_tokenized(cfg: IPTConfig, backbone, names: list[str], data_seed: int | None = None

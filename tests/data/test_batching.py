@@ -40,3 +40,29 @@ def test_toggling_the_chat_template_does_not_reuse_cached_tokens(tmp_path):
                       cache_dir=tmp_path)
     assert calls == [1, 1, 1] * 2  # two tag values: each tokenised once (3 splits), the third call cached
     assert len(list(tmp_path.glob("*.json"))) == 2
+
+
+def test_shots_per_class_draws_that_many_of_each_label_and_train_size_for_other_tasks():
+    """The reference's few-shot data: 16 per class for classification, a total for other tasks.
+    A label with fewer examples gives all it has; the seed picks which; other tasks are unchanged."""
+    import pytest
+
+    from ipt_dist.data.batching import subsample_task
+
+    labels = ["a"] * 10 + ["b"] * 6 + ["c"] * 2
+    exs = [Example(f"x{i}", (lab,)) for i, lab in enumerate(labels)]
+    cls = TaskData(TaskInfo("cls", is_classification=True, task_type="classification"), train=exs, dev=exs[::-1],
+                   test=exs)
+    got = subsample_task(cls, train_size=5, seed=1, shots_per_class=4)
+    for split in (got.train, got.dev):
+        counts = {lab: sum(ex.target == lab for ex in split) for lab in "abc"}
+        assert counts == {"a": 4, "b": 4, "c": 2}
+    assert [ex.input for ex in got.train] == sorted((ex.input for ex in got.train), key=lambda s: int(s[1:]))
+    assert got.test == exs  # test is never drawn
+    assert subsample_task(cls, 5, 1, 4).train == got.train  # the seed decides ...
+    assert subsample_task(cls, 5, 2, 4).train != got.train  # ... and another seed draws others
+    gen = TaskData(TaskInfo("gen", metric="EM", task_type="generation"), train=exs, dev=exs, test=exs)
+    assert len(subsample_task(gen, train_size=5, seed=1, shots_per_class=4).train) == 5
+    assert subsample_task(gen, None, 1, 4) is gen
+    with pytest.raises(ValueError, match="shots_per_class=4 needs a data seed"):
+        subsample_task(cls, None, None, 4)

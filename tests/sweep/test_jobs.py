@@ -69,6 +69,15 @@ def test_job_ids_are_those_of_the_sweep_before_the_split():
     assert hashlib.sha1(every.encode()).hexdigest() == "42fc4eafaeb4959c191ea34e46424f30413304d6"
 
 
+def test_a_per_class_draw_changes_the_ids_and_leaving_it_unset_does_not():
+    cfg = load_config(None, tiny_overrides(Path("/pinned/run"), Path("/pinned/data")) + [
+        "sweep.data_seeds=[42, 7]", "sweep.lrs=[0.3, 0.1]"])
+    per_class = load_config(None, tiny_overrides(Path("/pinned/run"), Path("/pinned/data")) + [
+        "sweep.data_seeds=[42, 7]", "sweep.lrs=[0.3, 0.1]", "data.shots_per_class=16", "data.data_seed=42"])
+    assert expand_pt(cfg, TRAIN, UNSEEN)[0].job_id == "pt-92fa3e4e116a06"  # as pinned above
+    assert {j.job_id for j in expand_pt(per_class, TRAIN, UNSEEN)}.isdisjoint(j.job_id for j in expand_pt(cfg, TRAIN, UNSEEN))
+
+
 def test_msf_run_id_is_logged_but_not_part_of_the_id():
     a = make_job({"c": 1}, stage="ist", role="ist", kind="ist", task="t", seen=True, data_seed=1, msf_run_id="a")
     b = make_job({"c": 1}, stage="ist", role="ist", kind="ist", task="t", seen=True, data_seed=1, msf_run_id="b")
