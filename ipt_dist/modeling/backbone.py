@@ -225,22 +225,33 @@ class Backbone:
             decoder_input_ids = self.model.prepare_decoder_input_ids_from_labels(labels=labels)
             logits = self.train_forward()(inputs_embeds=embeds, attention_mask=mask,
                                           decoder_input_ids=decoder_input_ids, use_cache=False).logits  # (B, T, V)
-            sel = labels != -100
-            rows = sel.nonzero()[:, 0]
-            losses = F.cross_entropy(logits[sel].float(), labels[sel], label_smoothing=eps, reduction="none")
+            rows, pos = self._target_positions(batch)
+            losses = F.cross_entropy(logits[rows, pos].float(), labels[rows, pos], label_smoothing=eps,
+                                     reduction="none")
             return losses, rows
         # Decoder-only: run the body, then the LM head only where a target token is predicted
         # (position t predicts token t+1), so the (B, N, V) logits are never materialised.
         L = prompts.shape[1]
         hidden = self.train_forward()(inputs_embeds=embeds, attention_mask=mask,
                                       use_cache=False).last_hidden_state  # (B, L+N, H)
-        full_labels = F.pad(labels, (L, 0), value=-100)  # (B, L+N): prompt positions carry no loss
-        shifted = full_labels[:, 1:]
-        sel = shifted != -100
-        rows = sel.nonzero()[:, 0]
-        logits = self.model.get_output_embeddings()(hidden[:, :-1][sel])  # (M, V)
-        losses = F.cross_entropy(logits.float(), shifted[sel], label_smoothing=eps, reduction="none")
+        # The target token at labels position p sits at L + p of the prompted sequence and is
+        # predicted from position L + p - 1.
+        rows, pos = self._target_positions(batch)
+        if L == 0:  # without a prompt a sequence's first token has no position before it (host-known: no sync)
+            keep = pos > 0
+            rows, pos = rows[keep], pos[keep]
+        logits = self.model.get_output_embeddings()(hidden[rows, L + pos - 1])  # (M, V)
+        losses = F.cross_entropy(logits.float(), labels[rows, pos], label_smoothing=eps, reduction="none")
         return losses, rows
+
+    @staticmethod
+    def _target_positions(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(row, labels position) of every target token, row-major: given by the batch when it was
+        gathered from padded rows (`train.rows`: no device read), else from the labels."""
+        if "target_rows" in batch:
+            return batch["target_rows"], batch["target_pos"]
+        where = (batch["labels"] != -100).nonzero()
+        return where[:, 0], where[:, 1]
 
     @torch.no_grad()
     def generate(self, prompts: torch.Tensor, batch: dict[str, torch.Tensor]) -> list[str]:

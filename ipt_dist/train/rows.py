@@ -114,14 +114,26 @@ class PaddedRows:
             chunk = {k: t[:, : (w_lab if k == "labels" else w_in)].index_select(0, idx)
                      for k, t in self.tensors.items()}
             chunk["group"] = group[a:b]
+            chunk["target_rows"], chunk["target_pos"] = self._targets(srows[a:b])
             chunks.append(chunk)
             padded += (b - a) * (w_in + w_lab * both)
         return StepBatch(chunks, counts, real, padded)
 
-    def _to_device(self, values: list[int]) -> torch.Tensor:
+    def _targets(self, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Where the chunk's target tokens are, from host lengths: (chunk row, position in the
+        unprefixed `labels` row) of each, row-major, as `(labels != -100).nonzero()` would give them,
+        so `Backbone.token_losses` need not ask the device (a nonzero is a host wait on CUDA)."""
+        tgt = torch.tensor([self.tgt_len[r] for r in rows], dtype=torch.long)
+        row = torch.repeat_interleave(torch.arange(len(rows)), tgt)
+        within = torch.arange(len(row)) - torch.repeat_interleave(torch.cumsum(tgt, 0) - tgt, tgt)
+        start = torch.tensor([self.in_len[r] for r in rows], dtype=torch.long) if self.decoder_only else None
+        pos = within + start[row] if start is not None else within  # decoder-only: targets follow the input
+        return self._to_device(row), self._to_device(pos)
+
+    def _to_device(self, values: list[int] | torch.Tensor) -> torch.Tensor:
         """A host list as a long tensor on the device without waiting for it (pinned on CUDA: a copy
         from pageable memory, or a tensor built on the device, would block the host)."""
-        t = torch.tensor(values, dtype=torch.long)
+        t = values if isinstance(values, torch.Tensor) else torch.tensor(values, dtype=torch.long)
         if self.device.type == "cuda":
             t = t.pin_memory()
         return t.to(self.device, non_blocking=True)

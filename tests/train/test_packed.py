@@ -175,6 +175,13 @@ def test_padded_rows_gather_equals_collating_the_same_rows(setups, backbone, mon
         seen += [(tuple(x), tuple(t), int(gr)) for (x, t), gr in zip(pairs, c["group"])]
     picked = [(tuple(splits[k].inputs[i]), tuple(splits[k].targets[i]), k) for k, i in picks]
     assert sorted(seen) == sorted(picked)
+    # the target positions a chunk carries (host-computed, so token_losses need not read the device)
+    # give exactly the losses and rows that reading the labels gives
+    for c in many.chunks:
+        prompts = torch.randn(c["input_ids"].shape[0], 3, bb.hidden_size, generator=torch.Generator().manual_seed(1))
+        given = bb.token_losses(prompts, c)
+        read = bb.token_losses(prompts, {k: v for k, v in c.items() if not k.startswith("target_")})
+        assert torch.equal(given[1], read[1]) and torch.allclose(given[0], read[0], atol=1e-6)
 
 
 def _row_content(bb, chunk, j) -> tuple[list[int], list[int]]:
