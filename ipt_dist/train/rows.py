@@ -7,7 +7,9 @@ the one collation), kept on the model's device, and a step is:
   - the jobs' row indices (host ints from their seeded streams), sorted by length when buckets > 1;
   - cut into at most `buckets` contiguous length buckets (fewer when padding is already small or a
     bucket would get fewer than `MIN_BUCKET_ROWS` rows), then into chunks of at most `max_rows`;
-  - per chunk, one `index_select` on the device and a slice to the chunk's own longest row.
+  - per chunk, one `index_select` on the device and a slice to the chunk's own longest row, plus
+    where its target tokens are (`target_rows`, `target_pos`, from host lengths) so that
+    `Backbone.token_losses` picks them without a `nonzero` (a host wait on CUDA).
 Lengths live on the host, so nothing here reads a device value or waits for the device: the row
 indices go over from pinned memory, and the per-job target-token counts are summed on the device.
 
