@@ -237,7 +237,7 @@ class Backbone:
         # The target token at labels position p sits at L + p of the prompted sequence and is
         # predicted from position L + p - 1.
         rows, pos = self._target_positions(batch)
-        if L == 0:  # without a prompt a sequence's first token has no position before it (host-known: no sync)
+        if L == 0:  # no prompt (never in training): a sequence's first token has no position before it
             keep = pos > 0
             rows, pos = rows[keep], pos[keep]
         logits = self.model.get_output_embeddings()(hidden[rows, L + pos - 1])  # (M, V)

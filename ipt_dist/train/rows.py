@@ -83,7 +83,7 @@ class PaddedRows:
             return w, w
         return self.in_len[r], self.tgt_len[r]
 
-    def gather(self, rows: list[int], groups: list[int], num_groups: int, *, buckets: int = 4,
+    def gather(self, rows: list[int], groups: list[int], num_groups: int, *, buckets: int = 1,
                max_rows: int | None = None) -> StepBatch:
         """The step batch of pool `rows`, row j belonging to job `groups[j]`.
 
@@ -128,9 +128,9 @@ class PaddedRows:
         tgt = torch.tensor([self.tgt_len[r] for r in rows], dtype=torch.long)
         row = torch.repeat_interleave(torch.arange(len(rows)), tgt)
         within = torch.arange(len(row)) - torch.repeat_interleave(torch.cumsum(tgt, 0) - tgt, tgt)
-        start = torch.tensor([self.in_len[r] for r in rows], dtype=torch.long) if self.decoder_only else None
-        pos = within + start[row] if start is not None else within  # decoder-only: targets follow the input
-        return self._to_device(row), self._to_device(pos)
+        if self.decoder_only:  # one sequence [input, target]: a row's targets start after its input
+            within += torch.tensor([self.in_len[r] for r in rows], dtype=torch.long)[row]
+        return self._to_device(row), self._to_device(within)
 
     def _to_device(self, values: list[int] | torch.Tensor) -> torch.Tensor:
         """A host list as a long tensor on the device without waiting for it (pinned on CUDA: a copy
