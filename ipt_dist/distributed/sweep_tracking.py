@@ -11,6 +11,11 @@ terminated. A child without `ipt.logged=1` is incomplete, deleted and written ag
 The results JSONL is the source of truth: a child that cannot be written (database locked,
 server down) stays queued and is retried, and at the next start `catch_up` writes every
 finished job that still lacks a complete child run.
+
+With `tracking.background` (the default) every write of the fan-out (catch-up, children, retries,
+progress) goes to ONE writer thread (`BackgroundSweepTracker`), in order, so the driver's loop
+submits the next pack instead of waiting on MLflow; `finish` waits for the queue, except after
+an interrupt, when the queued children are left to the next start's catch-up.
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +34,7 @@ from ipt_dist.tracking import get_or_create_experiment, metric_key, send_params
 
 log = logging.getLogger(__name__)
 
-__all__ = ["NullSweepTracker", "SweepTracker", "make_sweep_tracker", "metric_key", "sweep_key"]
+__all__ = ["BackgroundSweepTracker", "NullSweepTracker", "SweepTracker", "make_sweep_tracker", "metric_key", "sweep_key"]
 
 JOB_TAG, KEY_TAG, ROLE_TAG, DONE_TAG = "ipt.job_id", "ipt.sweep_key", "ipt.role", "ipt.logged"
 SUMMARY_FILES = ("summary.md", "summary.csv", "summary_settings.csv", "summary.json", "config.yaml")
@@ -261,6 +268,11 @@ class SweepTracker:
             raise
         self.children[job_id] = run_id
 
+    @property
+    def pending(self) -> int:
+        """Children whose write failed, waiting for a retry."""
+        return len(self._pending)
+
     def retry_pending(self, attempts: int = 1, wait: float = 0.0) -> bool:
         """Retry queued children; True when none is left."""
         for attempt in range(attempts):
@@ -333,6 +345,127 @@ class SweepTracker:
                  path, jobs)
 
 
+class BackgroundSweepTracker:
+    """A `SweepTracker` whose fan-out writes run on one background thread, in submission order.
+
+    `start` and `finish` run in the caller's thread (the parent run id is needed at once; the
+    summary goes last). Between them the wrapped tracker and its client are used by the writer
+    thread only. Queued progress metrics and retries are coalesced (one of each waiting at most).
+    """
+
+    def __init__(self, tracker: SweepTracker) -> None:
+        self.tracker = tracker
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+        self._queued_children = 0
+        self._progress: tuple[int, int, int] | None = None  # the latest, written by the next progress op
+        self._retry_queued = False
+
+    @property
+    def parent_run_id(self) -> str | None:
+        return self.tracker.parent_run_id
+
+    @property
+    def backlog(self) -> int:
+        """Child runs queued and not yet written (or given up on for now)."""
+        return self._queued_children
+
+    def start(self, cfg: IPTConfig) -> None:
+        self.tracker.start(cfg)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-writer")
+
+    def use_train_digests(self, cfg: IPTConfig, digests: dict) -> None:
+        self.tracker.use_train_digests(cfg, digests)
+
+    def _submit(self, fn, *args) -> None:
+        if self._pool is None or self.tracker.parent_run_id is None:
+            return
+        fut: Future = self._pool.submit(fn, *args)
+        fut.add_done_callback(_log_failure)
+
+    def catch_up(self, records: list[dict], params_dir: Path, pt_scores: dict | None = None) -> int:
+        """Queue the catch-up of every finished job without a child run; returns how many are queued."""
+        if self.tracker.parent_run_id is None:
+            return 0
+        missing = [r for r in records if r["job_id"] not in self.tracker.children]
+        if missing:
+            with self._lock:
+                self._queued_children += len(missing)
+            self._submit(self._catch_up, missing, params_dir, pt_scores)
+        return len(missing)
+
+    def _catch_up(self, missing: list[dict], params_dir: Path, pt_scores: dict | None) -> None:
+        try:
+            self.tracker.catch_up(missing, params_dir, pt_scores)
+        finally:
+            with self._lock:
+                self._queued_children -= len(missing)
+
+    def log_job(self, record: dict, param_path: Path | None, pt_score: float | None = None) -> bool:
+        """Queue the child run of a finished job; True (written later, or caught up at the next start)."""
+        if self.tracker.parent_run_id is None:
+            return False
+        with self._lock:
+            self._queued_children += 1
+        self._submit(self._log_job, record, param_path, pt_score)
+        return True
+
+    def _log_job(self, record: dict, param_path: Path | None, pt_score: float | None) -> None:
+        try:
+            self.tracker.log_job(record, param_path, pt_score)
+        finally:
+            with self._lock:
+                self._queued_children -= 1
+
+    def retry_pending(self, attempts: int = 1, wait: float = 0.0) -> bool:
+        """Queue one retry of the children that failed (if none is queued already)."""
+        with self._lock:
+            if self._retry_queued or not self.tracker.pending:
+                return not self.tracker.pending
+            self._retry_queued = True
+        self._submit(self._retry, attempts, wait)
+        return False
+
+    def _retry(self, attempts: int, wait: float) -> None:
+        with self._lock:
+            self._retry_queued = False
+        self.tracker.retry_pending(attempts, wait)
+
+    def log_progress(self, done: int, failed: int, total: int) -> None:
+        with self._lock:
+            queued, self._progress = self._progress is not None, (done, failed, total)
+        if not queued:
+            self._submit(self._write_progress)
+
+    def _write_progress(self) -> None:
+        with self._lock:
+            progress, self._progress = self._progress, None
+        if progress is not None:
+            self.tracker.log_progress(*progress)
+
+    def finish(self, status: str, summary, sweep_dir: Path, counts: dict) -> None:
+        """Wait for the queued writes (after an interrupt: only the one running), then close the parent."""
+        if self._pool is not None:
+            if status == "KILLED":
+                if self.backlog:
+                    log.warning("MLflow: %d queued child runs left to the next start's catch-up "
+                                "(results.jsonl has them)", self.backlog)
+                self._pool.shutdown(wait=True, cancel_futures=True)
+            else:
+                if self.backlog:
+                    log.info("MLflow: writing %d queued child runs", self.backlog)
+                self._pool.shutdown(wait=True)
+            self._pool = None
+        self.tracker.finish(status, summary, sweep_dir, counts)
+
+
+def _log_failure(fut: Future) -> None:
+    exc = None if fut.cancelled() else fut.exception()
+    if exc is not None:  # the tracker's own writes catch their errors; this is a bug, not a lost result
+        log.error("MLflow writer: %s: %s (results.jsonl keeps the job; the next start catches MLflow up)",
+                  type(exc).__name__, exc)
+
+
 def make_sweep_tracker(cfg: IPTConfig, stage: str, sweep_dir: Path):
     """The driver's tracker: MLflow when `tracking.enabled`, else a no-op one."""
     if not cfg.tracking.enabled:
@@ -343,5 +476,6 @@ def make_sweep_tracker(cfg: IPTConfig, stage: str, sweep_dir: Path):
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         log.warning("tracking URI %s is relative to the current directory; under `ray job submit` that is a "
                     "temporary copy. Use sqlite:////abs/path/mlflow.db or a server URL", uri)
-    return SweepTracker(uri, cfg.tracking.experiment, sweep_key(stage, sweep_dir),
-                        cfg.tracking.run_name or f"{stage}-sweep", stage, sweep_dir)
+    tracker = SweepTracker(uri, cfg.tracking.experiment, sweep_key(stage, sweep_dir),
+                           cfg.tracking.run_name or f"{stage}-sweep", stage, sweep_dir)
+    return BackgroundSweepTracker(tracker) if cfg.tracking.background else tracker

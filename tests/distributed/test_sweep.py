@@ -498,6 +498,86 @@ def test_child_run_failing_for_a_moment_is_retried_without_duplicates(tmp_path):
     assert again.catch_up([rec], tmp_path) == 0 and again.parent_run_id == tracker.parent_run_id
 
 
+def _blocked_background_tracker(tmp_path, name):
+    """A real background tracker (SQLite MLflow) whose writer thread waits on `gate` before each
+    child: what the caller does while MLflow is slow is then deterministic."""
+    import threading
+
+    from ipt_dist.distributed.sweep_tracking import BackgroundSweepTracker, SweepTracker, sweep_key
+
+    cfg = load_config(None, [f"output_dir={tmp_path}"])
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    inner = SweepTracker(uri, name, sweep_key("ist", tmp_path), "ist-sweep", "ist", tmp_path)
+    tracker = BackgroundSweepTracker(inner)
+    tracker.start(cfg)
+    gate, written = threading.Event(), []
+    write = inner._write_child
+
+    def gated_write(rec, path, pt):
+        gate.wait(timeout=60)
+        write(rec, path, pt)
+        written.append((rec["job_id"], threading.current_thread().name))
+
+    inner._write_child = gated_write
+    recs = [{"job_id": f"ist-{i}", "task": "t", "role": "ist", "data_seed": 42, "seed": i, "lr": 0.1, "d": 4,
+             "best_dev": 0.5, "test": 0.1 * i, "dev_curve": [[5, 0.5]], "loss_curve": []} for i in range(5)]
+    return cfg, uri, tracker, gate, written, recs
+
+
+def _children(uri, experiment) -> dict:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("ipt.role") == "job"]
+    assert len({r.data.tags["ipt.job_id"] for r in runs}) == len(runs), "a child was written twice"
+    return {r.data.tags["ipt.job_id"]: r for r in runs}
+
+
+def test_background_writer_keeps_the_loop_free_writes_in_order_and_finish_waits(tmp_path):
+    """With MLflow stalled, queuing children and progress returns at once (the fan-out loop goes on);
+    the writer thread writes them in submission order; `finish` waits for all of them and the
+    parent holds the latest progress."""
+    from mlflow import MlflowClient
+
+    cfg, uri, tracker, gate, written, recs = _blocked_background_tracker(tmp_path, "bg")
+    for i, rec in enumerate(recs):
+        assert tracker.log_job(rec, None, 0.5) is True
+        tracker.log_progress(i + 1, 0, len(recs))
+    assert written == [] and tracker.backlog == len(recs)  # nothing waited for the stalled store
+    gate.set()
+    tracker.finish("FINISHED", None, tmp_path, {"jobs_done": len(recs)})
+    assert [j for j, _ in written] == [r["job_id"] for r in recs]
+    assert {t for _, t in written} == {"mlflow-writer_0"}  # one writer thread, never the caller's
+    children = _children(uri, "bg")
+    assert sorted(children) == sorted(r["job_id"] for r in recs)
+    assert children["ist-2"].data.metrics["relative"] == pytest.approx(0.2 / 0.5)
+    parent = MlflowClient(uri).get_run(tracker.parent_run_id)
+    assert parent.info.status == "FINISHED" and parent.data.metrics["jobs_done"] == len(recs)
+    assert tracker.backlog == 0
+
+
+def test_background_writer_interrupted_leaves_the_queue_to_the_next_start(tmp_path):
+    """After Ctrl-C the driver does not sit through the queue: the child being written is finished,
+    the rest are left, and the next submission's catch-up (from results.jsonl) writes exactly those."""
+    import threading
+
+    from ipt_dist.distributed.sweep_tracking import SweepTracker, sweep_key
+
+    cfg, uri, tracker, gate, written, recs = _blocked_background_tracker(tmp_path, "bgkill")
+    for rec in recs:
+        tracker.log_job(rec, None)
+    threading.Timer(0.5, gate.set).start()  # the write in progress completes after the interrupt
+    tracker.finish("KILLED", None, tmp_path, {})
+    assert [j for j, _ in written] == ["ist-0"]
+    assert sorted(_children(uri, "bgkill")) == ["ist-0"]
+    again = SweepTracker(uri, "bgkill", sweep_key("ist", tmp_path), "ist-sweep", "ist", tmp_path)
+    again.start(cfg)
+    assert again.parent_run_id == tracker.parent_run_id
+    assert again.catch_up(recs, tmp_path) == len(recs) - 1
+    assert sorted(_children(uri, "bgkill")) == sorted(r["job_id"] for r in recs)
+
+
 def test_child_relative_is_paired_with_pt_on_the_same_draw_and_the_parent_has_the_interval(tmp_path):
     """A child's `pt_test` / `relative` use PT on its own task and draw; the parent holds each
     column's mean relative performance with its bootstrap interval."""
