@@ -84,6 +84,11 @@ class BackboneConfig:
     # Decoder-only instruct models: wrap each input in the tokenizer's chat template as a user
     # turn; the target is the assistant's answer. Off: input and target are plain continuous text.
     chat_template: bool = False
+    # Decoder-only without the chat template: text put after every input (after truncation, so it
+    # is never cut), before the answer, e.g. "\nAnswer:". The soft prompt sits before the input and
+    # cannot mark where the input ends, so without a separator a small LM often continues the input's
+    # last word instead of answering (BENCHMARKS.md, "PT calibration"). Empty: none (the default).
+    answer_prefix: str = ""
     # Where converted checkpoints (e.g. SmolLM2 from GGUF) are cached; default ~/.cache/ipt_dist.
     cache_dir: str | None = None
 
@@ -95,6 +100,9 @@ class BackboneConfig:
                      "length_buckets"):
             if getattr(self, name) <= 0:
                 out.append(f"backbone.{name}: must be > 0, got {getattr(self, name)}")
+        if self.answer_prefix and self.chat_template:
+            out.append("backbone.answer_prefix: the chat template's assistant turn already separates input and "
+                       "answer; set one of backbone.answer_prefix and backbone.chat_template")
         if not 0.0 <= self.label_smoothing < 1.0:
             out.append(f"backbone.label_smoothing: must be in [0, 1), got {self.label_smoothing}")
         return out

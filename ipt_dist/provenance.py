@@ -60,10 +60,13 @@ def backbone_fingerprint(cfg: IPTConfig) -> dict:
     what a prompt means to the model), eval batch size, cache paths.
     """
     b = cfg.backbone
-    return {"backbone": backbone_name(b), "backbone.dtype": b.dtype,
-            "backbone.chat_template": b.chat_template, "backbone.max_input_len": b.max_input_len,
-            "backbone.max_target_len": b.max_target_len,
-            "data.task_prefix": cfg.data.task_prefix, "pt.prompt_len": cfg.pt.prompt_len}
+    out = {"backbone": backbone_name(b), "backbone.dtype": b.dtype,
+           "backbone.chat_template": b.chat_template, "backbone.max_input_len": b.max_input_len,
+           "backbone.max_target_len": b.max_target_len,
+           "data.task_prefix": cfg.data.task_prefix, "pt.prompt_len": cfg.pt.prompt_len}
+    if b.answer_prefix:  # only when set: fingerprints recorded before the field existed stay equal
+        out["backbone.answer_prefix"] = b.answer_prefix
+    return out
 
 
 def draw_seed(cfg: IPTConfig, seed: int | None) -> int | None:

@@ -135,7 +135,8 @@ def tokenize_task(task: TaskData, tokenize: TokenizeFn, *, tag: str = "", prefix
 def tokenizer_tag(backbone) -> str:
     """Identifies what changes token ids: model name, vocabulary size, truncation lengths, chat template."""
     c = backbone.cfg
-    return f"{backbone.name}|{len(backbone.tokenizer)}|{c.max_input_len}|{c.max_target_len}|chat={c.chat_template}"
+    tag = f"{backbone.name}|{len(backbone.tokenizer)}|{c.max_input_len}|{c.max_target_len}|chat={c.chat_template}"
+    return tag + (f"|answer_prefix={c.answer_prefix!r}" if c.answer_prefix else "")
 
 
 def tokenize_tasks(tasks: dict[str, TaskData], backbone, *, prefix: bool = True,

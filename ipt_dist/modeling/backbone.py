@@ -127,8 +127,11 @@ class Backbone:
                    for ids in full]
             tgt = tok(list(targets), add_special_tokens=False)["input_ids"]
         else:
+            # The answer follows the input (and `answer_prefix`, kept whole) after a space, as continuous text.
+            suffix = tok(self.cfg.answer_prefix, add_special_tokens=False)["input_ids"] if self.cfg.answer_prefix else []
+            max_in -= len(suffix)
             enc = tok(inputs, add_special_tokens=True, truncation=True, max_length=max_in)["input_ids"]
-            # The answer follows the input after a space, as continuous text.
+            enc = [list(ids) + suffix for ids in enc]
             tgt = tok([" " + t for t in targets], add_special_tokens=False)["input_ids"]
         if self.cfg.chat_template and not self.is_encoder_decoder:
             n_in = sum(len(ids) > max_in for ids in full)
@@ -484,6 +487,10 @@ def build_backbone(cfg: BackboneConfig, device: str | torch.device | None = None
                             "and float16 loses range that bfloat16 keeps. Fix: use bfloat16 (fast on CPUs with "
                             "AVX512-bf16 or AMX) or float32")
     model, tok, name = load_model_and_tokenizer(cfg)
+    if cfg.answer_prefix and getattr(model.config, "is_encoder_decoder", False):
+        raise BackboneError(f"backbone.answer_prefix: {name} is an encoder-decoder, whose decoder already "
+                            "starts the answer; the separator is for decoder-only backbones. Fix: remove "
+                            "backbone.answer_prefix")
     if device is not None:
         model.to(device)
     if cfg.gradient_checkpointing:

@@ -87,6 +87,8 @@ def job_context(cfg: IPTConfig, kind: str) -> dict:
            "prompt_len": cfg.pt.prompt_len}
     if b.chat_template:  # changes every token id; only when on, so ids of earlier sweeps stay valid
         ctx["chat_template"] = True
+    if b.answer_prefix:  # other input ids; only when set, as above
+        ctx["answer_prefix"] = b.answer_prefix
     if d.shots_per_class is not None:  # another draw; only when set, as above
         ctx["shots_per_class"] = d.shots_per_class
     if kind in ("ist", "pt"):

@@ -540,7 +540,7 @@ def test_background_writer_keeps_the_loop_free_writes_in_order_and_finish_waits(
     parent holds the latest progress."""
     from mlflow import MlflowClient
 
-    cfg, uri, tracker, gate, written, recs = _blocked_background_tracker(tmp_path, "bg")
+    _, uri, tracker, gate, written, recs = _blocked_background_tracker(tmp_path, "bg")
     for i, rec in enumerate(recs):
         assert tracker.log_job(rec, None, 0.5) is True
         tracker.log_progress(i + 1, 0, len(recs))

@@ -64,6 +64,33 @@ def test_truncation_policy():
     assert len(x[0]) == 5 and len(y[0]) == 3 and y[0][-1] == bb.eos_id
 
 
+def test_answer_prefix_ends_every_decoder_only_input_and_is_never_cut():
+    from ipt_dist.config import ConfigError, load_config
+    from ipt_dist.modeling.backbone import BackboneError
+    from ipt_dist.sweep.jobs import job_context
+
+    plain = _bb("tiny-llama", max_input_len=40)
+    sep = _bb("tiny-llama", max_input_len=40, answer_prefix="\nAnswer:")
+    suffix = sep.tokenizer("\nAnswer:", add_special_tokens=False)["input_ids"]
+    assert suffix
+    long = " ".join(["one two three four five six seven eight nine ten"] * 4)
+    (x0, x1), y = sep.tokenize([" [demo] bad", long], TARGETS)
+    assert x0 == plain.tokenize([" [demo] bad"], TARGETS[:1])[0][0] + suffix
+    assert len(x1) == 40 and x1[-len(suffix):] == suffix  # the input is cut, the separator is kept
+    assert y == plain.tokenize(INPUTS, TARGETS)[1]  # targets (and so the loss positions) unchanged
+    batch = sep.collate_train([x0], y[:1])
+    losses, _ = sep.token_losses(torch.zeros(1, 3, sep.hidden_size), batch)
+    assert losses.shape[0] == len(y[0])  # the separator is input: no loss on it
+    # another input, another job; only when set, so earlier job ids stay valid
+    a = load_config(None, ["backbone.name_or_path=tiny-llama"])
+    b = load_config(None, ["backbone.name_or_path=tiny-llama", "backbone.answer_prefix=' =>'"])
+    assert "answer_prefix" not in job_context(a, "pt") and job_context(b, "pt")["answer_prefix"] == " =>"
+    with pytest.raises(ConfigError, match="backbone.answer_prefix.*chat_template"):
+        load_config(None, ["backbone.answer_prefix=' =>'", "backbone.chat_template=true"])
+    with pytest.raises(BackboneError, match="backbone.answer_prefix: .* encoder-decoder"):
+        _bb("tiny-t5", answer_prefix=" =>")
+
+
 def test_load_local_directory_and_bf16(tmp_path):
     path = save_tiny_backbone("tiny-llama", tmp_path / "m")
     a = _bb("tiny-llama")
