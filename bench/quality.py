@@ -186,7 +186,9 @@ def untuned_baselines(cfg: IPTConfig, tasks: list[str], cache: Path) -> dict[str
     got = json.loads(cache.read_text()) if cache.is_file() else {}
     key = json.dumps([cfg.backbone.name_or_path, cfg.backbone.chat_template, cfg.backbone.max_input_len,
                       cfg.backbone.max_new_tokens, cfg.backbone.num_beams, cfg.data.train_size,
-                      cfg.data.max_examples, cfg.sweep.data_seeds])
+                      cfg.data.max_examples, cfg.sweep.data_seeds]
+                     + [[cfg.backbone.answer_prefix, cfg.data.task_prefix, cfg.backbone.max_target_len,
+                         cfg.data.shots_per_class]] * bool(cfg.backbone.answer_prefix or cfg.data.shots_per_class))
     if got.get("key") != key:
         got = {"key": key, "tasks": {}}
     todo = [t for t in tasks if t not in got["tasks"]]
@@ -460,7 +462,8 @@ def write_quality(out: Path, cfg: IPTConfig, baselines: dict, command: str, timi
             f"- date: {timings['date']}; wall time {timings['total_s'] / 60:.1f} min (pipeline "
             f"{timings['pipeline_s'] / 60:.1f} min, untuned baselines {timings['baselines_s'] / 60:.1f} min)",
             f"- machine: {machine['nproc']} CPU cores ({machine['cpu']}), GPU: {machine['gpu'] or 'none'}",
-            f"- backbone {b.name_or_path} (chat template {b.chat_template}), L={p.prompt_len}, "
+            f"- backbone {b.name_or_path} (chat template {b.chat_template}, answer prefix {b.answer_prefix!r}), "
+            f"L={p.prompt_len}, "
             f"beams {b.num_beams}, max_new_tokens {b.max_new_tokens}, max_input_len {b.max_input_len}",
             f"- data: train_size {dt.train_size}, max_examples {dt.max_examples}, data seeds {cfg.sweep.data_seeds} "
             f"(the first is PT/MSF's; the others are the 'new data' of setting 4)",

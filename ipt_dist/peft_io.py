@@ -20,6 +20,7 @@ Plain PyTorch + safetensors: no ray, mlflow or deepspeed imports, no driver impo
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -37,6 +38,8 @@ from ipt_dist.artifacts import (
     write_error,
 )
 from ipt_dist.config import BackboneConfig
+
+log = logging.getLogger(__name__)
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -236,6 +239,11 @@ def export_peft(run_dir: str | Path, task: str, out: str | Path, d: int | None =
                             num_attention_heads=_first_attr(mc, "num_attention_heads", "n_head", "num_heads",
                                                             "encoder_attention_heads"))
     info = {**info, "task_type": config["task_type"], "prompt_len": L, "hidden": H, "run_dir": str(run)}
+    prefix = (run_cfg.get("backbone") or {}).get("answer_prefix") or ""
+    if prefix:  # the adapter holds the prompt only: a user's inputs need the same separator
+        info["answer_prefix"] = prefix
+        log.warning("the run put backbone.answer_prefix %r after every input: append it to your inputs "
+                    "when using this adapter (recorded in ipt_export.json)", prefix)
     write_adapter(out, prompt, config, info)
     return info
 

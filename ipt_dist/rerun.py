@@ -31,6 +31,7 @@ _SECTIONS = {"pt": ("seed", "backbone", "data", "pt"), "msf": ("seed", "backbone
 _NOT_INPUTS = {"backbone.eval_batch_size", "backbone.cache_dir", "msf.prompts_dir", "ist.msf_checkpoint",
                "msf.eval_max_examples", "msf.checkpoint_every",
                "backbone.length_buckets", "backbone.compile"}  # how the backbone pass is batched / run, not what
+_ONLY_WHEN_SET = ("backbone.answer_prefix",)  # inputs only when not empty (as in job ids and provenance)
 _TASK_LISTS = {"data.tasks", "data.unseen_tasks", "data.split_file"}  # which tasks, not how each is trained
 # `ipt ist` names each job by task, lr and init seed: other values are other jobs, not changed ones.
 # (Its data seed is MSF's own draw, which `ipt ist` checks: another one is refused, not a new job.)
@@ -45,6 +46,9 @@ def stage_inputs(cfg: IPTConfig, stage: str, extra: dict[str, Any] | None = None
            if any(k == s or k.startswith(s + ".") for s in keep) and k not in _NOT_INPUTS}
     if stage in ("pt", "ist"):
         out = {k: v for k, v in out.items() if k not in _TASK_LISTS | _IN_JOB_ID.get(stage, set())}
+    for k in _ONLY_WHEN_SET:  # directories written before these fields existed lack them: not a change
+        if not out.get(k, True):
+            del out[k]
     out.update({f"input.{k}": v for k, v in (extra or {}).items()})
     return json.loads(json.dumps(out, sort_keys=True, default=str))  # what a JSON round trip gives back
 

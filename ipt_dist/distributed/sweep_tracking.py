@@ -360,6 +360,8 @@ class BackgroundSweepTracker:
         self._queued_children = 0
         self._progress: tuple[int, int, int] | None = None  # the latest, written by the next progress op
         self._retry_queued = False
+        self._stop = threading.Event()  # set on an interrupt: queued loops stop between children
+        self._live: set[Future] = set()  # submitted and not finished
 
     @property
     def parent_run_id(self) -> str | None:
@@ -367,7 +369,7 @@ class BackgroundSweepTracker:
 
     @property
     def backlog(self) -> int:
-        """Child runs queued and not yet written (or given up on for now)."""
+        """Child runs queued and not yet tried (after an interrupt: the ones cancelled)."""
         return self._queued_children
 
     def start(self, cfg: IPTConfig) -> None:
@@ -381,25 +383,27 @@ class BackgroundSweepTracker:
         if self._pool is None or self.tracker.parent_run_id is None:
             return
         fut: Future = self._pool.submit(fn, *args)
-        fut.add_done_callback(_log_failure)
+        with self._lock:
+            self._live.add(fut)
+        fut.add_done_callback(self._done)
+
+    def _done(self, fut: Future) -> None:
+        with self._lock:
+            self._live.discard(fut)
+        _log_failure(fut)
 
     def catch_up(self, records: list[dict], params_dir: Path, pt_scores: dict | None = None) -> int:
-        """Queue the catch-up of every finished job without a child run; returns how many are queued."""
+        """Queue a child for every finished job without one (one queue item each, so an interrupt
+        leaves the rest); returns how many are queued."""
         if self.tracker.parent_run_id is None:
             return 0
         missing = [r for r in records if r["job_id"] not in self.tracker.children]
         if missing:
-            with self._lock:
-                self._queued_children += len(missing)
-            self._submit(self._catch_up, missing, params_dir, pt_scores)
+            log.info("MLflow: %d finished jobs have no child run; written in the background", len(missing))
+        for r in missing:
+            self.log_job(r, Path(params_dir) / f"{r['job_id']}.safetensors",
+                         (pt_scores or {}).get((r["task"], r.get("data_seed"))))
         return len(missing)
-
-    def _catch_up(self, missing: list[dict], params_dir: Path, pt_scores: dict | None) -> None:
-        try:
-            self.tracker.catch_up(missing, params_dir, pt_scores)
-        finally:
-            with self._lock:
-                self._queued_children -= len(missing)
 
     def log_job(self, record: dict, param_path: Path | None, pt_score: float | None = None) -> bool:
         """Queue the child run of a finished job; True (written later, or caught up at the next start)."""
@@ -429,7 +433,13 @@ class BackgroundSweepTracker:
     def _retry(self, attempts: int, wait: float) -> None:
         with self._lock:
             self._retry_queued = False
-        self.tracker.retry_pending(attempts, wait)
+        for _ in range(attempts):  # as SweepTracker.retry_pending, but stopping between children
+            for rec, path, pt in list(self.tracker._pending.values()):
+                if self._stop.is_set() or not self.tracker.log_job(rec, path, pt):
+                    return
+            if not self.tracker.pending:
+                return
+            time.sleep(wait)
 
     def log_progress(self, done: int, failed: int, total: int) -> None:
         with self._lock:
@@ -444,19 +454,35 @@ class BackgroundSweepTracker:
             self.tracker.log_progress(*progress)
 
     def finish(self, status: str, summary, sweep_dir: Path, counts: dict) -> None:
-        """Wait for the queued writes (after an interrupt: only the one running), then close the parent."""
+        """Wait for the queued writes (after an interrupt, or Ctrl-C while waiting: only the child
+        being written), then close the parent."""
         if self._pool is not None:
-            if status == "KILLED":
-                if self.backlog:
-                    log.warning("MLflow: %d queued child runs left to the next start's catch-up "
-                                "(results.jsonl has them)", self.backlog)
-                self._pool.shutdown(wait=True, cancel_futures=True)
-            else:
-                if self.backlog:
-                    log.info("MLflow: writing %d queued child runs", self.backlog)
-                self._pool.shutdown(wait=True)
+            try:
+                if status == "KILLED":
+                    self._drop_queue()
+                else:
+                    if self.backlog:
+                        log.info("MLflow: writing %d queued child runs", self.backlog)
+                    self._pool.shutdown(wait=True)
+            except BaseException:  # Ctrl-C while the queue drains: stop it, close the parent as KILLED
+                self._drop_queue()
+                self._pool = None
+                self.tracker.finish("KILLED", summary, sweep_dir, counts)
+                raise
             self._pool = None
         self.tracker.finish(status, summary, sweep_dir, counts)
+
+    def _drop_queue(self) -> None:
+        self._stop.set()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            live = list(self._live)
+        for fut in live:  # the child being written (the others are cancelled); waited on through its
+            if not fut.cancelled():  # future, as a thread join interrupted by Ctrl-C may not wait again
+                fut.exception()
+        if self.backlog:
+            log.warning("MLflow: %d queued child runs left to the next start's catch-up (results.jsonl has them)",
+                        self.backlog)
 
 
 def _log_failure(fut: Future) -> None:

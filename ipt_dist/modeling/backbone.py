@@ -129,6 +129,10 @@ class Backbone:
         else:
             # The answer follows the input (and `answer_prefix`, kept whole) after a space, as continuous text.
             suffix = tok(self.cfg.answer_prefix, add_special_tokens=False)["input_ids"] if self.cfg.answer_prefix else []
+            if len(suffix) >= max_in:
+                raise BackboneError(f"backbone.answer_prefix {self.cfg.answer_prefix!r} is {len(suffix)} tokens, "
+                                    f"which leaves no room for the input in backbone.max_input_len={max_in}. "
+                                    "Fix: a shorter prefix or a larger max_input_len")
             max_in -= len(suffix)
             enc = tok(inputs, add_special_tokens=True, truncation=True, max_length=max_in)["input_ids"]
             enc = [list(ids) + suffix for ids in enc]

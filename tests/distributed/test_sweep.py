@@ -510,10 +510,11 @@ def _blocked_background_tracker(tmp_path, name):
     inner = SweepTracker(uri, name, sweep_key("ist", tmp_path), "ist-sweep", "ist", tmp_path)
     tracker = BackgroundSweepTracker(inner)
     tracker.start(cfg)
-    gate, written = threading.Event(), []
+    gate, started, written = threading.Event(), threading.Event(), []
     write = inner._write_child
 
     def gated_write(rec, path, pt):
+        started.set()
         gate.wait(timeout=60)
         write(rec, path, pt)
         written.append((rec["job_id"], threading.current_thread().name))
@@ -521,6 +522,7 @@ def _blocked_background_tracker(tmp_path, name):
     inner._write_child = gated_write
     recs = [{"job_id": f"ist-{i}", "task": "t", "role": "ist", "data_seed": 42, "seed": i, "lr": 0.1, "d": 4,
              "best_dev": 0.5, "test": 0.1 * i, "dev_curve": [[5, 0.5]], "loss_curve": []} for i in range(5)]
+    tracker.started = started  # the writer has taken its first child
     return cfg, uri, tracker, gate, written, recs
 
 
@@ -567,15 +569,37 @@ def test_background_writer_interrupted_leaves_the_queue_to_the_next_start(tmp_pa
     cfg, uri, tracker, gate, written, recs = _blocked_background_tracker(tmp_path, "bgkill")
     for rec in recs:
         tracker.log_job(rec, None)
+    assert tracker.started.wait(timeout=60)
     threading.Timer(0.5, gate.set).start()  # the write in progress completes after the interrupt
     tracker.finish("KILLED", None, tmp_path, {})
-    assert [j for j, _ in written] == ["ist-0"]
+    assert [j for j, _ in written] == ["ist-0"] and tracker.backlog == len(recs) - 1
     assert sorted(_children(uri, "bgkill")) == ["ist-0"]
     again = SweepTracker(uri, "bgkill", sweep_key("ist", tmp_path), "ist-sweep", "ist", tmp_path)
     again.start(cfg)
     assert again.parent_run_id == tracker.parent_run_id
     assert again.catch_up(recs, tmp_path) == len(recs) - 1
     assert sorted(_children(uri, "bgkill")) == sorted(r["job_id"] for r in recs)
+
+
+def test_ctrl_c_while_the_queue_drains_stops_it_and_closes_the_parent_as_killed(tmp_path):
+    """A second Ctrl-C (a real SIGINT) while `finish` waits for a long queue: the child being written
+    completes, the rest are left to the next catch-up, and the parent is closed as KILLED."""
+    import signal
+    import threading
+
+    from mlflow import MlflowClient
+
+    _, uri, tracker, gate, written, recs = _blocked_background_tracker(tmp_path, "bgint")
+    for rec in recs:
+        tracker.log_job(rec, None)
+    assert tracker.started.wait(timeout=60)
+    main = threading.main_thread().ident
+    threading.Timer(0.5, signal.pthread_kill, (main, signal.SIGINT)).start()
+    threading.Timer(1.0, gate.set).start()
+    with pytest.raises(KeyboardInterrupt):
+        tracker.finish("FINISHED", None, tmp_path, {})
+    assert [j for j, _ in written] == ["ist-0"] and sorted(_children(uri, "bgint")) == ["ist-0"]
+    assert MlflowClient(uri).get_run(tracker.parent_run_id).info.status == "KILLED"
 
 
 def test_child_relative_is_paired_with_pt_on_the_same_draw_and_the_parent_has_the_interval(tmp_path):

@@ -62,6 +62,10 @@ def test_inputs_leave_out_what_does_not_change_results(tiny_cfg):
     for stage in ("pt", "msf", "ist"):
         assert stage_inputs(fast, stage) == stage_inputs(tiny_cfg, stage)
         assert not any(k in stage_inputs(tiny_cfg, stage) for k in ("backbone.length_buckets", "backbone.compile"))
+        # a separator is an input once set; empty (the default) leaves earlier inputs.json equal
+        assert "backbone.answer_prefix" not in stage_inputs(tiny_cfg, stage)
+        sep = replace(tiny_cfg, backbone=replace(tiny_cfg.backbone, answer_prefix=" =>"))
+        assert stage_inputs(sep, stage)["backbone.answer_prefix"] == " =>"
 
 
 @pytest.mark.slow
