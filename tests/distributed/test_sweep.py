@@ -594,10 +594,14 @@ def test_ctrl_c_while_the_queue_drains_stops_it_and_closes_the_parent_as_killed(
         tracker.log_job(rec, None)
     assert tracker.started.wait(timeout=60)
     main = threading.main_thread().ident
-    threading.Timer(0.5, signal.pthread_kill, (main, signal.SIGINT)).start()
-    threading.Timer(1.0, gate.set).start()
-    with pytest.raises(KeyboardInterrupt):
-        tracker.finish("FINISHED", None, tmp_path, {})
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # Ray installs its own handler
+    try:
+        threading.Timer(0.5, signal.pthread_kill, (main, signal.SIGINT)).start()
+        threading.Timer(1.0, gate.set).start()
+        with pytest.raises(KeyboardInterrupt):
+            tracker.finish("FINISHED", None, tmp_path, {})
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert [j for j, _ in written] == ["ist-0"] and sorted(_children(uri, "bgint")) == ["ist-0"]
     assert MlflowClient(uri).get_run(tracker.parent_run_id).info.status == "KILLED"
 
