@@ -71,23 +71,17 @@ class BackboneConfig:
     num_beams: int = 4  # reference decoding: beam search, 4 beams
     max_new_tokens: int = 64  # reference: max 64 generated tokens
     eval_batch_size: int = 32
-    # PT / IST packs: the most length buckets (one forward each) a training step's rows are cut
-    # into, each padded to its own longest row (`train.rows`); 1 pads every row to the step's
-    # longest. Off by default: on the 2-core CPU neither tiny-t5 nor SmolLM2 packs ran measurably
-    # faster with 4 (BENCHMARKS.md); large mixed-length packs on a GPU are where it can pay.
+    # PT / IST packs: a step's rows cut into up to this many length buckets, one forward each
+    # (`train.rows`); 1 = off, the default (no gain on the 2-core CPU, BENCHMARKS.md).
     length_buckets: int = 1
     gradient_checkpointing: bool = False
-    # torch.compile the backbone's training forward (PT, IST and single-process MSF steps; not
-    # generation, not the DeepSpeed MSF workers). The first steps of each new shape compile
-    # (dynamic shapes; minutes on a small CPU); worth it only for long runs: see BENCHMARKS.md.
+    # torch.compile the training forward (PT, IST, single-process MSF; not generation or DeepSpeed
+    # workers); new shapes compile first (minutes on a small CPU): for long runs, BENCHMARKS.md.
     compile: bool = False
-    # Decoder-only instruct models: wrap each input in the tokenizer's chat template as a user
-    # turn; the target is the assistant's answer. Off: input and target are plain continuous text.
+    # Decoder-only instruct models: each input as a chat-template user turn, the target as the answer.
     chat_template: bool = False
-    # Decoder-only without the chat template: text put after every input (after truncation, so it
-    # is never cut), before the answer, e.g. "\nAnswer:". The soft prompt sits before the input and
-    # cannot mark where the input ends, so without a separator a small LM often continues the input's
-    # last word instead of answering (BENCHMARKS.md, "PT calibration"). Empty: none (the default).
+    # Decoder-only, no chat template: text after every input (never truncated), e.g. "\nAnswer:";
+    # without it a small LM often continues the input instead of answering (BENCHMARKS.md).
     answer_prefix: str = ""
     # Where converted checkpoints (e.g. SmolLM2 from GGUF) are cached; default ~/.cache/ipt_dist.
     cache_dir: str | None = None
@@ -124,12 +118,10 @@ class DataConfig:
     unseen_tasks: list[str] = field(default_factory=list)  # held-out tasks for settings 2 and 5
     k: int | None = None  # CrossFit layout: shots in the file name
     data_seed: int | None = None  # CrossFit layout: seed in the file name; JSONL: resampling seed
-    # When set, train and dev are subsampled to this many examples with `data_seed`
-    # (a "new few-shot data" draw for setting 4 uses another seed).
+    # Set: train and dev subsampled to this many with `data_seed` (setting 4 draws with another seed).
     train_size: int | None = None
-    # When set, classification tasks draw this many examples per label (the target) for train and
-    # for dev instead (all of a label when it has fewer), as the reference's few-shot data does
-    # (16 per class; other tasks `train_size`, reference 32). Needs `data_seed`.
+    # Set: classification train / dev draw this many per label instead (all when fewer), as the
+    # reference (16 per class; other tasks `train_size`, reference 32). Needs `data_seed`.
     shots_per_class: int | None = None
     max_examples: int | None = None  # cap per split, for quick runs
     task_prefix: bool = True  # prepend " [task_name] " to every input, as the reference does
@@ -355,8 +347,7 @@ class TrackingConfig:
     tracking_uri: str | None = None
     experiment: str = "ipt"
     run_name: str | None = None
-    # Sweeps: child runs are written by a background thread of the driver, so the fan-out loop never
-    # waits on MLflow (0.4-1 s per child); false writes each child before the next pack is handled.
+    # Sweeps: MLflow child runs written by one background thread of the driver (false: inline).
     background: bool = True
 
 

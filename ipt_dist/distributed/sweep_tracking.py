@@ -273,10 +273,12 @@ class SweepTracker:
         """Children whose write failed, waiting for a retry."""
         return len(self._pending)
 
-    def retry_pending(self, attempts: int = 1, wait: float = 0.0) -> bool:
-        """Retry queued children; True when none is left."""
+    def retry_pending(self, attempts: int = 1, wait: float = 0.0, stop=None) -> bool:
+        """Retry queued children; True when none is left. `stop()` true ends it between children."""
         for attempt in range(attempts):
             for rec, path, pt in list(self._pending.values()):
+                if stop is not None and stop():
+                    return not self._pending
                 if not self.log_job(rec, path, pt):
                     break
             if not self._pending:
@@ -433,13 +435,7 @@ class BackgroundSweepTracker:
     def _retry(self, attempts: int, wait: float) -> None:
         with self._lock:
             self._retry_queued = False
-        for _ in range(attempts):  # as SweepTracker.retry_pending, but stopping between children
-            for rec, path, pt in list(self.tracker._pending.values()):
-                if self._stop.is_set() or not self.tracker.log_job(rec, path, pt):
-                    return
-            if not self.tracker.pending:
-                return
-            time.sleep(wait)
+        self.tracker.retry_pending(attempts, wait, stop=self._stop.is_set)
 
     def log_progress(self, done: int, failed: int, total: int) -> None:
         with self._lock:
