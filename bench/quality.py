@@ -11,9 +11,11 @@ real CrossFit few-shot tasks of ../shared/data/tasks and SmolLM2-135M-Instruct.
     python bench/quality.py --make-split                          # re-derive bench/quality_split.json
     python bench/quality.py --make-split gpu                      # print the GPU configuration's split
 
-Cost: configs/quality_cpu.yaml trains about 66k example rows through SmolLM2; measured at ~0.11 s
-per row on a 2-core CPU with AVX512-bf16 (~2.5 h in all) and ~0.45 s per row in fp32 on an
-AVX2-only one (~8-9 h). Resumable: the same command skips every finished job and MSF run.
+Cost: see the header of configs/quality_cpu.yaml (about 92k example rows through SmolLM2: ~2.5 h
+on a 2-core CPU with AVX512-bf16, ~10 h in fp32 on an AVX2-only one). Resumable: the same command
+skips every finished job and MSF run. Wall time is kept across invocations in <out>/wall_time.json
+(one segment per invocation, its end moved by a heartbeat every 30 s, so a killed invocation still
+counts to within 30 s); the report gives the sum and the number of segments.
 
 Besides the pipeline's own report (<out>/report/report.md, <out>/ist_sweep/summary.md) it
 writes <out>/quality.md and <out>/quality.json: per task the PT score, the IST score per decoder
@@ -165,6 +167,67 @@ def _machine() -> dict:
             "python": platform.python_version(), "platform": platform.platform()}
 
 
+class WallLedger:
+    """<out>/wall_time.json: the wall time of a run that is resumed over several invocations.
+
+    One segment per invocation ({start, last, host, cpu, avx512_bf16, nproc, phase}); a daemon thread
+    moves `last` every `heartbeat_s`, so an invocation that is killed (a session ending) still counts to
+    within that. `total_s` sums the segments: the time the machine spent on the run, not the calendar."""
+
+    def __init__(self, out: Path, heartbeat_s: float = 30.0):
+        import threading
+
+        self.path, self.heartbeat_s = out / "wall_time.json", heartbeat_s
+        prior = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        self.segments = list(prior.get("segments", []))
+        machine = _machine()
+        flags = ""
+        try:
+            flags = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            pass
+        now = time.time()
+        self.segments.append({"start": now, "last": now, "host": platform.node(), "cpu": machine["cpu"],
+                              "nproc": machine["nproc"], "gpu": machine["gpu"],
+                              "avx512_bf16": "avx512_bf16" in flags, "phase": "started"})
+        self._lock, self._stop = threading.Lock(), threading.Event()
+        self._write()
+        self._thread = threading.Thread(target=self._beat, name="wall-ledger", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            self._write()
+
+    def _write(self, phase: str | None = None) -> None:
+        with self._lock:
+            seg = self.segments[-1]
+            seg["last"] = time.time()
+            if phase:
+                seg["phase"] = phase
+            tmp = self.path.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps({"segments": self.segments, "total_s": self.total_s()}, indent=1))
+            tmp.replace(self.path)
+
+    def phase(self, name: str) -> None:
+        self._write(name)
+
+    def total_s(self) -> float:
+        return sum(s["last"] - s["start"] for s in self.segments)
+
+    def summary(self) -> dict:
+        """Sum of the segments, their count and the distinct machines they ran on."""
+        self._write()
+        machines = sorted({f"{s['nproc']} cores {s['cpu']}" + (f", GPU {s['gpu']}" if s.get("gpu") else "")
+                           + (", AVX512-bf16" if s.get("avx512_bf16") else "") for s in self.segments})
+        return {"total_s": self.total_s(), "segments": len(self.segments), "machines": machines,
+                "this_invocation_s": self.segments[-1]["last"] - self.segments[-1]["start"]}
+
+    def close(self, phase: str) -> None:
+        self._stop.set()
+        self._write(phase)
+
+
 def majority_score(task, metric: str) -> float:
     """Score of always answering the most frequent training answer (ties: the first seen)."""
     from ipt_dist.metrics import compute_metric
@@ -172,6 +235,25 @@ def majority_score(task, metric: str) -> float:
     counts = Counter(ex.target for ex in task.train)
     answer = counts.most_common(1)[0][0]
     return compute_metric(metric, [answer] * len(task.test), [list(ex.outputs) for ex in task.test])
+
+
+def draw_overlap(cfg: IPTConfig, tasks: list[str]) -> dict[str, float]:
+    """Per task: the share of a later data seed's train draw that is also in the first seed's draw (mean
+    over the later seeds). Setting 4 calls the later draws "new data"; with 64-example pools they are
+    partly the same examples, and the report says how much."""
+    from ipt_dist.stages.common import load_raw
+
+    seeds = cfg.sweep.data_seeds
+    out = {}
+    for t in tasks:
+        first = {(ex.input, ex.target) for ex in load_raw(cfg, [t], seeds[0])[t].train}
+        shares = []
+        for s in seeds[1:]:
+            later = [(ex.input, ex.target) for ex in load_raw(cfg, [t], s)[t].train]
+            shares.append(sum(x in first for x in later) / len(later) if later else 0.0)
+        if shares:
+            out[t] = sum(shares) / len(shares)
+    return out
 
 
 def untuned_baselines(cfg: IPTConfig, tasks: list[str], cache: Path) -> dict[str, dict]:
@@ -220,7 +302,7 @@ def untuned_baselines(cfg: IPTConfig, tasks: list[str], cache: Path) -> dict[str
 # ----------------------------------------------------------------------------- PT calibration
 
 
-def pt_calibration(cfg: IPTConfig, out: Path, command: str, t_start: float, *, distributed_msf: bool = False) -> int:
+def pt_calibration(cfg: IPTConfig, out: Path, command: str, ledger: WallLedger, *, distributed_msf: bool = False) -> int:
     """`--pt-only`: the PT sweep of `cfg` (every task x draw x `sweep.lrs`) and the untuned baselines,
     then <out>/pt_calibration.md: per task and lr the mean test score over draws at each job's best
     dev step, the lr PT would pick (best mean dev) and whether PT there beats the majority answer and
@@ -249,7 +331,7 @@ def pt_calibration(cfg: IPTConfig, out: Path, command: str, t_start: float, *, d
     lines = [f"# PT calibration: {out}", "", f"- command: `{command}`",
              f"- {len(tasks)} tasks x data seeds {cfg.sweep.data_seeds} x lrs {lrs}; PT {cfg.pt.steps} steps x batch "
              f"{cfg.pt.batch_size}, L={cfg.pt.prompt_len}, init {cfg.pt.init}, backbone {cfg.backbone.name_or_path} "
-             f"({cfg.backbone.dtype}); wall {(time.time() - t_start) / 60:.1f} min; failed jobs {result.jobs_failed}",
+             f"({cfg.backbone.dtype}); {_wall(ledger.summary())}; failed jobs {result.jobs_failed}",
              "- cells: test score (mean over draws) at each job's best dev step, `dev` in brackets; "
              "**bold** = the lr PT picks (best mean dev)", "",
              "| task | type | majority | no prompt | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " | PT above both |",
@@ -296,6 +378,13 @@ def _f(v, pct: bool = False) -> str:
     if v is None:
         return "-"
     return f"{100 * v:.0f}%" if pct else f"{v:.3f}"
+
+
+def _wall(w: dict) -> str:
+    """`wall time 9.8 h over 4 invocations (...)` from WallLedger.summary()."""
+    n = w["segments"]
+    how = "" if n == 1 else f" over {n} invocations (the sum of their running times, <out>/wall_time.json)"
+    return f"wall time {w['total_s'] / 3600:.2f} h{how}"
 
 
 def _ci(s: dict | None) -> str:
@@ -351,15 +440,18 @@ def compare(summary: dict, setting: str, d: int, other: str) -> dict:
     return out
 
 
-def build_tables(summary: dict, baselines: dict, dims: list[int], metrics: dict[str, str]) -> tuple[str, dict]:
+def build_tables(summary: dict, baselines: dict, dims: list[int], metrics: dict[str, str],
+                 overlap: dict[str, float] | None = None) -> tuple[str, dict]:
     """(markdown, numbers): per task PT / majority / no prompt / IST per decoder and d; per setting
     and d the mean paired relative performance with its 95% CI for each decoder, beside the paper;
     MSF against the random and PCA decoders; the issue's checks, stated with the measured numbers."""
     lines = ["## Per task", "",
              "Test scores, mean over data draws. Seen tasks: setting 4 (IST on a new few-shot draw); unseen "
              "tasks: setting 5. majority = always the most frequent train answer of the draw; no prompt = the "
-             "frozen backbone with an empty soft prompt (same decoding).", ""]
-    head = ["task", "split", "metric", "majority", "no prompt", "PT"]
+             "frozen backbone with an empty soft prompt (same decoding). overlap (seen tasks) = share of the "
+             "setting-4 draws' train examples that are also in the first draw (PT's and MSF's).", ""]
+    overlap = overlap or {}
+    head = ["task", "split", "metric", "majority", "no prompt", "PT", "overlap"]
     for d in dims:
         head += [f"{dec} d={d}" for dec in ("MSF", "rand", "PCA")]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -370,9 +462,10 @@ def build_tables(summary: dict, baselines: dict, dims: list[int], metrics: dict[
         b = baselines.get(t, {})
         row = {"task": t, "split": r.get("split"), "metric": r.get("metric") or metrics.get(t),
                "majority": b.get("majority"), "no_prompt": b.get("no_prompt"), "pt": r.get("pt"),
-               "pt_std": r.get("pt_std"), "ist": {}}
+               "pt_std": r.get("pt_std"), "ist": {},
+               "new_draw_overlap": overlap.get(t) if setting == "ist_seen_new" else None}
         cells = [t.removeprefix("gym__"), row["split"] or "", row["metric"] or "", _f(row["majority"]),
-                 _f(row["no_prompt"]), _f(row["pt"])]
+                 _f(row["no_prompt"]), _f(row["pt"]), _f(row["new_draw_overlap"], True)]
         for d in dims:
             for dec in DECODERS:
                 c = f"{setting}@d{d}" + ("" if dec == "msf" else f":{dec}")
@@ -435,6 +528,9 @@ def build_tables(summary: dict, baselines: dict, dims: list[int], metrics: dict[
         "msf_vs_random": {f"{c['setting']}@d{c['d']}": c["verdict"] for c in comparisons if c["vs"] == "random"},
         "msf_vs_pca": {f"{c['setting']}@d{c['d']}": c["verdict"] for c in comparisons if c["vs"] == "pca"},
     }
+    shared = [r["new_draw_overlap"] for r in rows_out if r["new_draw_overlap"] is not None]
+    checks["setting4_train_overlap_mean"] = sum(shared) / len(shared) if shared else None
+    same = [r["task"].removeprefix("gym__") for r in rows_out if r["new_draw_overlap"] == 1.0]
     below = ", ".join(f"{r['task'].removeprefix('gym__')} (PT {r['pt']:.3f}, majority {_f(r['majority'])}, "
                       f"no prompt {_f(r['no_prompt'])})" for r in cls_rows if r not in above_both)
     lines += ["", "## Checks", "",
@@ -444,7 +540,13 @@ def build_tables(summary: dict, baselines: dict, dims: list[int], metrics: dict[
               f"- IST d={low}, seen tasks / new data (setting 4): {_f(seen, True)} of PT "
               f"(target >= {TARGET_SEEN:.0%}; paper {_f(PAPER.get(('ist_seen_new', 5)), True)} at d=5)",
               f"- IST d={low}, unseen tasks (setting 5): {_f(unseen, True)} of PT "
-              f"(target >= {TARGET_UNSEEN:.0%}; paper {_f(PAPER.get(('ist_unseen', 5)), True)} at d=5)", ""]
+              f"(target >= {TARGET_UNSEEN:.0%}; paper {_f(PAPER.get(('ist_unseen', 5)), True)} at d=5)"]
+    if shared:
+        lines.append(f"- Setting 4's \"new data\" is partly the first draw's: on average {_f(checks['setting4_train_overlap_mean'], True)} "
+                     f"of a new draw's train examples are also in the draw PT and MSF trained on "
+                     f"({_f(min(shared), True)}-{_f(max(shared), True)} over tasks; the shared data pools 64 per task)"
+                     + (f"; identical draws: {', '.join(same)}" if same else ""))
+    lines.append("")
     return "\n".join(lines), {"rows": rows_out, "settings": settings_out, "checks": checks,
                               "comparisons": comparisons,
                               "headline": {"seen_new": {d: rel(f"ist_seen_new@d{d}") for d in dims},
@@ -455,13 +557,15 @@ def write_quality(out: Path, cfg: IPTConfig, baselines: dict, command: str, timi
     summary = json.loads((out / "ist_sweep" / "summary.json").read_text())
     dims = sorted(int(d) for d in cfg.sweep.dims)
     metrics = {r["task"]: r.get("metric") for r in summary.get("rows", [])}
-    body, numbers = build_tables(summary, baselines, dims, metrics)
+    from ipt_dist.stages.common import resolve_tasks
+
+    body, numbers = build_tables(summary, baselines, dims, metrics, draw_overlap(cfg, resolve_tasks(cfg).train))
     b, p, i, dt = cfg.backbone, cfg.pt, cfg.ist, cfg.data
     head = [f"# IPT quality benchmark: {out}", "",
             f"- command: `{command}`",
-            f"- date: {timings['date']}; wall time {timings['total_s'] / 60:.1f} min (pipeline "
+            f"- date: {timings['date']}; {_wall(timings['wall'])} (this invocation: pipeline "
             f"{timings['pipeline_s'] / 60:.1f} min, untuned baselines {timings['baselines_s'] / 60:.1f} min)",
-            f"- machine: {machine['nproc']} CPU cores ({machine['cpu']}), GPU: {machine['gpu'] or 'none'}",
+            f"- machine: {'; '.join(timings['wall']['machines'])}; commit {machine.get('commit') or '?'}",
             f"- backbone {b.name_or_path} (chat template {b.chat_template}, answer prefix {b.answer_prefix!r}), "
             f"L={p.prompt_len}, "
             f"beams {b.num_beams}, max_new_tokens {b.max_new_tokens}, max_input_len {b.max_input_len}",
@@ -516,9 +620,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from ipt_dist.config import load_config
-    from ipt_dist.pipeline import run_pipeline
 
-    t_start = time.time()
     base = load_config(args.config, args.set)
     out = Path(args.out or base.output_dir)
     if not out.is_absolute():
@@ -535,10 +637,26 @@ def main(argv: list[str] | None = None) -> int:
     command = "PYTHONPATH=. HF_HUB_OFFLINE=1 python bench/quality.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     log.info("quality benchmark: config %s, output %s", args.config, out)
 
+    ledger = WallLedger(out)
+    try:
+        return _run(args, cfg, out, command, ledger)
+    except BaseException as e:  # Ctrl-C, a killed Ray, a failed stage: the segment still ends here
+        ledger.close(f"stopped ({type(e).__name__})")
+        raise
+
+
+def _run(args, cfg: IPTConfig, out: Path, command: str, ledger: WallLedger) -> int:
+    from ipt_dist.pipeline import run_pipeline
+
+    t_start = time.time()
     if args.pt_only:
-        return pt_calibration(cfg, out, command, t_start, distributed_msf=args.distributed_msf)
+        code = pt_calibration(cfg, out, command, ledger, distributed_msf=args.distributed_msf)
+        ledger.close("pt calibration written")
+        return code
+    ledger.phase("pipeline")
     result = run_pipeline(cfg, distributed_msf=args.distributed_msf)
     t_pipe = time.time()
+    ledger.phase("untuned baselines")
     log.info("pipeline done in %.1f min: %s", (t_pipe - t_start) / 60, result.get("mean_relative"))
 
     from ipt_dist.stages.common import resolve_tasks
@@ -547,7 +665,7 @@ def main(argv: list[str] | None = None) -> int:
     baselines = untuned_baselines(cfg, split.all, out / "baselines.json")
     t_end = time.time()
     timings = {"date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-               "pipeline_s": t_pipe - t_start, "baselines_s": t_end - t_pipe, "total_s": t_end - t_start}
+               "pipeline_s": t_pipe - t_start, "baselines_s": t_end - t_pipe, "wall": ledger.summary()}
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
                                 check=False).stdout.strip()
@@ -555,6 +673,7 @@ def main(argv: list[str] | None = None) -> int:
         commit = ""
     machine = _machine() | {"commit": commit}
     path = write_quality(out, cfg, baselines, command, timings, machine)
+    ledger.close("report written")
     print(path.read_text())
     print(f"\nwritten: {path}  (MLflow: {result['tracking_uri']})")
     return 0 if not result["jobs"]["failed"] else 1

@@ -86,3 +86,14 @@ def test_cpu_config_plans_against_the_shared_data(tmp_path):
     split = json.loads(SPLIT.read_text())
     assert plan.train_tasks == split["train"] and plan.unseen_tasks == split["test"]
     assert len(plan.jobs) == len(split["train"] + split["test"]) * len(cfg.sweep.data_seeds) * len(cfg.sweep.lrs)
+
+
+@pytest.mark.shared_data
+@needs_shared
+def test_new_draws_share_part_of_the_first(tmp_path):
+    """The shared pools hold 64 examples per task, so setting 4's second draw overlaps the first; the
+    report measures how much (bench/quality.py draw_overlap) rather than calling it new data."""
+    cfg = load_config(CONFIGS[0], [f"output_dir={tmp_path}", f"data.data_dir={TASKS}", f"data.split_file={SPLIT}"])
+    got = bench_module("quality").draw_overlap(cfg, ["gym__emo", "gym__kilt_nq"])
+    assert set(got) == {"gym__emo", "gym__kilt_nq"}
+    assert all(0.0 < v < 1.0 for v in got.values()), got  # distinct draws, but not disjoint

@@ -69,3 +69,35 @@ def test_tables_count_pt_against_majority_and_no_prompt(quality):
     assert {c["vs"] for c in numbers["comparisons"]} == {"random", "pca"}
     row = next(line for line in text.splitlines() if line.startswith("| ist_seen_new | 5 |"))
     assert "90%" in row and "20%" in row and "50%" in row  # one cell per decoder, with its interval
+
+
+def test_tables_say_how_much_of_the_new_draw_is_the_first(quality):
+    """Setting 4 is labelled "new data": the report states the measured train overlap of the draws."""
+    s = _summary({"ist_seen_new@d5": [0.9, 0.95, 0.85]})
+    text, numbers = quality.build_tables(s, {}, [5], {}, {"gym__t0": 0.5, "gym__t1": 0.75, "gym__t2": 1.0})
+    assert abs(numbers["checks"]["setting4_train_overlap_mean"] - 0.75) < 1e-9
+    assert "on average 75% of a new draw's train examples" in text and "identical draws: t2" in text
+    assert next(r for r in numbers["rows"] if r["task"] == "gym__t1")["new_draw_overlap"] == 0.75
+
+
+def test_wall_ledger_sums_the_invocations_of_a_resumed_run(quality, tmp_path):
+    """A run resumed over several invocations reports the sum of their running times, not only the last
+    one's; a killed invocation (no close) still counts up to its last heartbeat."""
+    import json
+    import time
+
+    first = quality.WallLedger(tmp_path, heartbeat_s=0.05)
+    time.sleep(0.3)
+    first._stop.set()  # killed: the heartbeat stops, close() never runs
+    killed_at = json.loads((tmp_path / "wall_time.json").read_text())["segments"][0]
+    assert killed_at["phase"] == "started" and killed_at["last"] - killed_at["start"] >= 0.15
+
+    second = quality.WallLedger(tmp_path, heartbeat_s=0.05)
+    time.sleep(0.1)
+    second.close("report written")
+    w = second.summary()
+    assert w["segments"] == 2 and len(w["machines"]) == 1
+    assert w["total_s"] >= 0.25 and w["total_s"] > w["this_invocation_s"]
+    on_disk = json.loads((tmp_path / "wall_time.json").read_text())
+    assert [s["phase"] for s in on_disk["segments"]] == ["started", "report written"]
+    assert "over 2 invocations" in quality._wall(w)
