@@ -262,6 +262,7 @@ def untuned_baselines(cfg: IPTConfig, tasks: list[str], cache: Path) -> dict[str
     import torch
 
     from ipt_dist.modeling.backbone import build_backbone
+    from ipt_dist.rerun import late_fields
     from ipt_dist.stages.common import load_raw, load_tokenized, pick_device
     from ipt_dist.train.steps import evaluate_groups
 
@@ -270,7 +271,7 @@ def untuned_baselines(cfg: IPTConfig, tasks: list[str], cache: Path) -> dict[str
                       cfg.backbone.max_new_tokens, cfg.backbone.num_beams, cfg.data.train_size,
                       cfg.data.max_examples, cfg.sweep.data_seeds]
                      + [[cfg.backbone.answer_prefix, cfg.data.task_prefix, cfg.backbone.max_target_len,
-                         cfg.data.shots_per_class]] * bool(cfg.backbone.answer_prefix or cfg.data.shots_per_class))
+                         cfg.data.shots_per_class]] * bool(late_fields(cfg)))  # keys of earlier caches stay valid
     if got.get("key") != key:
         got = {"key": key, "tasks": {}}
     todo = [t for t in tasks if t not in got["tasks"]]

@@ -24,6 +24,7 @@ from pathlib import Path
 from ipt_dist.config import IPTConfig
 from ipt_dist.data.records import Example, TaskData
 from ipt_dist.modeling.backbone import backbone_name  # re-exported: its home is modeling.backbone
+from ipt_dist.rerun import late_fields
 
 __all__ = [
     "NO_PROVENANCE",
@@ -64,8 +65,8 @@ def backbone_fingerprint(cfg: IPTConfig) -> dict:
            "backbone.chat_template": b.chat_template, "backbone.max_input_len": b.max_input_len,
            "backbone.max_target_len": b.max_target_len,
            "data.task_prefix": cfg.data.task_prefix, "pt.prompt_len": cfg.pt.prompt_len}
-    if b.answer_prefix:  # only when set: fingerprints recorded before the field existed stay equal
-        out["backbone.answer_prefix"] = b.answer_prefix
+    # only when set (rerun.LATE_FIELDS): fingerprints recorded before those fields existed stay equal
+    out.update({k: v for k, v in late_fields(cfg).items() if k.startswith("backbone.")})
     return out
 
 
@@ -96,8 +97,8 @@ def data_fingerprint(cfg: IPTConfig, tasks: dict[str, TaskData], seed: int | Non
     return {"data.data_dir": d.data_dir, "data.format": d.format, "data.data_seed": draw_seed(cfg, seed),
             "data.k": d.k, "data.train_size": d.train_size, "data.max_examples": d.max_examples,
             "tasks": list(tasks), "train_digest": {n: split_digest(t.train) for n, t in tasks.items()},
-            # only when set: records written before the field existed keep their digests
-            **({"data.shots_per_class": d.shots_per_class} if d.shots_per_class is not None else {})}
+            # only when set (rerun.LATE_FIELDS): records written before those fields existed keep their digests
+            **{k: v for k, v in late_fields(cfg).items() if k.startswith("data.")}}
 
 
 def file_digest(path: str | Path, length: int = 16) -> str:

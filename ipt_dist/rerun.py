@@ -21,7 +21,7 @@ from typing import Any
 
 from ipt_dist.config import ConfigError, IPTConfig, describe_changes, flatten_config, save_config
 
-__all__ = ["INPUTS_FILE", "claim_stage_dir", "msf_inputs", "recorded_inputs", "stage_inputs"]
+__all__ = ["INPUTS_FILE", "LATE_FIELDS", "claim_stage_dir", "late_fields", "msf_inputs", "recorded_inputs", "stage_inputs"]
 
 INPUTS_FILE = "inputs.json"
 
@@ -31,11 +31,26 @@ _SECTIONS = {"pt": ("seed", "backbone", "data", "pt"), "msf": ("seed", "backbone
 _NOT_INPUTS = {"backbone.eval_batch_size", "backbone.cache_dir", "msf.prompts_dir", "ist.msf_checkpoint",
                "msf.eval_max_examples", "msf.checkpoint_every",
                "backbone.length_buckets", "backbone.compile"}  # how the backbone pass is batched / run, not what
-_ONLY_WHEN_SET = ("backbone.answer_prefix",)  # inputs only when not empty (as in job ids and provenance)
+# Fields added after job ids, provenance records and inputs.json files were first written, with the
+# default that means "not used". At that default they are left out of all three (so what earlier
+# versions wrote stays valid); set, they enter all three. The one table job ids
+# (sweep.jobs.job_context), fingerprints (provenance) and stage inputs (below) read.
+LATE_FIELDS: dict[str, Any] = {"backbone.answer_prefix": "", "data.shots_per_class": None}
 _TASK_LISTS = {"data.tasks", "data.unseen_tasks", "data.split_file"}  # which tasks, not how each is trained
 # `ipt ist` names each job by task, lr and init seed: other values are other jobs, not changed ones.
 # (Its data seed is MSF's own draw, which `ipt ist` checks: another one is refused, not a new job.)
 _IN_JOB_ID = {"ist": {"ist.lr", "ist.seed"}}
+
+
+def late_fields(cfg: IPTConfig) -> dict[str, Any]:
+    """{config path: value} of the LATE_FIELDS that `cfg` sets (differ from their unset default)."""
+    out = {}
+    for path, unset in LATE_FIELDS.items():
+        section, name = path.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value != unset:
+            out[path] = value
+    return out
 
 
 def stage_inputs(cfg: IPTConfig, stage: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -46,8 +61,8 @@ def stage_inputs(cfg: IPTConfig, stage: str, extra: dict[str, Any] | None = None
            if any(k == s or k.startswith(s + ".") for s in keep) and k not in _NOT_INPUTS}
     if stage in ("pt", "ist"):
         out = {k: v for k, v in out.items() if k not in _TASK_LISTS | _IN_JOB_ID.get(stage, set())}
-    for k in _ONLY_WHEN_SET:  # directories written before these fields existed lack them: not a change
-        if not out.get(k, True):
+    for k, unset in LATE_FIELDS.items():  # directories written before these fields existed lack them
+        if k in out and out[k] == unset:
             del out[k]
     out.update({f"input.{k}": v for k, v in (extra or {}).items()})
     return json.loads(json.dumps(out, sort_keys=True, default=str))  # what a JSON round trip gives back

@@ -95,3 +95,25 @@ def test_adapter_prompts_are_digested_and_checked_like_prompt_files(tmp_path):
     shutil.rmtree(prompts / "a")
     write_adapter(prompts / "a", torch.ones(4, 8) * 2, conf, {})
     assert prompt_digest(prompts, "a") != first
+
+
+# A value for every rerun.LATE_FIELDS entry: a field added there without one fails here.
+_SET = {"backbone.answer_prefix": "Answer", "data.shots_per_class": 4}
+
+
+def test_late_fields_enter_ids_fingerprints_and_inputs_only_when_set():
+    """One table (rerun.LATE_FIELDS) decides for job ids, provenance and stage inputs: at the unset
+    default a late field is in none of them (earlier records stay valid); set, it is in all three."""
+    from ipt_dist.rerun import LATE_FIELDS, stage_inputs
+    from ipt_dist.sweep.jobs import job_context
+
+    plain = load_config(None, ["data.data_seed=1"])  # a per-class draw needs a seed
+    tasks = _tasks("a b", "c d")
+    for path in LATE_FIELDS:
+        section, name = path.split(".")
+        assert name not in job_context(plain, "pt") and path not in stage_inputs(plain, "pt")
+        assert path not in backbone_fingerprint(plain) and path not in data_fingerprint(plain, tasks, 1)
+        cfg = load_config(None, ["data.data_seed=1", f"{path}={_SET[path]}"])
+        fingerprint = backbone_fingerprint(cfg) if section == "backbone" else data_fingerprint(cfg, tasks, 1)
+        assert job_context(cfg, "pt")[name] == _SET[path]
+        assert stage_inputs(cfg, "pt")[path] == _SET[path] and fingerprint[path] == _SET[path]

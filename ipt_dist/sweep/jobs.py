@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ipt_dist.config import IPTConfig
+from ipt_dist.rerun import late_fields
 
 __all__ = ["IST_DECODERS", "IST_SETTINGS", "STAGES", "DecoderInfo", "JobSpec", "SweepPlan", "digest", "job_context",
            "make_job", "pack_settings", "prompts_dir", "sweep_dir"]
@@ -87,10 +88,8 @@ def job_context(cfg: IPTConfig, kind: str) -> dict:
            "prompt_len": cfg.pt.prompt_len}
     if b.chat_template:  # changes every token id; only when on, so ids of earlier sweeps stay valid
         ctx["chat_template"] = True
-    if b.answer_prefix:  # other input ids; only when set, as above
-        ctx["answer_prefix"] = b.answer_prefix
-    if d.shots_per_class is not None:  # another draw; only when set, as above
-        ctx["shots_per_class"] = d.shots_per_class
+    for path, value in late_fields(cfg).items():  # only when set, as above (rerun.LATE_FIELDS)
+        ctx[path.split(".", 1)[1]] = value
     if kind in ("ist", "pt"):
         s = asdict(pack_settings(cfg, kind))
         for how in ("eval_batch_size", "max_rows", "length_buckets"):  # how the work is batched, not what
