@@ -548,10 +548,76 @@ def build_tables(summary: dict, baselines: dict, dims: list[int], metrics: dict[
                      f"({_f(min(shared), True)}-{_f(max(shared), True)} over tasks; the shared data pools 64 per task)"
                      + (f"; identical draws: {', '.join(same)}" if same else ""))
     lines.append("")
+    limit_lines, checks["limits"] = limits(summary, rows_out, dims, seen, unseen)
+    lines += limit_lines
     return "\n".join(lines), {"rows": rows_out, "settings": settings_out, "checks": checks,
                               "comparisons": comparisons,
                               "headline": {"seen_new": {d: rel(f"ist_seen_new@d{d}") for d in dims},
                                            "unseen": {d: rel(f"ist_unseen@d{d}") for d in dims}}}
+
+
+def _pts(diff: dict) -> str:
+    if diff.get("mean") is None:
+        return "-"
+    ci = (f" [{100 * diff['ci_low']:+.0f}, {100 * diff['ci_high']:+.0f}]" if diff.get("ci_low") is not None else "")
+    return f"{100 * diff['mean']:+.0f} pts{ci} (n={diff['n']})"
+
+
+def limits(summary: dict, rows: list[dict], dims: list[int], seen: float | None,
+           unseen: float | None) -> tuple[list[str], dict]:
+    """"What limits it": each candidate reason with the measurement behind it, from the same run.
+
+    - the targets: by how much each is missed;
+    - MSF: setting 1 (Dec(Enc(P_i)) on the training tasks) is what the subspace keeps of PT before IST;
+    - IST's optimisation: setting 3 (IST on the same draw) minus setting 1, paired per task: below 0,
+      IST's schedule does not reach the point MSF's own encoder gives;
+    - new data: setting 4 minus setting 3, paired;
+    - PT's strength: setting 4 over the classification tasks where PT beats both untuned baselines
+      against the rest;
+    - tasks and draws: the half-width of the 95% interval (a smaller difference cannot be told)."""
+    low = min(dims)
+    out: dict = {}
+    lines = ["## What limits it (measured in this run)", ""]
+    for name, value, target in (("seen tasks, new data (setting 4)", seen, TARGET_SEEN),
+                                ("unseen tasks (setting 5)", unseen, TARGET_UNSEEN)):
+        if value is not None and value < target:
+            out[f"missed:{name}"] = target - value
+            lines.append(f"- Target missed at d={low}, {name}: {_f(value, True)} against >= {target:.0%}, "
+                         f"{100 * (target - value):.0f} pts short")
+    for d in dims:
+        s1 = _setting(summary, f"msf_seen@d{d}")
+        ist_vs_msf = paired_difference(summary, f"ist_seen_same@d{d}", f"msf_seen@d{d}")
+        new_vs_same = paired_difference(summary, f"ist_seen_new@d{d}", f"ist_seen_same@d{d}")
+        out[f"d{d}"] = {"msf_seen": s1.get("mean_relative") if s1 else None,
+                        "ist_same_minus_msf": ist_vs_msf, "new_minus_same": new_vs_same}
+        lines.append(f"- d={d}: MSF keeps {_ci(s1)} of PT on the training tasks (setting 1, Dec(Enc(P_i))); "
+                     f"IST on the same draw minus that: {_pts(ist_vs_msf)}; IST on new data minus the same "
+                     f"draw: {_pts(new_vs_same)}")
+    col = f"ist_seen_new@d{low}/ratio"
+    strong, weak = [], []
+    for r in rows:
+        if r["metric"] not in CLS_METRICS or r["pt"] is None or r.get("split") == "unseen":
+            continue
+        ratio = next((x.get(col) for x in summary.get("rows", []) if x["task"] == r["task"]), None)
+        if ratio is None:
+            continue
+        above = (r["majority"] is not None and r["no_prompt"] is not None
+                 and r["pt"] > max(r["majority"], r["no_prompt"]))
+        (strong if above else weak).append(ratio)
+    if strong or weak:
+        mean = (lambda xs: f"{100 * sum(xs) / len(xs):.0f}% (n={len(xs)})" if xs else "- (n=0)")
+        out["pt_strength"] = {"above_both": strong, "not_above_both": weak}
+        lines.append(f"- PT's strength, setting 4 at d={low} on seen classification tasks: {mean(strong)} where PT "
+                     f"beats the majority answer and the untuned model, {mean(weak)} where it does not")
+    for name, column in (("setting 4", f"ist_seen_new@d{low}"), ("setting 5", f"ist_unseen@d{low}")):
+        st = _setting(summary, column)
+        if st and st.get("mean_relative_ci_low") is not None:
+            half = (st["mean_relative_ci_high"] - st["mean_relative_ci_low"]) / 2
+            out[f"ci_half_width:{name}"] = half
+            lines.append(f"- Tasks and draws, {name} at d={low}: the 95% interval is +-{100 * half:.0f} pts wide "
+                         f"over {st.get('n_relative')} tasks; smaller differences cannot be told")
+    lines.append("")
+    return lines, out
 
 
 def write_quality(out: Path, cfg: IPTConfig, baselines: dict, command: str, timings: dict, machine: dict) -> Path:

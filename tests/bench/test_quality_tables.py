@@ -80,6 +80,24 @@ def test_tables_say_how_much_of_the_new_draw_is_the_first(quality):
     assert next(r for r in numbers["rows"] if r["task"] == "gym__t1")["new_draw_overlap"] == 0.75
 
 
+def test_limits_name_each_reason_with_its_measurement(quality):
+    """A missed target is stated with its shortfall, and each candidate reason with the paired numbers of
+    the same run: MSF's reconstruction (setting 1), IST against it (3 - 1), new data against the same (4 - 3)."""
+    s = _summary({"msf_seen@d5": [0.9, 0.8, 0.85, 0.9], "ist_seen_same@d5": [0.7, 0.6, 0.65, 0.7],
+                  "ist_seen_new@d5": [0.6, 0.5, 0.55, 0.6]})
+    baselines = {"gym__t0": {"majority": 0.5, "no_prompt": 0.1}, "gym__t1": {"majority": 0.7, "no_prompt": 0.1},
+                 "gym__t2": {"majority": 0.5, "no_prompt": 0.1}, "gym__t3": {"majority": 0.5, "no_prompt": 0.1}}
+    text, numbers = quality.build_tables(s, baselines, [5], {})
+    lim = numbers["checks"]["limits"]
+    assert lim["missed:seen tasks, new data (setting 4)"] == pytest.approx(0.80 - 0.5625)
+    assert "24 pts short" in text
+    assert lim["d5"]["ist_same_minus_msf"]["mean"] == pytest.approx(-0.2)
+    assert lim["d5"]["new_minus_same"]["mean"] == pytest.approx(-0.1)
+    assert "-20 pts" in text and "-10 pts" in text
+    assert lim["pt_strength"]["not_above_both"] == [0.5]  # t1: PT 0.6 below its majority 0.7
+    assert "+-" in text and "cannot be told" in text
+
+
 def test_wall_ledger_sums_the_invocations_of_a_resumed_run(quality, tmp_path):
     """A run resumed over several invocations reports the sum of their running times, not only the last
     one's; a killed invocation (no close) still counts up to its last heartbeat."""
