@@ -155,7 +155,11 @@ def _worker(rank: int, world: int, port: int, args, zero: int, micro: int, out_f
             engine.backward(loss)
             engine.step()
 
-    prof = profile_split(profiled, args.profile, gpu) if args.profile and rank == 0 else None
+    prof = None
+    if args.profile and rank == 0:
+        prof = profile_split(profiled, args.profile, gpu)
+    elif args.profile:  # every rank takes the profiled steps: each one all-reduces gradients (rank 0 alone hung)
+        profiled(None)
     peak = (torch.cuda.max_memory_allocated() / 2**30 if gpu
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
     t = torch.tensor([peak], dtype=torch.float64)
