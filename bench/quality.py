@@ -200,14 +200,22 @@ class WallLedger:
             self._write()
 
     def _write(self, phase: str | None = None) -> None:
+        """Move this segment's end to now (and set its phase); a failed write is logged, never raised:
+        the run goes on and the next heartbeat tries again."""
+        import tempfile
+
         with self._lock:
             seg = self.segments[-1]
             seg["last"] = time.time()
             if phase:
                 seg["phase"] = phase
-            tmp = self.path.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps({"segments": self.segments, "total_s": self.total_s()}, indent=1))
-            tmp.replace(self.path)
+            try:
+                fd, tmp = tempfile.mkstemp(prefix=".wall_time.", dir=self.path.parent)
+                with os.fdopen(fd, "w") as f:
+                    json.dump({"segments": self.segments, "total_s": self.total_s()}, f, indent=1)
+                os.replace(tmp, self.path)
+            except OSError as exc:
+                log.warning("wall time not recorded in %s (%s); the run goes on", self.path, exc)
 
     def phase(self, name: str) -> None:
         self._write(name)
@@ -224,7 +232,11 @@ class WallLedger:
                 "this_invocation_s": self.segments[-1]["last"] - self.segments[-1]["start"]}
 
     def close(self, phase: str) -> None:
+        """End this segment with `phase`; a second close (an error after the report) changes nothing."""
+        if self._stop.is_set():
+            return
         self._stop.set()
+        self._thread.join()
         self._write(phase)
 
 
@@ -545,10 +557,10 @@ def build_tables(summary: dict, baselines: dict, dims: list[int], metrics: dict[
     if shared:
         lines.append(f"- Setting 4's \"new data\" is partly the first draw's: on average {_f(checks['setting4_train_overlap_mean'], True)} "
                      f"of a new draw's train examples are also in the draw PT and MSF trained on "
-                     f"({_f(min(shared), True)}-{_f(max(shared), True)} over tasks; the shared data pools 64 per task)"
+                     f"({_f(min(shared), True)}-{_f(max(shared), True)} over tasks: both are drawn from one pool per task)"
                      + (f"; identical draws: {', '.join(same)}" if same else ""))
     lines.append("")
-    limit_lines, checks["limits"] = limits(summary, rows_out, dims, seen, unseen)
+    limit_lines, checks["limits"] = limits(summary, rows_out, dims, seen, unseen, {r["task"] for r in above_both})
     lines += limit_lines
     return "\n".join(lines), {"rows": rows_out, "settings": settings_out, "checks": checks,
                               "comparisons": comparisons,
@@ -564,7 +576,7 @@ def _pts(diff: dict) -> str:
 
 
 def limits(summary: dict, rows: list[dict], dims: list[int], seen: float | None,
-           unseen: float | None) -> tuple[list[str], dict]:
+           unseen: float | None, pt_strong: set[str]) -> tuple[list[str], dict]:
     """"What limits it": each candidate reason with the measurement behind it, from the same run.
 
     - the targets: by how much each is missed;
@@ -572,8 +584,8 @@ def limits(summary: dict, rows: list[dict], dims: list[int], seen: float | None,
     - IST's optimisation: setting 3 (IST on the same draw) minus setting 1, paired per task: below 0,
       IST's schedule does not reach the point MSF's own encoder gives;
     - new data: setting 4 minus setting 3, paired;
-    - PT's strength: setting 4 over the classification tasks where PT beats both untuned baselines
-      against the rest;
+    - PT's strength: setting 4 over the classification tasks in `pt_strong` (PT beats both untuned
+      baselines, as counted in the checks) against the other classification tasks;
     - tasks and draws: the half-width of the 95% interval (a smaller difference cannot be told)."""
     low = min(dims)
     out: dict = {}
@@ -601,9 +613,7 @@ def limits(summary: dict, rows: list[dict], dims: list[int], seen: float | None,
         ratio = next((x.get(col) for x in summary.get("rows", []) if x["task"] == r["task"]), None)
         if ratio is None:
             continue
-        above = (r["majority"] is not None and r["no_prompt"] is not None
-                 and r["pt"] > max(r["majority"], r["no_prompt"]))
-        (strong if above else weak).append(ratio)
+        (strong if r["task"] in pt_strong else weak).append(ratio)
     if strong or weak:
         mean = (lambda xs: f"{100 * sum(xs) / len(xs):.0f}% (n={len(xs)})" if xs else "- (n=0)")
         out["pt_strength"] = {"above_both": strong, "not_above_both": weak}
@@ -614,8 +624,8 @@ def limits(summary: dict, rows: list[dict], dims: list[int], seen: float | None,
         if st and st.get("mean_relative_ci_low") is not None:
             half = (st["mean_relative_ci_high"] - st["mean_relative_ci_low"]) / 2
             out[f"ci_half_width:{name}"] = half
-            lines.append(f"- Tasks and draws, {name} at d={low}: the 95% interval is +-{100 * half:.0f} pts wide "
-                         f"over {st.get('n_relative')} tasks; smaller differences cannot be told")
+            lines.append(f"- Tasks and draws, {name} at d={low}: its mean is known to +-{100 * half:.0f} pts "
+                         f"(half the 95% interval over {st.get('n_relative')} tasks)")
     lines.append("")
     return lines, out
 

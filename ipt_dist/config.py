@@ -581,7 +581,8 @@ def save_config(cfg: IPTConfig, path: str | os.PathLike) -> None:
 
 
 def describe_changes(before: dict[str, Any], now: dict[str, Any], limit: int = 8) -> str:
-    """"key: old -> new; ..." for the keys whose values differ (at most `limit`), "" when none."""
+    """"key: old -> new; ..." for keys whose values differ (at most `limit`), "" when none. A missing
+    key reads as None on purpose: a record older than a field equals one holding its None."""
     diff = [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(before) | set(now))
             if before.get(k) != now.get(k)]
     return "; ".join(diff[:limit]) + (" ..." if len(diff) > limit else "")

@@ -32,10 +32,14 @@ _NOT_INPUTS = {"backbone.eval_batch_size", "backbone.cache_dir", "msf.prompts_di
                "msf.eval_max_examples", "msf.checkpoint_every",
                "backbone.length_buckets", "backbone.compile"}  # how the backbone pass is batched / run, not what
 # Fields added after job ids, provenance records and inputs.json files were first written, with the
-# default that means "not used". At that default they are left out of all three (so what earlier
-# versions wrote stays valid); set, they enter all three. The one table job ids
-# (sweep.jobs.job_context), fingerprints (provenance) and stage inputs (below) read.
+# default that means "not used". At that default they are left out of job ids and fingerprints (so
+# what earlier versions wrote stays valid); set, they enter them. Stage inputs leave out a default
+# that is not None; a None stays in (as `null`, as it always was): `describe_changes` reads a missing
+# key as None, so both forms compare equal. The one table job ids (sweep.jobs.job_context),
+# fingerprints (provenance) and stage inputs (below) read. `backbone.chat_template` is older than
+# this rule: always in fingerprints and inputs, in job ids only when on (sweep.jobs).
 LATE_FIELDS: dict[str, Any] = {"backbone.answer_prefix": "", "data.shots_per_class": None}
+assert len({p.split(".")[1] for p in LATE_FIELDS}) == len(LATE_FIELDS)  # job ids key them by field name
 _TASK_LISTS = {"data.tasks", "data.unseen_tasks", "data.split_file"}  # which tasks, not how each is trained
 # `ipt ist` names each job by task, lr and init seed: other values are other jobs, not changed ones.
 # (Its data seed is MSF's own draw, which `ipt ist` checks: another one is refused, not a new job.)
@@ -62,7 +66,7 @@ def stage_inputs(cfg: IPTConfig, stage: str, extra: dict[str, Any] | None = None
     if stage in ("pt", "ist"):
         out = {k: v for k, v in out.items() if k not in _TASK_LISTS | _IN_JOB_ID.get(stage, set())}
     for k, unset in LATE_FIELDS.items():  # directories written before these fields existed lack them
-        if k in out and out[k] == unset:
+        if unset is not None and k in out and out[k] == unset:
             del out[k]
     out.update({f"input.{k}": v for k, v in (extra or {}).items()})
     return json.loads(json.dumps(out, sort_keys=True, default=str))  # what a JSON round trip gives back

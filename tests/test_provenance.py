@@ -111,7 +111,7 @@ def test_late_fields_enter_ids_fingerprints_and_inputs_only_when_set():
     tasks = _tasks("a b", "c d")
     for path in LATE_FIELDS:
         section, name = path.split(".")
-        assert name not in job_context(plain, "pt") and path not in stage_inputs(plain, "pt")
+        assert name not in job_context(plain, "pt") and stage_inputs(plain, "pt").get(path) is None
         assert path not in backbone_fingerprint(plain) and path not in data_fingerprint(plain, tasks, 1)
         cfg = load_config(None, ["data.data_seed=1", f"{path}={_SET[path]}"])
         fingerprint = backbone_fingerprint(cfg) if section == "backbone" else data_fingerprint(cfg, tasks, 1)

@@ -76,6 +76,15 @@ def test_a_per_class_draw_changes_the_ids_and_leaving_it_unset_does_not():
         "sweep.data_seeds=[42, 7]", "sweep.lrs=[0.3, 0.1]", "data.shots_per_class=16", "data.data_seed=42"])
     assert expand_pt(cfg, TRAIN, UNSEEN)[0].job_id == "pt-92fa3e4e116a06"  # as pinned above
     assert {j.job_id for j in expand_pt(per_class, TRAIN, UNSEEN)}.isdisjoint(j.job_id for j in expand_pt(cfg, TRAIN, UNSEEN))
+    # pinned with the code before rerun.LATE_FIELDS (96ff193): set, the late fields give these ids
+    prefixed = load_config(None, tiny_overrides(Path("/pinned/run"), Path("/pinned/data")) + [
+        "sweep.data_seeds=[42, 7]", "sweep.lrs=[0.3, 0.1]", "backbone.answer_prefix=Answer"])
+    both = load_config(None, tiny_overrides(Path("/pinned/run"), Path("/pinned/data")) + [
+        "sweep.data_seeds=[42, 7]", "sweep.lrs=[0.3, 0.1]", "data.shots_per_class=16", "data.data_seed=42",
+        "backbone.answer_prefix=Answer"])
+    assert expand_pt(per_class, TRAIN, UNSEEN)[0].job_id == "pt-e0a0da6375860c"
+    assert expand_pt(prefixed, TRAIN, UNSEEN)[0].job_id == "pt-efb159905ff033"
+    assert expand_pt(both, TRAIN, UNSEEN)[0].job_id == "pt-3cc222298df700"
 
 
 def test_msf_run_id_is_logged_but_not_part_of_the_id():
