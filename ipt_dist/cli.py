@@ -133,7 +133,11 @@ def _run(args: argparse.Namespace) -> int:
         if result.get("mlflow_view"):
             db = result["tracking_uri"]
             ui = db.rstrip("/") if db.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
-            print(f"then open {ui}{result['mlflow_view']} (every stage's run, headline metrics)")
+            from ipt_dist.tracking import PIPELINE_VIEW
+
+            what = ("every stage's run with the headline metrics, each sweep expandable into its jobs"
+                    if result["mlflow_view"].endswith(PIPELINE_VIEW) else "every stage's run with the headline metrics")
+            print(f"then open {ui}{result['mlflow_view']} ({what})")
         return 0
     cfg = load_cli_config(args)
     from ipt_dist.tracking import make_tracker

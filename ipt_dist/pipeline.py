@@ -151,7 +151,8 @@ def _mark_msf(cfg_d: IPTConfig) -> None:
 
 
 def _publish_ui_views(cfg: IPTConfig) -> str | None:
-    """The MLflow UI's overview of this experiment (all stages' runs, headline metrics); its URL path."""
+    """The MLflow UI's view of this experiment to open (all stages' runs, headline metrics; see
+    `tracking.publish_ui_views`); its URL path."""
     from mlflow import MlflowClient
 
     from ipt_dist.tracking import publish_ui_views, resolve_tracking_uri

@@ -410,14 +410,20 @@ def make_tracker(cfg: IPTConfig, run_name: str, *, enabled: bool = True, tags: d
     return tracker
 
 
-# The MLflow UI's runs table loads 100 runs per page, newest first, and nests a child under its
-# parent only when both are loaded (mlflow#1896): a sweep's jobs fill the first page and hide the
-# other stages. The UI also opens an experiment on its GenAI traces tab. A *shared view* (an
-# experiment tag `mlflow.sharedViewState.<key>` that `.../runs?viewStateShareKey=<key>` opens)
-# fixes the filter, the order and the columns, so these views land where a user needs them.
+# The MLflow UI's runs table loads 100 runs per page and nests a child under its parent only when
+# sorted by date ("Created"); a loaded child's parent is fetched, but a stage none of whose runs is
+# on the loaded page is not shown at all (mlflow#1896): newest first, a sweep's jobs fill the first
+# page and hide the other stages. The UI also opens an experiment on its GenAI traces tab. A *shared
+# view* (an experiment tag `mlflow.sharedViewState.<key>` that `.../runs?viewStateShareKey=<key>`
+# opens) fixes the filter, the order and the columns, so these views land where a user needs them.
 # (MLflow 3.17 reads its search facets and columns; pinned and expanded rows it does not share.)
+#   - `ipt-pipeline`: every run, oldest first: the stages top to bottom in the order they ran, each
+#     sweep expandable into its jobs. Complete on the first screen while every top-level run is
+#     among the oldest 100 runs (the earlier stages' sweeps have fewer than ~100 jobs in all).
+#   - `ipt-overview`: only the top-level runs, at any size, without the jobs.
 VIEW_TAG = "mlflow.sharedViewState."
-OVERVIEW_VIEW, JOBS_VIEW = "ipt-overview", "ipt-jobs"
+OVERVIEW_VIEW, JOBS_VIEW, PIPELINE_VIEW = "ipt-overview", "ipt-jobs", "ipt-pipeline"
+UI_PAGE = 100  # runs per page of the UI's runs table
 OVERVIEW_FILTER = "tags.`mlflow.parentRunId` IS NULL"
 JOBS_FILTER = "tags.`ipt.role` = 'job'"
 JOB_COLUMNS = (["params.`task`", "params.`setting`", "params.`d`", "params.`decoder`", "params.`lr`",
@@ -432,36 +438,45 @@ def headline_metrics(metric_keys) -> list[str]:
     return sorted({k for k in metric_keys if k in ("pt/mean_test", "best_dev") or k.endswith("/mean_relative")})
 
 
-def _view_state(search_filter: str, columns: list[str]) -> str:
+def _view_state(search_filter: str, columns: list[str], *, oldest_first: bool = False) -> str:
     import json
 
     columns = ["attributes.`Duration`", *columns]
-    return json.dumps({"searchFilter": search_filter, "orderByKey": "attributes.start_time", "orderByAsc": False,
+    return json.dumps({"searchFilter": search_filter, "orderByKey": "attributes.start_time", "orderByAsc": oldest_first,
                        "startTime": "ALL", "lifecycleFilter": "Active", "datasetsFilter": [],
                        "modelVersionFilter": "All Runs", "selectedColumns": columns})
 
 
 def publish_ui_views(client, experiment_id: str) -> str:
-    """Write the UI's two shared views of this experiment; returns the overview's URL path.
+    """Write the UI's shared views of this experiment; returns the URL path of the one to open.
 
-    - `ipt-overview`: every top-level run (PT sweep, MSF per d, IST sweep, single-stage runs), with
-      the headline metrics of all of them as columns: what the README tells a user to open.
+    - `ipt-pipeline`: every run, oldest first, with the headline metrics and the jobs' columns: each
+      stage's top-level run in the order the stages ran, each sweep expandable into its jobs.
+    - `ipt-overview`: every top-level run (PT sweep, MSF per d, IST sweep, single-stage runs) with
+      the headline metrics of all of them as columns, without the jobs.
     - `ipt-jobs`: the job runs, nested under their sweep, with task, setting, d, lr, seed and scores.
-    Re-publishing replaces both (new headline columns appear as stages finish).
+    The path returned is the pipeline view's when every top-level run is on its first page (the UI
+    loads `UI_PAGE` runs), else the overview's. Re-publishing replaces all three (new headline
+    columns appear as stages finish).
     """
     keys: set[str] = set()
+    newest_top = 0
     token = None
     while True:  # top-level runs are few: one per stage and d, a few per pipeline
         page = client.search_runs([experiment_id], OVERVIEW_FILTER, max_results=1000, page_token=token)
         for run in page:
             keys.update(run.data.metrics)
+            newest_top = max(newest_top, run.info.start_time or 0)
         token = page.token
         if not token:
             break
     overview = [f"metrics.`{k}`" for k in headline_metrics(keys)]
     client.set_experiment_tag(experiment_id, VIEW_TAG + OVERVIEW_VIEW, _view_state(OVERVIEW_FILTER, overview))
     client.set_experiment_tag(experiment_id, VIEW_TAG + JOBS_VIEW, _view_state(JOBS_FILTER, JOB_COLUMNS))
-    return ui_view_path(experiment_id)
+    client.set_experiment_tag(experiment_id, VIEW_TAG + PIPELINE_VIEW,
+                              _view_state("", list(dict.fromkeys(overview + JOB_COLUMNS)), oldest_first=True))
+    before = client.search_runs([experiment_id], f"attributes.start_time <= {newest_top}", max_results=UI_PAGE + 1)
+    return ui_view_path(experiment_id, PIPELINE_VIEW if len(before) <= UI_PAGE else OVERVIEW_VIEW)
 
 
 def publish_sweep_view(client, experiment_id: str, stage: str, sweep_key: str) -> str:

@@ -125,7 +125,7 @@ def test_ui_views_are_shared_view_tags_the_runs_table_opens(tmp_path):
     msf = client.create_run(exp, run_name="msf-d2").info.run_id
     client.log_metric(msf, "best_dev", 0.5)
 
-    assert publish_ui_views(client, exp) == f"/#/experiments/{exp}/runs?viewStateShareKey=ipt-overview"
+    assert publish_ui_views(client, exp) == f"/#/experiments/{exp}/runs?viewStateShareKey=ipt-pipeline"
     assert publish_sweep_view(client, exp, "ist", "k1") == f"/#/experiments/{exp}/runs?viewStateShareKey=ipt-ist-jobs"
     tags = client.get_experiment(exp).tags
     overview = json.loads(tags[VIEW_TAG + "ipt-overview"])
@@ -137,6 +137,29 @@ def test_ui_views_are_shared_view_tags_the_runs_table_opens(tmp_path):
     jobs = json.loads(tags[VIEW_TAG + "ipt-ist-jobs"])
     assert [r.info.run_id for r in client.search_runs([exp], jobs["searchFilter"])] == [job]
     assert "metrics.`relative`" in jobs["selectedColumns"]
+    pipeline = json.loads(tags[VIEW_TAG + "ipt-pipeline"])  # every run, oldest first, both column sets once
+    assert pipeline["searchFilter"] == "" and pipeline["orderByAsc"] is True
+    assert pipeline["orderByKey"] == "attributes.start_time"
+    cols = pipeline["selectedColumns"]
+    assert len(cols) == len(set(cols)) and {"metrics.`ist_unseen_d2/mean_relative`", "params.`task`"} <= set(cols)
+
+
+def test_ui_link_is_the_overview_when_a_stage_is_past_the_first_page(tmp_path):
+    """The pipeline view (oldest first) shows a stage only if its run is among the first page's runs:
+    101 jobs of the first sweep push a later stage's run off it, so the link is the overview."""
+    from mlflow import MlflowClient
+
+    from ipt_dist.tracking import UI_PAGE, publish_ui_views
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.create_experiment("views")
+    sweep = client.create_run(exp, run_name="pt-sweep", start_time=1000).info.run_id
+    for i in range(UI_PAGE - 2):  # the sweep, its jobs and one later stage fill the first page exactly
+        client.create_run(exp, run_name=f"j{i}", start_time=2000 + i, tags={"mlflow.parentRunId": sweep})
+    client.create_run(exp, run_name="msf-d2", start_time=9000)
+    assert publish_ui_views(client, exp).endswith("viewStateShareKey=ipt-pipeline")
+    client.create_run(exp, run_name="ist-sweep", start_time=9001)  # the 101st run
+    assert publish_ui_views(client, exp).endswith("viewStateShareKey=ipt-overview")
 
 
 # ----------------------------------------------------------------------------- MLflow 3: models and datasets

@@ -344,7 +344,7 @@ class SweepTracker:
             log.warning("MLflow: the UI views were not written (%s)", exc)
             return
         log.info("MLflow UI: %s shows every stage's run with the headline metrics, %s this sweep's jobs",
-                 path, jobs)
+                 path, jobs)  # path: the pipeline view (sweeps expandable) when it fits one page
 
 
 class BackgroundSweepTracker:

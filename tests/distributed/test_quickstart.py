@@ -156,9 +156,10 @@ def test_mlflow_server_shows_the_sweep_runs(quickstart_server):
 @pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)
 def test_mlflow_ui_shows_every_stage_on_the_first_screen(quickstart_server, tmp_path):
     """What a user following the README sees, rendered by a browser from the real UI (the IST sweep's
-    jobs fill the unfiltered table's first page, as in the full quickstart): the overview lists every stage's run with the headline metrics as
-    columns; a sweep's view nests its jobs under it (expandable); the README's filter recipe finds
-    jobs under their sweep."""
+    jobs fill the newest-first table's first page, as in the full quickstart): the pipeline view
+    (the link printed) lists every stage's run with the headline metrics, each sweep expandable; the
+    overview lists every stage's run with the headline metrics as columns; a sweep's view nests its
+    jobs under it (expandable); the README's filter recipe finds jobs under their sweep."""
     import urllib.parse
 
     from mlflow import MlflowClient
@@ -185,6 +186,20 @@ def test_mlflow_ui_shows_every_stage_on_the_first_screen(quickstart_server, tmp_
         assert column in text, f"column {column} not on the overview"
     assert text[text.index("matching runs") - 1] == str(len(top))
     assert any(t[:5] == repr(ist.data.metrics["ist_unseen_d8/mean_relative"])[:5] for t in text)  # values too
+
+    # the link a user is given: every run oldest first, so each stage's run is on the first page
+    # and each sweep expands into its jobs (the IST sweep's 110 jobs reach past that page)
+    from ipt_dist.tracking import publish_ui_views
+
+    assert publish_ui_views(client, exp) == ui_view_path(exp, "ipt-pipeline")
+    dom = render_page(quickstart_server + ui_view_path(exp, "ipt-pipeline"), tmp_path / "pipeline")
+    text = page_text(dom)
+    for run in top:
+        assert run.info.run_name in text, f"{run.info.run_name} not on the pipeline view: {text}"
+    for column in headline + ["task", "relative"]:
+        assert column in text, f"column {column} not on the pipeline view"
+    for sweep in (pt, ist):
+        assert run_name_cell_has_expander(dom, sweep.info.run_id), f"{sweep.info.run_name} cannot be expanded"
 
     # the oldest sweep: its jobs are never on the first page of the unfiltered table
     dom = render_page(quickstart_server + ui_view_path(exp, "ipt-pt-jobs"), tmp_path / "pt_jobs")
