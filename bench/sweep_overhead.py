@@ -41,8 +41,8 @@ def main() -> None:
     from ipt_dist.config import load_config
     from ipt_dist.distributed.cluster import task_slots
     from ipt_dist.distributed.fanout import run_sweep
-    from ipt_dist.sweep.smoke import prepare_smoke
     from ipt_dist.stages.common import setup_logging
+    from ipt_dist.sweep.smoke import prepare_smoke
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True)

@@ -92,7 +92,7 @@ def _load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
-            return {k: f.get_tensor(k) for k in f.keys()}, meta
+            return {k: f.get_tensor(k) for k in f.keys()}, meta  # noqa: SIM118 - safe_open is not iterable
     except FileNotFoundError:
         raise
     except Exception as exc:  # safetensors raises its own error types for truncated files

@@ -286,8 +286,8 @@ def make_report(run_dir: str | Path) -> Path:
                  "## Relative performance (IST / PT averaged over draws: this summary predates pairing; run the "
                  "IST sweep command again to rewrite it with paired ratios)")
         lines += [title, "",
-                  "| setting | d | decoder | tasks | mean score | mean PT | mean relative | 95% CI "
-                  "| ratio of means |",
+                  ("| setting | d | decoder | tasks | mean score | mean PT | mean relative | 95% CI "
+                   "| ratio of means |"),
                   "|---|---|---|---|---|---|---|---|---|"]
         for s in summary.get("settings", []):
             lines.append(f"| {s.get('label')} | {_fmt(s.get('d'))} | {_fmt(s.get('decoder'))} | {_fmt(s.get('n_tasks'))}"
@@ -296,8 +296,8 @@ def make_report(run_dir: str | Path) -> Path:
         # The summary's notes state the rule it was computed with (paired per draw, the interval) and
         # every (task, draw) left without a ratio.
         lines += [""] + [f"- {n}" for n in summary.get("notes", [])]
-        lines += ["", "Paper (random split, BART-base): d=5 recovers 87% (seen tasks, new data) / 65% (unseen); "
-                  "d=250: 97% / 83%.", ""]
+        lines += ["", ("Paper (random split, BART-base): d=5 recovers 87% (seen tasks, new data) / 65% (unseen); "
+                       "d=250: 97% / 83%."), ""]
         if plot_relative_performance(summary, out / "relative_performance.png"):
             figures.append(("Relative performance vs intrinsic dimension", "relative_performance.png"))
         if plot_ist_vs_pt(summary, out / "ist_vs_pt.png"):
@@ -311,8 +311,8 @@ def make_report(run_dir: str | Path) -> Path:
     if summary is not None:
         cols = list(_best_columns(summary).values())
         head = " | ".join(f"{c} | {c} PT | {c} ratio" for c in cols)
-        lines += ["## Per task", "", "PT: all draws at PT's lr; `<col> PT`: PT on the column's own draws "
-                  "(its denominator); the ratio is the mean over draws of the per-draw ratios.", "",
+        lines += ["## Per task", "", ("PT: all draws at PT's lr; `<col> PT`: PT on the column's own draws "
+                                      "(its denominator); the ratio is the mean over draws of the per-draw ratios."), "",
                   "| task | split | metric | PT | " + head + " |",
                   "|---|---|---|---|" + "---|" * (3 * len(cols))]
         for r in summary.get("rows", []):

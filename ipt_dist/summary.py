@@ -43,8 +43,8 @@ __all__ = [
     "SETTING_LABELS",
     "Selection",
     "Summary",
-    "column_name",
     "bootstrap_mean_ci",
+    "column_name",
     "mean_std",
     "pt_scores_by_draw",
     "select_best_lr",
@@ -403,8 +403,8 @@ def summarize_ist(records: list[dict], pt_records: list[dict] | None = None, see
                        "mean_std_over_seeds"]
     notes = ["score = mean test over data seeds at the lr with the best mean dev (per setting and task)",
              RELATIVE_RULE,
-             "n_tasks = tasks with a score; n_relative = tasks with at least one paired ratio "
-             "(mean_relative, its interval and ratio_of_means are over these)"]
+             ("n_tasks = tasks with a score; n_relative = tasks with at least one paired ratio "
+              "(mean_relative, its interval and ratio_of_means are over these)")]
     missing_pt = [t for t in tasks if t not in pt_sel]
     if missing_pt:
         notes.append(f"no PT score for {', '.join(missing_pt)}: their ratios are blank")

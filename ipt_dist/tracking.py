@@ -70,7 +70,7 @@ def check_tracking_store(cfg: IPTConfig, timeout: float = 5.0) -> str:
         rest = uri[len("sqlite://"):]
         if rest in ("", "/", "/:memory:"):
             return uri
-        db = Path(rest[1:] if rest.startswith("/") else rest).expanduser()  # sqlite:////abs -> /abs
+        db = Path(rest.removeprefix("/")).expanduser()  # sqlite:////abs -> /abs
         if db.is_dir():
             raise ConfigError(f"{where}: {db} is a directory, not a database file. Fix: name a file, e.g. "
                               f"sqlite:///{(db / 'mlflow.db').resolve()}")
@@ -186,7 +186,8 @@ class MLflowTracker:
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
-        items = [Metric(metric_key(k), float(v), ts, step or 0) for k, v in metrics.items() if v == v]
+        items = [Metric(metric_key(k), float(v), ts, step or 0) for k, v in metrics.items()
+                 if v == v]  # noqa: PLR0124 - v != v only for NaN: drop NaNs
         for i in range(0, len(items), MAX_METRICS_PER_BATCH):
             self.client.log_batch(self.run_id, metrics=items[i : i + MAX_METRICS_PER_BATCH])
 
@@ -391,7 +392,7 @@ def get_or_create_experiment(client, name: str, tracking_uri: str | None = None)
         return exp.experiment_id
     try:
         return client.create_experiment(name, artifact_location=artifact_location(tracking_uri or ""))
-    except Exception:  # noqa: BLE001 - another process created it first
+    except Exception:  # another process created it first
         exp = client.get_experiment_by_name(name)
         if exp is None:
             raise

@@ -14,7 +14,7 @@ from pathlib import Path
 # a checkout works without `pip install`, also under `ray job submit`
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ipt_dist.distributed import sweep_cli  # noqa: E402
+from ipt_dist.distributed import sweep_cli
 
 
 def main(argv: list[str] | None = None) -> int:

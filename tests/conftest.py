@@ -78,4 +78,4 @@ def _no_leaked_tracking_uri():
 
 
 # The sweep tests' stage-0 inputs (session-scoped: shared by tests/sweep and tests/distributed).
-from tests.sweep.fixtures import stage0  # noqa: E402, F401
+from tests.sweep.fixtures import stage0  # noqa: F401

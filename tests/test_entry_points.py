@@ -67,11 +67,11 @@ def test_the_installed_command_is_clean_and_debug_shows_the_traceback(tmp_path, 
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     env.pop("IPT_DEBUG", None)
     cmd = [sys.executable, "-m", "ipt_dist.cli", "pt", "--config", str(bad_config), "--out", str(tmp_path / "o")]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, check=False)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert [ln for ln in r.stderr.splitlines() if ln.strip()] == [r.stderr.strip()]  # one line in all
     assert r.stderr.startswith("error: ") and "pt.lrr" in r.stderr
-    r = subprocess.run(cmd + ["--debug"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    r = subprocess.run(cmd + ["--debug"], capture_output=True, text=True, env=env, cwd=tmp_path, check=False)
     assert r.returncode == 2 and "Traceback" in r.stderr and "ConfigError" in r.stderr
 
 

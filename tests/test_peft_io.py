@@ -121,8 +121,8 @@ def test_exported_adapter_matches_peft_files_and_generates_like_ours(kind, bases
     batch = ours.collate_generate(ids)  # padded: right for T5, left for LLaMA
     B = len(INPUTS)
     mine = ours.generate_ids(prompt.expand(B, L, H), batch)
-    greedy = dict(max_new_tokens=8, num_beams=1, do_sample=False, pad_token_id=ours.pad_id,
-                  eos_token_id=ours.eos_id)
+    greedy = {"max_new_tokens": 8, "num_beams": 1, "do_sample": False, "pad_token_id": ours.pad_id,
+              "eos_token_id": ours.eos_id}
     if kind == "tiny-t5":
         theirs = pmodel.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **greedy)
     else:

@@ -250,7 +250,7 @@ def test_bootstrap_interval_contains_the_mean_shrinks_with_more_tasks_and_is_det
         assert row["mean_relative"] == pytest.approx(0.9)
         assert row["mean_relative_ci_low"] < row["mean_relative"] < row["mean_relative_ci_high"]
     assert few["n_relative"] == 5 and many["n_relative"] == 20
-    width = lambda r: r["mean_relative_ci_high"] - r["mean_relative_ci_low"]  # noqa: E731
+    width = lambda r: r["mean_relative_ci_high"] - r["mean_relative_ci_low"]
     assert width(many) < width(few)
     assert 0.3 < width(many) / width(few) < 0.7  # ~1/sqrt(4): a real bootstrap, not a constant
     again = summarize_ist(*reversed(ratio_records(ratios))).settings[0]

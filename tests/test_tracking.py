@@ -265,10 +265,10 @@ def test_sweep_children_carry_their_draw_as_a_dataset_input_and_batched_values(t
 
     from mlflow import MlflowClient
 
-    from ipt_dist.sweep.plan import check_data_files as _check_data
     from ipt_dist.distributed.sweep_tracking import PARAM_FIELDS, SweepTracker, sweep_key
     from ipt_dist.provenance import split_digest
     from ipt_dist.stages.common import load_raw
+    from ipt_dist.sweep.plan import check_data_files as _check_data
     from tests.conftest import tiny_overrides
 
     cfg = load_config(None, tiny_overrides(tmp_path, demo_dir) + ["data.train_size=6", "data.data_seed=42"])

@@ -8,9 +8,9 @@ import json
 import logging
 import random
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 from ipt_dist.data.records import Example, TaskData, TaskInfo
 

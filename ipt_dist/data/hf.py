@@ -126,7 +126,9 @@ def load_hf_task(
                 nonlocal n_bad
                 n_bad += 1
                 if n_bad <= _MAX_PROBLEMS_PER_FILE:
-                    problems.append(f"{source} split {theirs!r} row {_i} (0-based): {msg}")
+                    problems.append(
+                        f"{source} split {theirs!r} row {_i} (0-based): {msg}"  # noqa: B023 - called in this iteration
+                    )
 
             ex = _make_example(inp, outp, None, opts, report, keys=keys)
             if ex is not None:

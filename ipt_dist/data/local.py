@@ -68,8 +68,7 @@ def _iter_lines(path: Path, fp: _FileProblems) -> Iterator[tuple[int, str]]:
     Decoding line by line (rather than the whole file) lets the error name the bad line.
     """
     raw = path.read_bytes()
-    if raw.startswith(_UTF8_BOM):  # files saved by Windows editors; the BOM is not part of the text
-        raw = raw[len(_UTF8_BOM) :]
+    raw = raw.removeprefix(_UTF8_BOM)  # files saved by Windows editors; the BOM is not part of the text
     for lineno, bline in enumerate(raw.split(b"\n"), start=1):
         try:
             line = bline.decode("utf-8")

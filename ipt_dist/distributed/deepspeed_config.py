@@ -29,15 +29,15 @@ from ipt_dist.config import IPTConfig
 from ipt_dist.errors import UserError
 
 __all__ = [
-    "DeepSpeedConfigError",
     "BatchSizes",
+    "DeepSpeedConfigError",
     "batch_sizes",
-    "resolve_ds_config_path",
+    "build_ds_config",
     "load_ds_config",
     "resolve_ds_config",
-    "build_ds_config",
-    "zero_stage",
+    "resolve_ds_config_path",
     "shipped_ds_configs",
+    "zero_stage",
 ]
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]

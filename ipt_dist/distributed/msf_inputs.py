@@ -11,10 +11,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ipt_dist import paths
 from ipt_dist.artifacts import ArtifactError, load_task_prompts
 from ipt_dist.config import IPTConfig
 from ipt_dist.distributed.deepspeed_config import DeepSpeedConfigError, build_ds_config
-from ipt_dist import paths
 from ipt_dist.errors import UserError
 from ipt_dist.modeling.backbone import configured_hidden_size
 from ipt_dist.paths import msf_dist_dir

@@ -55,7 +55,7 @@ def tiny_config(kind: str, vocab_size: int, hidden: int = 64):
     """Config of a 2-layer model with hidden size `hidden` (tests use 32-64)."""
     from transformers import BartConfig, GPT2Config, LlamaConfig, T5Config
 
-    ids = dict(pad_token_id=0, eos_token_id=1, bos_token_id=2)
+    ids = {"pad_token_id": 0, "eos_token_id": 1, "bos_token_id": 2}
     if kind == "tiny-t5":
         return T5Config(
             vocab_size=vocab_size, d_model=hidden, d_kv=hidden // 4, d_ff=2 * hidden, num_layers=2,
@@ -102,23 +102,27 @@ def save_tiny_backbone(kind: str, path, hidden: int = 64, seed: int = 0) -> str:
 
 # Architecture shapes of real models, random-initialised for benchmarks (no weights needed).
 ARCH_CONFIGS: dict[str, tuple[str, dict]] = {
-    "bart-base": ("bart", dict(d_model=768, encoder_layers=6, decoder_layers=6, encoder_attention_heads=12,
-                               decoder_attention_heads=12, encoder_ffn_dim=3072, decoder_ffn_dim=3072,
-                               vocab_size=50265, max_position_embeddings=1024)),
-    "bart-large": ("bart", dict(d_model=1024, encoder_layers=12, decoder_layers=12, encoder_attention_heads=16,
-                                decoder_attention_heads=16, encoder_ffn_dim=4096, decoder_ffn_dim=4096,
-                                vocab_size=50265, max_position_embeddings=1024)),
-    "t5-base": ("t5", dict(d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12, vocab_size=32128)),
-    "t5-large": ("t5", dict(d_model=1024, d_kv=64, d_ff=4096, num_layers=24, num_heads=16, vocab_size=32128)),
-    "smollm2-135m": ("llama", dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                                   num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,
-                                   tie_word_embeddings=True, max_position_embeddings=8192)),
-    "llama-1b": ("llama", dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-                               num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
-                               tie_word_embeddings=True, max_position_embeddings=8192)),
-    "llama-3b": ("llama", dict(hidden_size=3072, intermediate_size=8192, num_hidden_layers=28,
-                               num_attention_heads=24, num_key_value_heads=8, vocab_size=128256,
-                               tie_word_embeddings=True, max_position_embeddings=8192)),
+    "bart-base": ("bart", {"d_model": 768, "encoder_layers": 6, "decoder_layers": 6,
+                           "encoder_attention_heads": 12, "decoder_attention_heads": 12,
+                           "encoder_ffn_dim": 3072, "decoder_ffn_dim": 3072,
+                           "vocab_size": 50265, "max_position_embeddings": 1024}),
+    "bart-large": ("bart", {"d_model": 1024, "encoder_layers": 12, "decoder_layers": 12,
+                            "encoder_attention_heads": 16, "decoder_attention_heads": 16,
+                            "encoder_ffn_dim": 4096, "decoder_ffn_dim": 4096,
+                            "vocab_size": 50265, "max_position_embeddings": 1024}),
+    "t5-base": ("t5", {"d_model": 768, "d_kv": 64, "d_ff": 3072, "num_layers": 12, "num_heads": 12,
+                       "vocab_size": 32128}),
+    "t5-large": ("t5", {"d_model": 1024, "d_kv": 64, "d_ff": 4096, "num_layers": 24, "num_heads": 16,
+                        "vocab_size": 32128}),
+    "smollm2-135m": ("llama", {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
+                               "num_attention_heads": 9, "num_key_value_heads": 3, "vocab_size": 49152,
+                               "tie_word_embeddings": True, "max_position_embeddings": 8192}),
+    "llama-1b": ("llama", {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
+                           "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256,
+                           "tie_word_embeddings": True, "max_position_embeddings": 8192}),
+    "llama-3b": ("llama", {"hidden_size": 3072, "intermediate_size": 8192, "num_hidden_layers": 28,
+                           "num_attention_heads": 24, "num_key_value_heads": 8, "vocab_size": 128256,
+                           "tie_word_embeddings": True, "max_position_embeddings": 8192}),
 }
 
 
@@ -129,7 +133,7 @@ def arch_config(arch: str):
     if arch not in ARCH_CONFIGS:
         raise ValueError(f"backbone.arch: unknown architecture {arch!r}; choose one of {sorted(ARCH_CONFIGS)}")
     family, kw = ARCH_CONFIGS[arch]
-    ids = dict(pad_token_id=0, eos_token_id=1, bos_token_id=2)
+    ids = {"pad_token_id": 0, "eos_token_id": 1, "bos_token_id": 2}
     if family == "bart":
         return BartConfig(decoder_start_token_id=1, forced_eos_token_id=None, **ids, **kw)
     if family == "t5":

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from ipt_dist.artifacts import ArtifactError, find_prompt, load_prompt, load_task_prompts, read_msf_meta
 from ipt_dist.config import ConfigError, IPTConfig, config_from_dict, config_to_dict
-from ipt_dist.provenance import prompt_digest
 from ipt_dist.data.selection import load_raw, resolve_tasks
 from ipt_dist.paths import absolutize, data_dir
+from ipt_dist.provenance import prompt_digest
 from ipt_dist.summary import pt_scores_by_draw
 from ipt_dist.sweep.grid import expand_ist, expand_pt, msf_eval_tasks, pca_tasks
 from ipt_dist.sweep.jobs import (

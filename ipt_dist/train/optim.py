@@ -24,7 +24,7 @@ def linear_warmup_decay(step: int, total_steps: int, warmup_steps: int) -> float
 
 
 def warmup_steps_for(total_steps: int, warmup_ratio: float) -> int:
-    return int(math.ceil(total_steps * warmup_ratio)) if warmup_ratio > 0 else 0
+    return math.ceil(total_steps * warmup_ratio) if warmup_ratio > 0 else 0
 
 
 def clip_rows_(grad: torch.Tensor, max_norm: torch.Tensor) -> torch.Tensor:

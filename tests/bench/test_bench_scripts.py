@@ -19,7 +19,7 @@ def _run_without(blocked: list[str], script: str, args: list[str], tmp_path: Pat
         (shadow / name / "__init__.py").write_text(f"raise ImportError('{name} is not installed on this box')\n")
     env = {**os.environ, "PYTHONPATH": str(shadow), "HF_HUB_OFFLINE": "1", "DS_ACCELERATOR": "cpu"}
     return subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], capture_output=True, text=True,
-                          cwd=tmp_path, env=env, timeout=600)
+                          cwd=tmp_path, env=env, timeout=600, check=False)
 
 
 ROW_FIELDS = {"K", "kind", "step_s", "jobs_per_hour", "tokens_per_s", "model_tflops", "utilization", "pad_share",

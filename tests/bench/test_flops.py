@@ -2,10 +2,9 @@
 
 
 import pytest
-
-from tests.bench import bench_module
 import torch
 
+from tests.bench import bench_module
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.bench import bench_module
-
 from ipt_dist.config import IPTConfig, load_config
+from tests.bench import bench_module
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared" / "data"

@@ -3,13 +3,10 @@
 
 from __future__ import annotations
 
-
 import pytest
 
-from tests.bench import bench_module
-
 from ipt_dist.summary import bootstrap_mean_ci
-
+from tests.bench import bench_module
 
 
 @pytest.fixture(scope="module")

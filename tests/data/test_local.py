@@ -160,8 +160,8 @@ def test_crossfit_task_name_with_underscores_is_not_confused(tmp_path):
 @pytest.mark.parametrize(
     "text, expected",
     [
-        ("ok\tfine\nno tab here\n", "line 2: expected 'input<TAB>output', found no tab. "
-         "Fix: separate input and output with a tab character"),
+        ("ok\tfine\nno tab here\n", ("line 2: expected 'input<TAB>output', found no tab. "
+                                    "Fix: separate input and output with a tab character")),
         ("ok\tfine\n\tanswer\n", "line 2: empty input (column 1)"),
         ("ok\tfine\nquestion\t \n", "line 2: empty output (column 2)"),
         ("ok\tfine\nquestion\ta\t\n", "line 2: empty output (column 3)"),

@@ -164,6 +164,6 @@ def test_distributed_package_imports_neither_ray_nor_deepspeed():
     code = ("import sys, ipt_dist.distributed, ipt_dist.distributed.deepspeed_config; "
             "print(sorted(m for m in ('ray', 'deepspeed', 'mlflow') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"

@@ -238,7 +238,7 @@ def test_zero3_two_workers_match_single_process(zero3_run, reference):
 def test_stopped_run_continues_with_resume(zero3_run):
     from mlflow import MlflowClient
 
-    out, summary, record, error = zero3_run
+    out, summary, record, _error = zero3_run
     rows = history(out)
     assert [(r["step"], r["resumed_from"]) for r in rows] == [(1, 0), (2, 0), (3, 0), (3, 2), (4, 2)]
     assert rows[3]["loss"] == pytest.approx(rows[2]["loss"], rel=1e-9)
@@ -380,8 +380,8 @@ def test_resume_without_a_previous_run_is_a_clear_error(tmp_path, demo_dir):
 
 
 @pytest.mark.parametrize("extra, match", [
-    (["distributed.num_workers=8"], "8 workers (distributed.num_workers) x 1 CPU / 0 GPU each need 8 CPUs / 0 GPUs, "
-                                    "the Ray cluster has 2 CPUs / 0 GPUs"),
+    (["distributed.num_workers=8"], ("8 workers (distributed.num_workers) x 1 CPU / 0 GPU each need 8 CPUs / 0 GPUs, "
+                                     "the Ray cluster has 2 CPUs / 0 GPUs")),
     (["distributed.use_gpu=true"], "need 2 CPUs / 2 GPUs, the Ray cluster has 2 CPUs / 0 GPUs"),
     (["distributed.resources_per_worker={CPU: 3}"], "x 3 CPU / 0 GPU each need 6 CPUs"),
 ])
@@ -482,14 +482,14 @@ class LocalHead:
     def job(self, command: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
         """`ray job COMMAND --address URL ARGS` (ARGS may end with `-- entrypoint`), from the repo root."""
         return subprocess.run([self.ray, "job", command, "--address", self.address, *args], env=self.env,
-                              cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+                              cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False)
 
     def job_status(self, submission_id: str) -> str:
         """The job's JobStatus value (e.g. "SUCCEEDED") from the job server, asked with token auth."""
         code = ("import sys; from ray.job_submission import JobSubmissionClient; "
                 "print(JobSubmissionClient(sys.argv[1]).get_job_status(sys.argv[2]).value)")
         proc = subprocess.run([sys.executable, "-c", code, self.address, submission_id], env=self.env,
-                              capture_output=True, text=True, timeout=120)
+                              capture_output=True, text=True, timeout=120, check=False)
         lines = proc.stdout.strip().splitlines()
         return lines[-1] if lines else f"unknown ({proc.stderr[-2000:]})"
 

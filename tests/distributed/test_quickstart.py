@@ -110,8 +110,10 @@ def test_quickstart_writes_report_plots_and_mlflow_runs(quickstart_run):
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
     msf = [r for r in runs if r.data.tags.get("stage") == "msf"]
     assert len(parents) == 2 and len(msf) == 2
-    assert len(children) == sum(1 for _ in open(out / "pt_sweep" / "results.jsonl")) + sum(
-        1 for _ in open(out / "ist_sweep" / "results.jsonl"))
+    with (open(out / "pt_sweep" / "results.jsonl") as pt_results,
+          open(out / "ist_sweep" / "results.jsonl") as ist_results):
+        n_results = sum(1 for _ in pt_results) + sum(1 for _ in ist_results)
+    assert len(children) == n_results
     ist_parent = next(p for p in parents if p.data.tags.get("mlflow.runName", "").startswith("ist")
                       or "ist" in p.info.run_name)
     arts = {a.path for a in client.list_artifacts(ist_parent.info.run_id, "report")}

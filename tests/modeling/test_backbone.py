@@ -22,7 +22,7 @@ def test_prompt_gets_gradients_backbone_does_not(kind):
     losses, rows = bb.token_losses(prompts, batch)
     assert losses.shape == rows.shape and losses.dtype == torch.float32
     # every target token (and nothing else, prompt and input positions included) has a loss
-    assert rows.tolist() == sum(([i] * len(t) for i, t in enumerate(y)), [])
+    assert rows.tolist() == [i for i, t in enumerate(y) for _ in range(len(t))]
     losses.mean().backward()
     assert prompts.grad is not None and prompts.grad.abs().sum() > 0
     assert all(p.grad is None and not p.requires_grad for p in bb.model.parameters())

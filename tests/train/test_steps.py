@@ -101,7 +101,7 @@ def test_train_pack_ist_trains_exactly_jobs_times_d_parameters(setup, monkeypatc
     """Observed inside a real train_pack call, not a list the test builds: every loss backpropagates
     into one leaf tensor, the (K, d) z the optimiser holds; train_pack itself freezes the decoder
     (handed over still requiring grad) and the backbone, which end with no gradient."""
-    import ipt_dist.train.packed as packed
+    from ipt_dist.train import packed
 
     _, bb, data = setup
     decoder = _memorised_decoder(bb, _packed_batch(bb, data))
@@ -137,7 +137,7 @@ def test_train_pack_ist_trains_exactly_jobs_times_d_parameters(setup, monkeypatc
 # alpha balances the LM term: this 12-row batch has 34 target tokens, so its token sum is 34x its mean.
 @pytest.mark.parametrize("reduction, alpha", [("sum", 30.0), ("mean", 1.0)])
 def test_msf_step_lowers_loss_and_only_the_autoencoder_trains(setup, reduction, alpha):
-    cfg, bb, data = setup
+    _cfg, bb, data = setup
     torch.manual_seed(0)
     prompts = torch.randn(3, 4, bb.hidden_size) * 0.5
     ae = PromptAutoencoder(d=4, prompt_len=4, hidden=bb.hidden_size, mid_dim=32)
@@ -226,7 +226,7 @@ def test_train_pack_tracks_best_dev_and_scores_test(setup):
 
 
 def test_packs_reject_mixed_kinds_and_missing_data(setup):
-    _, bb, data = setup
+    _, bb, _data = setup
     jobs = [Job("a", TASKS[0], "pt"), Job("b", TASKS[1], "ist")]
     with pytest.raises(ValueError, match="one kind"):
         train_pack(bb, jobs, {}, PackSettings(), prompt_len=4)
