@@ -22,21 +22,21 @@ from ipt_dist.data.records import FORMATS
 from ipt_dist.errors import UserError
 
 __all__ = [
-    "ConfigError",
     "BackboneConfig",
+    "ConfigError",
     "DataConfig",
-    "ScheduleConfig",
-    "PTConfig",
-    "MSFConfig",
-    "ISTConfig",
     "DistributedConfig",
+    "IPTConfig",
+    "ISTConfig",
+    "MSFConfig",
+    "PTConfig",
+    "ScheduleConfig",
     "SweepConfig",
     "TrackingConfig",
-    "IPTConfig",
-    "load_config",
     "config_from_dict",
     "config_to_dict",
     "flatten_config",
+    "load_config",
     "save_config",
 ]
 
@@ -194,8 +194,8 @@ class PTConfig(ScheduleConfig):
     # (job seed) among the first `init_vocab_top` ids, as in Lester et al. 2021
     init: str = "random"
     init_vocab_top: int = 5000
-    # Start from these prompts instead of N(0, init_std): a directory of prompt files or an IST
-    # results directory (IPT-initialised PT starts from Dec(z*)).
+    # Start from these prompts instead of `init`: a directory of prompt files `<task>.safetensors`
+    # or PEFT PromptTuning adapters `<task>/`, of shape (prompt_len, H) for this backbone.
     init_from: str | None = None
 
     def problems(self) -> list[str]:
@@ -533,7 +533,7 @@ def _load_yaml_strict(text: str, source: str) -> Any:
         return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
 
     StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
-    data = yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    data = yaml.load(text, Loader=StrictLoader)  # safe: StrictLoader is a SafeLoader subclass
     if repeats:
         raise ConfigError(f"{source}: repeated keys (YAML would keep only the last): {'; '.join(repeats)}. "
                           "Fix: merge them into one")

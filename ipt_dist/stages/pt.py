@@ -7,13 +7,10 @@ from __future__ import annotations
 
 import logging
 
-import torch
-
 from ipt_dist.artifacts import (
     append_jsonl,
     ensure_writable_dir,
-    find_prompt,
-    load_prompt,
+    load_task_prompts,
     prompt_path,
     read_jsonl,
     save_prompt,
@@ -68,8 +65,8 @@ def run_pt(cfg: IPTConfig, tasks: list[str] | None = None, tracker=None) -> list
     raw = load_raw(cfg, todo)  # fails on bad data before any training
     data = tokenize_raw(cfg, backbone, raw)
     init = None
-    if cfg.pt.init_from:
-        init = torch.stack([load_prompt(find_prompt(cfg.pt.init_from, t))[0] for t in todo])
+    if cfg.pt.init_from:  # prompt files or PEFT adapters, checked like MSF's: shape (L, H), backbone
+        init = load_task_prompts(cfg.pt.init_from, todo, cfg.pt.prompt_len, backbone.hidden_size, backbone.name)
     jobs = [Job(job_id=f"pt-{t}", task=t, kind="pt", lr=cfg.pt.lr, seed=cfg.pt.seed, grad_clip=cfg.pt.grad_clip,
                 params={"data_seed": cfg.data.data_seed}) for t in todo]
     K = cfg.sweep.pack_size

@@ -279,3 +279,35 @@ def test_task_split_problems_are_clear_errors(tiny_cfg, tmp_path, caplog):
     every = replace(every, data=replace(every.data, unseen_tasks=resolve_tasks(every).all))
     with pytest.raises(DataError, match="every task in .* is listed in data.unseen_tasks"):
         resolve_tasks(every)
+
+
+def test_pt_init_from_reads_prompt_files_and_adapters_and_refuses_wrong_ones(tiny_cfg, tmp_path, capsys):
+    """`pt.init_from`: each task starts from its prompt file or its PEFT PromptTuning adapter; a
+    prompt of another shape or backbone is one error naming every problem, exit 2, before training."""
+    from ipt_dist.peft_io import adapter_config, write_adapter
+
+    tasks = ["demo_sentiment", "demo_topic"]
+    start = {t: torch.randn(4, 64, generator=torch.Generator().manual_seed(i)) for i, t in enumerate(tasks)}
+    src = tmp_path / "init"
+    save_prompt(prompt_path(src, tasks[0]), start[tasks[0]], backbone="tiny-t5")
+    write_adapter(src / tasks[1], start[tasks[1]], adapter_config(4, 64, encoder_decoder=True, base_model="tiny-t5"), {})
+    sets = [f"data.tasks=[{', '.join(tasks)}]", "data.unseen_tasks=[]", "pt.steps=1", "pt.eval_every=1",
+            "pt.lr=1e-9", "pt.init=random", f"pt.init_from={src}"]
+    def sets_args(items):
+        return [a for item in items for a in ("--set", item)]
+
+    assert main(["pt", "--config", _write(tiny_cfg, tmp_path / "c.yaml"), *sets_args(sets)]) == 0
+    for t in tasks:  # one Adam step at lr 1e-9 moves no entry by more than ~1e-9
+        p, _ = load_prompt(prompt_path(tiny_cfg.out / "prompts", t))
+        assert torch.allclose(p, start[t], atol=1e-6), t
+
+    bad = tmp_path / "bad"
+    save_prompt(prompt_path(bad, tasks[0]), torch.zeros(5, 64), backbone="tiny-t5")
+    write_adapter(bad / tasks[1], start[tasks[1]], adapter_config(4, 64, encoder_decoder=True, base_model="tiny-llama"), {})
+    capsys.readouterr()
+    rc = main(["pt", "--config", _write(tiny_cfg, tmp_path / "c.yaml"), "--out", str(tmp_path / "out2"),
+               *sets_args([*sets[:-1], f"pt.init_from={bad}"])])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error:") and "2 problem(s)" in err
+    assert "prompt shape (5, 64)" in err and "'tiny-llama'" in err
+    assert not (tmp_path / "out2" / "prompts" / f"{tasks[0]}.safetensors").exists()
