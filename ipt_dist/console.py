@@ -116,6 +116,10 @@ def _quiet_libraries() -> None:
     progress bars off. Nothing is dropped: a library's warnings are in the log file, its errors on
     the console."""
     os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")  # its INFO lines ("Creating ... tables") -> log file
+    # With an http(s) tracking URI, MLflow prints "View run <name> at: <url>" and "View experiment
+    # at: <url>" to stdout for every run it terminates (2 lines per sweep child) after fetching the
+    # run once more from the server; quiet mode prints the UI's link once instead (`ipt` and each sweep).
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     if "mlflow" in sys.modules:
         adopt_loggers("mlflow")
     from transformers.utils import logging as hf_logging

@@ -65,6 +65,8 @@ def test_quiet_console_shows_the_project_and_errors_the_log_file_has_everything(
         "IPT_VERBOSE": "0", "IPT_LOG_DIR": str(tmp_path / "run" / "logs")}}}
     os.environ["IPT_VERBOSE"] = "0"  # set by the user (or a submitted job's runtime_env): not set twice
     assert console.worker_env() == {"IPT_LOG_DIR": str(tmp_path / "run" / "logs")}
+    # MLflow's two "View run ... at: <url>" stdout lines per terminated run (http tracking URIs) are off
+    assert os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] == "true"
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")
@@ -75,6 +77,7 @@ def test_verbose_console_shows_everything_and_ray_forwards_workers(clean_logging
     err = capsys.readouterr().err
     assert "Creating initial database tables" in err and "pt sweep: 1/2 jobs done" in err
     assert console.ray_init_options()["log_to_driver"] is True
+    assert "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT" not in os.environ
 
 
 def test_worker_logging_goes_to_the_run_log_directory(clean_logging, tmp_path, monkeypatch):
