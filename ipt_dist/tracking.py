@@ -289,6 +289,14 @@ def draw_dataset(cfg: IPTConfig, task: str, data_seed: int | None, digest: str, 
             "profile": None if rows is None else json.dumps({"num_rows": rows}), "context": context}
 
 
+def raw_draws(cfg: IPTConfig, raw: dict, data_seed: int | None) -> list[dict]:
+    """The training draws of `raw` (task -> TaskData, as `load_raw` returns) as `draw_dataset`
+    dicts: what a single-stage `ipt pt` / `ipt ist` run records as its dataset inputs."""
+    from ipt_dist.provenance import split_digest
+
+    return [draw_dataset(cfg, t, data_seed, split_digest(d.train), len(d.train)) for t, d in raw.items()]
+
+
 def dataset_inputs(datasets: list[dict]) -> list:
     """MLflow `DatasetInput`s of `draw_dataset` dicts, context tag `mlflow.data.context`."""
     from mlflow.entities import Dataset, DatasetInput, InputTag

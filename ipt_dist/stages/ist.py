@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from ipt_dist.artifacts import append_jsonl, ensure_writable_dir, load_decoder, read_jsonl, read_msf_meta
 from ipt_dist.config import ConfigError, IPTConfig
-from ipt_dist.data.selection import load_raw, load_tokenized, resolve_tasks
+from ipt_dist.data.selection import load_raw, resolve_tasks, tokenize_raw
 from ipt_dist.modeling.autoencoder import random_decoder
 from ipt_dist.modeling.backbone import build_backbone, resolve_auto_dtype
 from ipt_dist.paths import msf_checkpoint_dir, stage_dir
@@ -88,7 +88,12 @@ def run_ist(cfg: IPTConfig, tracker=None) -> list[dict]:
                             grad_clip=cfg.ist.grad_clip,
                             params={"d": meta["d"], "decoder": tag, "data_seed": cfg.data.data_seed,
                                     "seen": t in split.train}))
-    data = load_tokenized(cfg, backbone, sorted({j.task for j in jobs})) if jobs else {}
+    raw = load_raw(cfg, sorted({j.task for j in jobs})) if jobs else {}
+    data = tokenize_raw(cfg, backbone, raw)
+    if tracker is not None and raw:  # each task's draw as a dataset input of this run (MLflow 3)
+        from ipt_dist.tracking import raw_draws
+
+        tracker.log_inputs(raw_draws(cfg, raw, cfg.data.data_seed))
     K = cfg.sweep.pack_size
     for s in range(0, len(jobs), K):
         pack = jobs[s : s + K]

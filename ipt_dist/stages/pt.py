@@ -64,6 +64,10 @@ def run_pt(cfg: IPTConfig, tasks: list[str] | None = None, tracker=None) -> list
     backbone = build_backbone(cfg.backbone, pick_device())
     raw = load_raw(cfg, todo)  # fails on bad data before any training
     data = tokenize_raw(cfg, backbone, raw)
+    if tracker is not None:  # each task's draw as a dataset input of this run (MLflow 3)
+        from ipt_dist.tracking import raw_draws
+
+        tracker.log_inputs(raw_draws(cfg, raw, cfg.data.data_seed))
     init = None
     if cfg.pt.init_from:  # prompt files or PEFT adapters, checked like MSF's: shape (L, H), backbone
         init = load_task_prompts(cfg.pt.init_from, todo, cfg.pt.prompt_len, backbone.hidden_size, backbone.name)

@@ -311,3 +311,28 @@ def test_pt_init_from_reads_prompt_files_and_adapters_and_refuses_wrong_ones(tin
     assert rc == 2 and err.startswith("error:") and "2 problem(s)" in err
     assert "prompt shape (5, 64)" in err and "'tiny-llama'" in err
     assert not (tmp_path / "out2" / "prompts" / f"{tasks[0]}.safetensors").exists()
+
+
+def test_single_stage_pt_run_records_each_tasks_draw_as_a_dataset_input(tiny_cfg, tmp_path):
+    """`ipt pt` with tracking: the run's dataset inputs are the tasks' training draws, named
+    `<task>@<draw>`, with the digest of the examples it trained on (MLflow 3's dataset column)."""
+    from mlflow import MlflowClient
+
+    from ipt_dist.data.selection import load_raw
+    from ipt_dist.provenance import split_digest
+
+    tasks = ["demo_sentiment", "demo_topic"]
+    db = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sets = [f"data.tasks=[{', '.join(tasks)}]", "data.unseen_tasks=[]", "pt.steps=1", "pt.eval_every=1",
+            "tracking.enabled=true", f"tracking.tracking_uri={db}", "tracking.experiment=single"]
+    args = ["pt", "--config", _write(tiny_cfg, tmp_path / "c.yaml")]
+    for item in sets:
+        args += ["--set", item]
+    assert main(args) == 0
+    client = MlflowClient(db)
+    (run,) = client.search_runs([client.get_experiment_by_name("single").experiment_id])
+    got = {d.dataset.name: d.dataset.digest for d in client.get_run(run.info.run_id).inputs.dataset_inputs}
+    raw = load_raw(tiny_cfg, tasks)
+    assert {n.split("@")[0] for n in got} == set(tasks)
+    for name, digest in got.items():
+        assert digest == split_digest(raw[name.split("@")[0]].train)[:36]
