@@ -17,8 +17,8 @@ def clean_logging(monkeypatch):
     """Each test configures logging from scratch; the test session's setup is restored after."""
     root = logging.getLogger()
     saved = (list(root.handlers), root.level, dict(console._state), dict(os.environ))
-    for key in (console.VERBOSE_ENV, console.LOG_DIR_ENV):
-        os.environ.pop(key, None)
+    for key in (console.VERBOSE_ENV, console.LOG_DIR_ENV, "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"):
+        os.environ.pop(key, None)  # an earlier test's entry point may have set them in this process
     console._state.update(verbose=False, log_dir=None, console=None, file=None, worker=None)
     # An earlier in-process entry point may have left warnings captured while pytest since restored
     # warnings.showwarning: logging would then believe it captures and never hook in again.
