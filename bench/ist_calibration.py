@@ -56,6 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     with open(run / "pt_sweep" / "results.jsonl") as f:
         rows_pt = [json.loads(line) for line in f]
     pt = {r["task"]: r["test"] for r in rows_pt if r["data_seed"] == seed and r["task"] in args.tasks}
+    missing = [t for t in args.tasks if t not in pt or not (run / "prompts" / f"{t}.safetensors").exists()
+               and not (run / "prompts" / t).is_dir()]
+    if missing:  # checked before the backbone loads and anything trains
+        print(f"error: {', '.join(missing)}: no PT result for draw {seed} in {run / 'pt_sweep'} or no prompt in "
+              f"{run / 'prompts'}. Fix: pick training tasks of that run", file=sys.stderr)
+        return 2
     backbone = build_backbone(cfg.backbone, pick_device())
     ae, meta = load_msf_checkpoint(run / f"msf_d{args.d}" / "msf", backbone=backbone.name)
     ae.eval()
@@ -80,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"task": r.job.task, "d": args.d, "lr": r.job.lr, "steps": args.steps, "metric": r.metric,
                      "pt_test": pt.get(r.job.task), "setting1_dev": s1_dev[k], "setting1_test": s1_test[k],
                      "ist_dev_curve": r.dev_curve, "ist_best_step": r.best_step, "ist_test": r.test})
+    if args.json:  # before printing: a table problem never loses the measurement
+        Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
     print(f"\nIST calibration, d={args.d}, draw {seed}, {args.steps} steps x batch {cfg.ist.batch_size}, "
           f"dev every {args.eval_every} ({time.time() - t0:.0f} s)")
     print("| task | lr | PT test | setting 1 dev / test | IST dev curve | IST best step | IST test |")
@@ -88,8 +96,6 @@ def main(argv: list[str] | None = None) -> int:
         curve = " ".join(f"{s:.2f}" for _, s in row["ist_dev_curve"])
         print(f"| {row['task']} | {row['lr']} | {row['pt_test']:.3f} | {row['setting1_dev']:.3f} / "
               f"{row['setting1_test']:.3f} | {curve} | {row['ist_best_step']} | {row['ist_test']:.3f} |")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
     return 0
 
 

@@ -118,7 +118,8 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")  # its INFO lines ("Creating ... tables") -> log file
     # With an http(s) tracking URI, MLflow prints "View run <name> at: <url>" and "View experiment
     # at: <url>" to stdout for every run it terminates (2 lines per sweep child) after fetching the
-    # run once more from the server; quiet mode prints the UI's link once instead (`ipt` and each sweep).
+    # run once more from the server. Quiet mode turns that off: the pipeline and each sweep log the
+    # UI's link once, and a single-stage run logs its own run's link (`tracking.MLflowTracker`).
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     if "mlflow" in sys.modules:
         adopt_loggers("mlflow")

@@ -232,6 +232,9 @@ class MLflowTracker:
 
     def _do_end(self, status: str) -> None:
         self.client.set_terminated(self.run_id, status)
+        if self.tracking_uri.startswith(("http://", "https://")):  # MLflow's own "View run" line is off
+            exp = self.client.get_run(self.run_id).info.experiment_id  # in quiet mode (console.py)
+            log.info("MLflow run: %s/#/experiments/%s/runs/%s", self.tracking_uri.rstrip("/"), exp, self.run_id)
 
     def log_params(self, params: dict[str, Any]) -> None:
         self._call("params", params)

@@ -333,6 +333,9 @@ def test_single_stage_pt_run_records_each_tasks_draw_as_a_dataset_input(tiny_cfg
     (run,) = client.search_runs([client.get_experiment_by_name("single").experiment_id])
     got = {d.dataset.name: d.dataset.digest for d in client.get_run(run.info.run_id).inputs.dataset_inputs}
     raw = load_raw(tiny_cfg, tasks)
-    assert {n.split("@")[0] for n in got} == set(tasks)
+    from ipt_dist.provenance import draw_seed
+
+    seed = draw_seed(tiny_cfg, tiny_cfg.data.data_seed)
+    assert set(got) == {f"{t}@{'all' if seed is None else seed}" for t in tasks}
     for name, digest in got.items():
         assert digest == split_digest(raw[name.split("@")[0]].train)[:36]
