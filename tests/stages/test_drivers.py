@@ -313,9 +313,10 @@ def test_pt_init_from_reads_prompt_files_and_adapters_and_refuses_wrong_ones(tin
     assert not (tmp_path / "out2" / "prompts" / f"{tasks[0]}.safetensors").exists()
 
 
-def test_single_stage_pt_run_records_each_tasks_draw_as_a_dataset_input(tiny_cfg, tmp_path):
-    """`ipt pt` with tracking: the run's dataset inputs are the tasks' training draws, named
-    `<task>@<draw>`, with the digest of the examples it trained on (MLflow 3's dataset column)."""
+@pytest.mark.slow
+def test_single_stage_runs_record_each_tasks_draw_as_a_dataset_input(tiny_cfg, tmp_path):
+    """`ipt pt` and `ipt ist` with tracking: each run's dataset inputs are the tasks' training draws,
+    named `<task>@<draw>`, with the digest of the examples it trained on (MLflow 3's dataset column)."""
     from mlflow import MlflowClient
 
     from ipt_dist.data.selection import load_raw
@@ -329,13 +330,17 @@ def test_single_stage_pt_run_records_each_tasks_draw_as_a_dataset_input(tiny_cfg
     for item in sets:
         args += ["--set", item]
     assert main(args) == 0
-    client = MlflowClient(db)
-    (run,) = client.search_runs([client.get_experiment_by_name("single").experiment_id])
-    got = {d.dataset.name: d.dataset.digest for d in client.get_run(run.info.run_id).inputs.dataset_inputs}
-    raw = load_raw(tiny_cfg, tasks)
+    assert main(["msf", *args[1:]]) == 0
+    assert main(["ist", *args[1:], "--set", "ist.steps=1", "--set", "ist.eval_every=1"]) == 0
     from ipt_dist.provenance import draw_seed
 
+    client = MlflowClient(db)
+    runs = client.search_runs([client.get_experiment_by_name("single").experiment_id])
+    raw = load_raw(tiny_cfg, tasks)
     seed = draw_seed(tiny_cfg, tiny_cfg.data.data_seed)
-    assert set(got) == {f"{t}@{'all' if seed is None else seed}" for t in tasks}
-    for name, digest in got.items():
-        assert digest == split_digest(raw[name.split("@")[0]].train)[:36]
+    for run in runs:  # pt, msf and ist
+        got = {d.dataset.name: d.dataset.digest for d in client.get_run(run.info.run_id).inputs.dataset_inputs}
+        assert set(got) == {f"{t}@{'all' if seed is None else seed}" for t in tasks}, run.info.run_name
+        for name, digest in got.items():
+            assert digest == split_digest(raw[name.split("@")[0]].train)[:36]
+    assert len(runs) == 3
