@@ -40,13 +40,13 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from ipt_dist.artifacts import load_msf_checkpoint, load_task_prompts
+    from ipt_dist.artifacts import find_prompt, load_msf_checkpoint, load_task_prompts
     from ipt_dist.config import load_config
     from ipt_dist.data.selection import load_tokenized
     from ipt_dist.modeling.backbone import build_backbone
     from ipt_dist.stages.common import pick_device, setup_logging
     from ipt_dist.train.packed import Job, PackSettings, train_pack
-    from ipt_dist.train.steps import evaluate_groups
+    from ipt_dist.train.steps import evaluate_reconstructed
 
     setup_logging()
     run = Path(args.run)
@@ -56,8 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     with open(run / "pt_sweep" / "results.jsonl") as f:
         rows_pt = [json.loads(line) for line in f]
     pt = {r["task"]: r["test"] for r in rows_pt if r["data_seed"] == seed and r["task"] in args.tasks}
-    missing = [t for t in args.tasks if t not in pt or not (run / "prompts" / f"{t}.safetensors").exists()
-               and not (run / "prompts" / t).is_dir()]
+    missing = [t for t in args.tasks if t not in pt or not find_prompt(run / "prompts", t).exists()]
     if missing:  # checked before the backbone loads and anything trains
         print(f"error: {', '.join(missing)}: no PT result for draw {seed} in {run / 'pt_sweep'} or no prompt in "
               f"{run / 'prompts'}. Fix: pick training tasks of that run", file=sys.stderr)
@@ -66,15 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     ae, meta = load_msf_checkpoint(run / f"msf_d{args.d}" / "msf", backbone=backbone.name)
     ae.eval()
     data = load_tokenized(cfg, backbone, args.tasks, seed)
-    metrics = [data[t].info.metric for t in args.tasks]
     t0 = time.time()
-    with torch.no_grad():
-        prompts = load_task_prompts(run / "prompts", args.tasks, meta["prompt_len"], meta["hidden"], backbone.name)
-        recon = ae(prompts.float())
-    s1_test, _ = evaluate_groups(backbone, recon, [data[t].test for t in args.tasks], metrics,
-                                 cfg.backbone.eval_batch_size)
-    s1_dev, _ = evaluate_groups(backbone, recon, [data[t].dev for t in args.tasks], metrics,
-                                cfg.backbone.eval_batch_size)
+    prompts = load_task_prompts(run / "prompts", args.tasks, meta["prompt_len"], meta["hidden"], backbone.name)
+    tasks = [data[t] for t in args.tasks]
+    with torch.no_grad():  # setting 1: Dec(Enc(P_i)), as the sweep's msf_eval jobs score it
+        s1_dev, s1_test = (evaluate_reconstructed(backbone, ae, prompts, tasks, split, cfg.backbone.eval_batch_size)
+                           for split in ("dev", "test"))
     jobs = [Job(job_id=f"cal-{t}-{lr}", task=t, kind="ist", lr=lr, seed=cfg.ist.seed, grad_clip=cfg.ist.grad_clip,
                 params={"d": args.d}) for t in args.tasks for lr in args.lrs]
     settings = PackSettings.from_config(cfg, "ist")

@@ -292,12 +292,14 @@ def draw_dataset(cfg: IPTConfig, task: str, data_seed: int | None, digest: str, 
             "profile": None if rows is None else json.dumps({"num_rows": rows}), "context": context}
 
 
-def raw_draws(cfg: IPTConfig, raw: dict, data_seed: int | None) -> list[dict]:
-    """The training draws of `raw` (task -> TaskData, as `load_raw` returns) as `draw_dataset`
-    dicts: what a single-stage `ipt pt` / `ipt ist` run records as its dataset inputs."""
+def log_raw_draws(tracker, cfg: IPTConfig, raw: dict) -> None:
+    """A single-stage `ipt pt` / `ipt ist` run's dataset inputs: the training draw of each task of
+    `raw` (task -> TaskData, as `load_raw` returns for `cfg.data.data_seed`). No tracker: nothing."""
     from ipt_dist.provenance import split_digest
 
-    return [draw_dataset(cfg, t, data_seed, split_digest(d.train), len(d.train)) for t, d in raw.items()]
+    if tracker is not None and raw:
+        tracker.log_inputs([draw_dataset(cfg, t, cfg.data.data_seed, split_digest(d.train), len(d.train))
+                            for t, d in raw.items()])
 
 
 def dataset_inputs(datasets: list[dict]) -> list:

@@ -18,6 +18,7 @@ from ipt_dist.paths import msf_checkpoint_dir, stage_dir
 from ipt_dist.provenance import check_decoder_provenance, file_digest, mismatch_message
 from ipt_dist.rerun import claim_stage_dir, recorded_inputs, stage_inputs
 from ipt_dist.stages.common import pick_device
+from ipt_dist.tracking import log_raw_draws
 from ipt_dist.train.packed import Job, PackSettings, train_pack
 
 log = logging.getLogger(__name__)
@@ -90,10 +91,7 @@ def run_ist(cfg: IPTConfig, tracker=None) -> list[dict]:
                                     "seen": t in split.train}))
     raw = load_raw(cfg, sorted({j.task for j in jobs})) if jobs else {}
     data = tokenize_raw(cfg, backbone, raw)
-    if tracker is not None and raw:  # each task's draw as a dataset input of this run (MLflow 3)
-        from ipt_dist.tracking import raw_draws
-
-        tracker.log_inputs(raw_draws(cfg, raw, cfg.data.data_seed))
+    log_raw_draws(tracker, cfg, raw)  # each task's draw as a dataset input of this run (MLflow 3)
     K = cfg.sweep.pack_size
     for s in range(0, len(jobs), K):
         pack = jobs[s : s + K]

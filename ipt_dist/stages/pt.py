@@ -22,6 +22,7 @@ from ipt_dist.paths import pt_prompts_dir, stage_dir
 from ipt_dist.provenance import prompt_provenance
 from ipt_dist.rerun import claim_stage_dir, recorded_inputs, stage_inputs
 from ipt_dist.stages.common import pick_device
+from ipt_dist.tracking import log_raw_draws
 from ipt_dist.train.packed import Job, PackSettings, train_pack
 
 log = logging.getLogger(__name__)
@@ -64,10 +65,7 @@ def run_pt(cfg: IPTConfig, tasks: list[str] | None = None, tracker=None) -> list
     backbone = build_backbone(cfg.backbone, pick_device())
     raw = load_raw(cfg, todo)  # fails on bad data before any training
     data = tokenize_raw(cfg, backbone, raw)
-    if tracker is not None:  # each task's draw as a dataset input of this run (MLflow 3)
-        from ipt_dist.tracking import raw_draws
-
-        tracker.log_inputs(raw_draws(cfg, raw, cfg.data.data_seed))
+    log_raw_draws(tracker, cfg, raw)  # each task's draw as a dataset input of this run (MLflow 3)
     init = None
     if cfg.pt.init_from:  # prompt files or PEFT adapters, checked like MSF's: shape (L, H), backbone
         init = load_task_prompts(cfg.pt.init_from, todo, cfg.pt.prompt_len, backbone.hidden_size, backbone.name)
