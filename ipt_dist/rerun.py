@@ -29,7 +29,7 @@ INPUTS_FILE = "inputs.json"
 _SECTIONS = {"pt": ("seed", "backbone", "data", "pt"), "msf": ("seed", "backbone", "data", "pt.prompt_len", "msf"),
              "ist": ("seed", "backbone", "data", "pt.prompt_len", "ist")}
 _NOT_INPUTS = {"backbone.eval_batch_size", "backbone.cache_dir", "msf.prompts_dir", "ist.msf_checkpoint",
-               "msf.eval_max_examples", "msf.checkpoint_every",
+               "msf.eval_max_examples", "msf.checkpoint_every", "msf.log_every",
                "backbone.length_buckets", "backbone.compile"}  # how the backbone pass is batched / run, not what
 # Fields added after job ids, provenance records and inputs.json files were first written, with the
 # default that means "not used". At that default they are left out of job ids and fingerprints (so

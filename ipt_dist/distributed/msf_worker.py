@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import tempfile
 import time
@@ -33,6 +34,7 @@ from ipt_dist.config import config_from_dict, save_config
 from ipt_dist.distributed.deepspeed_config import batch_sizes, zero_stage
 from ipt_dist.testing.faults import maybe_crash_msf_worker
 from ipt_dist.train.best import BestTracker, dev_mean
+from ipt_dist.train.steplog import StepLog
 
 log = logging.getLogger(__name__)
 
@@ -201,12 +203,21 @@ class MSFWorker:
                                            temperature=m.temperature, seed=m.seed, rank=self.rank,
                                            world_size=self.world)
         self.step = 0
+        self.steplog = StepLog()  # metrics of the steps not yet read (flush_rows)
         self.best, self.best_state = BestTracker(), None
         self.resumed_from = 0
 
     # ------------------------------------------------------------------ training
     def train_step(self) -> dict[str, float]:
-        """One optimiser step over this rank's share of the global batch (accum micro-batches)."""
+        """One optimiser step, its metrics read at once: the finished row (`step` + `flush_rows`)."""
+        self.step_on_device()
+        row = self.flush_rows()[-1]
+        del row["step"]
+        return row
+
+    def step_on_device(self) -> None:
+        """One optimiser step over this rank's share of the global batch (accum micro-batches). Its
+        metrics stay on the device in `self.steplog` until `flush_rows`: no host read, no collective."""
         from ipt_dist.train.steps import collate_msf
 
         b = self.sizes
@@ -238,24 +249,39 @@ class MSFWorker:
             loss, lm, rec = self.engine(mb, replicas=replicas, global_tokens=global_tgt)
             self.engine.backward(loss)
             self.engine.step()
-            lm_sum += lm  # stays on the device: one host sync per step, below
+            lm_sum += lm  # stays on the device until flush_rows
             rec_sum += rec
-        totals = torch.stack([lm_sum, rec_sum, torch.tensor(float(tgt), dtype=torch.float64, device=self.device),
-                              torch.tensor(float(inp), dtype=torch.float64, device=self.device)])
-        self.dist.all_reduce(totals)
-        lm_total, rec_total, global_tgt, global_inp = totals.tolist()
         self.step += 1
-        rec_loss = rec_total / replicas
-        row = {"loss": self.model.objective(lm_total, global_tgt, rec_loss),  # as optimised
-               "lm_loss": lm_total / max(global_tgt, 1.0),  # token-mean under either reduction
-               "rec_loss": rec_loss, "target_tokens": global_tgt, "lr": lr}
-        grad_norm = self.engine.get_global_grad_norm()  # before clipping; None with ZeRO-0 in fp32
-        if grad_norm is not None:
-            row["grad_norm"] = float(grad_norm)
-        dt = time.perf_counter() - t0
-        row.update({"step_time": dt, "samples_per_second": b.global_batch / dt,
-                    "tokens_per_second": (global_tgt + global_inp) / dt})  # input + target tokens, all ranks
-        return row
+        grad_norm = self.engine.get_global_grad_norm()  # before clipping: a tensor, a float, or None (ZeRO-0 fp32)
+        # Columns 0-3 are this rank's and get summed over ranks at the flush; grad_norm is already global.
+        self.steplog.add(self.step, {"lm": lm_sum, "rec": rec_sum, "tgt": float(tgt), "inp": float(inp),
+                                     "grad_norm": grad_norm}, {"lr": lr}, started=t0)
+
+    def flush_rows(self) -> list[dict[str, float]]:
+        """The finished rows of every step since the last flush, in order: one all-reduce of the
+        (steps, 4) per-rank totals and one host read. Collective: every rank flushes at the same steps.
+        `step_time` (and the rates from it) is the mean over the flushed steps."""
+        b = self.sizes
+        replicas = b.world * b.accum
+
+        def sum_over_ranks(table: torch.Tensor) -> None:
+            totals = table[:, :4].contiguous()
+            self.dist.all_reduce(totals)
+            table[:, :4] = totals
+
+        rows = []
+        for f in self.steplog.flush(sum_over_ranks):
+            v = f.values
+            rec_loss = v["rec"] / replicas
+            row = {"loss": self.model.objective(v["lm"], v["tgt"], rec_loss),  # as optimised
+                   "lm_loss": v["lm"] / max(v["tgt"], 1.0),  # token-mean under either reduction
+                   "rec_loss": rec_loss, "target_tokens": v["tgt"], "lr": f.host["lr"]}
+            if not math.isnan(v["grad_norm"]):
+                row["grad_norm"] = v["grad_norm"]
+            row.update({"step_time": f.step_time, "samples_per_second": b.global_batch / f.step_time,
+                        "tokens_per_second": (v["tgt"] + v["inp"]) / f.step_time})  # input + target, all ranks
+            rows.append({"step": f.step, **row})
+        return rows
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -350,9 +376,15 @@ class MSFWorker:
         history = Path(self.run["dir"]) / "history.jsonl"
         while self.step < m.steps:
             self._maybe_crash()
-            row = self.train_step()
+            self.step_on_device()
             done = self.step
-            if done % m.eval_every == 0 or done == m.steps:
+            evaluate = done % m.eval_every == 0 or done == m.steps
+            checkpoint = done % m.checkpoint_every == 0 or done == m.steps
+            if not (evaluate or checkpoint or done % m.log_every == 0):
+                continue  # the metrics stay on the device (msf.log_every)
+            rows = self.flush_rows()  # same steps on every rank: a collective
+            row = rows[-1]
+            if evaluate:
                 scores = self.evaluate()
                 row["dev_mean"] = dev_mean(scores, self.tasks)  # NaN tasks left out (train.best)
                 row.update({f"dev/{t}": s for t, s in zip(self.tasks, scores, strict=True)})
@@ -361,9 +393,11 @@ class MSFWorker:
                     self.best_state = state if self.rank == 0 else None
                 row["best_dev"] = self.best.best
             if self.rank == 0:
-                append_jsonl(history, {"step": done, "resumed_from": self.resumed_from, **row})
-                self.tracker.log_metrics(row, step=done)
-            if done % m.checkpoint_every == 0 or done == m.steps:
+                for r in rows:
+                    step = r.pop("step")
+                    append_jsonl(history, {"step": step, "resumed_from": self.resumed_from, **r})
+                    self.tracker.log_metrics(r, step=step)
+            if checkpoint:
                 metrics = {"step": done, "loss": row["loss"], "best_dev": self.best.best,
                            "best_step": self.best.step}
                 if "dev_mean" in row:

@@ -36,6 +36,7 @@ from ipt_dist.stages.common import pick_device
 from ipt_dist.tracking import NullTracker, log_msf_model, msf_datasets
 from ipt_dist.train.best import BestTracker, dev_mean
 from ipt_dist.train.optim import linear_warmup_decay, warmup_steps_for
+from ipt_dist.train.steplog import StepLog
 from ipt_dist.train.steps import MSFModel, collate_msf, evaluate_reconstructed, msf_step
 
 # Re-exported for one release: build_autoencoder moved to ipt_dist.modeling.autoencoder, collate_msf and
@@ -67,13 +68,20 @@ def train_msf(cfg: IPTConfig, backbone: Backbone, prompts: torch.Tensor, data: l
     best = BestTracker()
     from tqdm.auto import tqdm
 
+    steplog = StepLog()  # every step's stats stay on the device until a log / eval step (msf.log_every)
     for step in tqdm(range(m.steps), desc="msf", leave=False):
         backbone.set_train_mode(True)
         batch = {k: v.to(device) for k, v in collate_msf(backbone, data, sampler.next_batch()).items()}
         stats = msf_step(model, opt, sched, batch, m.grad_clip)
         done = step + 1
-        row = {"step": done, **{k: float(v) for k, v in stats.items()}, "lr": sched.get_last_lr()[0]}
-        if done % m.eval_every == 0 or done == m.steps:
+        steplog.add(done, stats, {"lr": sched.get_last_lr()[0]})
+        evaluate = done % m.eval_every == 0 or done == m.steps
+        if not (evaluate or done % m.log_every == 0):
+            continue
+        # one host read; step_time: the mean over the flushed steps
+        rows = [{"step": f.step, **f.values, **f.host, "step_time": f.step_time} for f in steplog.flush()]
+        row = rows[-1]
+        if evaluate:
             scores = evaluate_reconstructed(backbone, ae, prompts, data, "dev", cfg.backbone.eval_batch_size,
                                             m.eval_max_examples)
             row["dev_mean"] = dev_mean(scores, tasks)  # NaN tasks left out (train.best)
@@ -84,8 +92,9 @@ def train_msf(cfg: IPTConfig, backbone: Backbone, prompts: torch.Tensor, data: l
                                               "temperature": m.temperature, "provenance": provenance})
             log.info("MSF step %d: loss %.4f (lm %.4f, rec %.6f), mean dev %.4f", done, row["loss"],
                      row["lm_loss"], row["rec_loss"], row["dev_mean"])
-        append_jsonl(history, row)
-        tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, step=done)
+        for r in rows:
+            append_jsonl(history, r)
+            tracker.log_metrics({k: v for k, v in r.items() if k != "step"}, step=r["step"])
     return best
 
 

@@ -134,7 +134,7 @@ def zero2_run(ray_local, tmp_path_factory, demo_dir, tiny_t5_dir):
     write_seeded_prompts(out / "prompts", backbone=tiny_t5_dir)
     cfg = load_config(None, msf_overrides(out, demo_dir, backbone=tiny_t5_dir,
                                           ds_config="ds_configs/zero2.json", steps=STEPS)
-                      + ["distributed.max_failures=1"])
+                      + ["distributed.max_failures=1", "msf.log_every=1"])  # every step's row lands before the kill
     t0 = time.time()
     summary = run_distributed_msf(cfg, crash_at_step=4)
     print(f"ZeRO-2 run with one restart: {time.time() - t0:.1f} s")
@@ -207,7 +207,8 @@ def test_killed_worker_resumes_from_latest_checkpoint(zero2_run, reference):
 
 @pytest.fixture(scope="module")
 def zero3_run(ray_local, tmp_path_factory, demo_dir, tiny_t5_dir):
-    """ZeRO-3 run stopped by a worker death (max_failures=0), then continued with resume=True."""
+    """ZeRO-3 run stopped by a worker death (max_failures=0), then continued with resume=True. The
+    default msf.log_every (10 > STEPS): metrics are read at the eval / checkpoint steps 2 and 4 only."""
     from ipt_dist.config import load_config
     from ipt_dist.distributed.msf import DistributedMSFError, run_distributed_msf
 
@@ -240,8 +241,11 @@ def test_stopped_run_continues_with_resume(zero3_run):
 
     out, summary, record, _error = zero3_run
     rows = history(out)
-    assert [(r["step"], r["resumed_from"]) for r in rows] == [(1, 0), (2, 0), (3, 0), (3, 2), (4, 2)]
-    assert rows[3]["loss"] == pytest.approx(rows[2]["loss"], rel=1e-9)
+    # Step 3 of the first attempt was still on the device when the worker died (read at step 4's
+    # flush, which never came); it is replayed from the step-2 checkpoint, as every later step.
+    assert [(r["step"], r["resumed_from"]) for r in rows] == [(1, 0), (2, 0), (3, 2), (4, 2)]
+    # one read per flush: the steps of a flush share the interval's mean step time
+    assert rows[0]["step_time"] == rows[1]["step_time"] and rows[2]["step_time"] == rows[3]["step_time"]
     assert summary["steps"] == STEPS
     assert summary["ray_run"] == record["ray_run"]
     # the same MLflow run continues, and ends FINISHED
