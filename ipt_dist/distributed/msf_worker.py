@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import tempfile
 import time
@@ -34,6 +33,7 @@ from ipt_dist.config import config_from_dict, save_config
 from ipt_dist.distributed.deepspeed_config import batch_sizes, zero_stage
 from ipt_dist.testing.faults import maybe_crash_msf_worker
 from ipt_dist.train.best import BestTracker, dev_mean
+from ipt_dist.train.rows import to_device_async
 from ipt_dist.train.steplog import StepLog
 
 log = logging.getLogger(__name__)
@@ -245,7 +245,7 @@ class MSFWorker:
         lm_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         rec_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         for mb in micro_batches:
-            mb = {k: v.to(self.device) for k, v in mb.items()}
+            mb = {k: to_device_async(v, self.device) for k, v in mb.items()}  # pinned on CUDA: no host wait
             loss, lm, rec = self.engine(mb, replicas=replicas, global_tokens=global_tgt)
             self.engine.backward(loss)
             self.engine.step()
@@ -255,7 +255,8 @@ class MSFWorker:
         grad_norm = self.engine.get_global_grad_norm()  # before clipping: a tensor, a float, or None (ZeRO-0 fp32)
         # Columns 0-3 are this rank's and get summed over ranks at the flush; grad_norm is already global.
         self.steplog.add(self.step, {"lm": lm_sum, "rec": rec_sum, "tgt": float(tgt), "inp": float(inp),
-                                     "grad_norm": grad_norm}, {"lr": lr}, started=t0)
+                                     "grad_norm": grad_norm}, {"lr": lr, "has_norm": grad_norm is not None},
+                         started=t0)
 
     def flush_rows(self) -> list[dict[str, float]]:
         """The finished rows of every step since the last flush, in order: one all-reduce of the
@@ -276,7 +277,7 @@ class MSFWorker:
             row = {"loss": self.model.objective(v["lm"], v["tgt"], rec_loss),  # as optimised
                    "lm_loss": v["lm"] / max(v["tgt"], 1.0),  # token-mean under either reduction
                    "rec_loss": rec_loss, "target_tokens": v["tgt"], "lr": f.host["lr"]}
-            if not math.isnan(v["grad_norm"]):
+            if f.host["has_norm"]:  # a NaN norm is logged as NaN; DeepSpeed's None (no norm kept) is left out
                 row["grad_norm"] = v["grad_norm"]
             row.update({"step_time": f.step_time, "samples_per_second": b.global_batch / f.step_time,
                         "tokens_per_second": (v["tgt"] + v["inp"]) / f.step_time})  # input + target, all ranks

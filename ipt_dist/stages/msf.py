@@ -36,6 +36,7 @@ from ipt_dist.stages.common import pick_device
 from ipt_dist.tracking import NullTracker, log_msf_model, msf_datasets
 from ipt_dist.train.best import BestTracker, dev_mean
 from ipt_dist.train.optim import linear_warmup_decay, warmup_steps_for
+from ipt_dist.train.rows import to_device_async
 from ipt_dist.train.steplog import StepLog
 from ipt_dist.train.steps import MSFModel, collate_msf, evaluate_reconstructed, msf_step
 
@@ -70,11 +71,13 @@ def train_msf(cfg: IPTConfig, backbone: Backbone, prompts: torch.Tensor, data: l
 
     steplog = StepLog()  # every step's stats stay on the device until a log / eval step (msf.log_every)
     for step in tqdm(range(m.steps), desc="msf", leave=False):
+        t0 = time.perf_counter()
         backbone.set_train_mode(True)
-        batch = {k: v.to(device) for k, v in collate_msf(backbone, data, sampler.next_batch()).items()}
+        lr = sched.get_last_lr()[0]  # the rate this step applies (msf_step advances the scheduler)
+        batch = {k: to_device_async(v, device) for k, v in collate_msf(backbone, data, sampler.next_batch()).items()}
         stats = msf_step(model, opt, sched, batch, m.grad_clip)
         done = step + 1
-        steplog.add(done, stats, {"lr": sched.get_last_lr()[0]})
+        steplog.add(done, stats, {"lr": lr}, started=t0)
         evaluate = done % m.eval_every == 0 or done == m.steps
         if not (evaluate or done % m.log_every == 0):
             continue

@@ -133,12 +133,16 @@ class PaddedRows:
         return self._to_device(row), self._to_device(within)
 
     def _to_device(self, values: list[int] | torch.Tensor) -> torch.Tensor:
-        """A host list as a long tensor on the device without waiting for it (pinned on CUDA: a copy
-        from pageable memory, or a tensor built on the device, would block the host)."""
         t = values if isinstance(values, torch.Tensor) else torch.tensor(values, dtype=torch.long)
-        if self.device.type == "cuda":
-            t = t.pin_memory()
-        return t.to(self.device, non_blocking=True)
+        return to_device_async(t, self.device)
+
+
+def to_device_async(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on `device` without the host waiting for the device (pinned on CUDA: a copy from
+    pageable memory first waits for the stream's queued work, and a tensor built on the device blocks)."""
+    if device.type == "cuda":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
 
 
 def _padded(widths: list[tuple[int, int]], cuts: list[int], both: bool) -> int:

@@ -104,6 +104,11 @@ def assert_matches_reference(out: Path, summary: dict, reference) -> None:
     assert len(got) == STEPS
     for step, (a, b) in enumerate(zip(got, ref_losses, strict=True), start=1):
         assert math.isclose(a, b, rel_tol=LOSS_RTOL), f"step {step}: distributed {a} vs single process {b}"
+    # every logged column, as read at the flushes (one all-reduce over several steps' totals)
+    last = {r["step"]: r for r in history(out)}
+    for step, ref in enumerate(ref_rows, start=1):
+        for k in ("lm_loss", "rec_loss", "target_tokens", "grad_norm"):
+            assert math.isclose(last[step][k], ref[k], rel_tol=LOSS_RTOL), (step, k, last[step][k], ref[k])
     # The exported (best mean-dev) autoencoder equals the single-process weights at that step.
     ae, meta = load_msf_checkpoint(out / "msf")
     assert meta["step"] == summary["best_step"]

@@ -84,9 +84,12 @@ def test_single_process_msf_reads_its_metrics_every_log_every_steps(tiny_cfg, tm
     times = [r["step_time"] for r in batched]
     assert times[0] == times[1] == times[2] and times[3] == times[4] == times[5]
     assert len(set(times)) == 3
-    assert len({r["step_time"] for r in every}) == 7
+    # each step is timed from its own start: a tiny-model MSF step (forward + backward + AdamW) takes
+    # milliseconds; a clock started after the step (the flush alone) reads ~0.1 ms
+    assert min(r["step_time"] for r in every) > 1e-3
+    assert min(r["step_time"] for r in batched) > 1e-3
     # the same numbers as reading every step
     for a, b in zip(every, batched, strict=True):
-        for k in ("loss", "lm_loss", "rec_loss", "target_tokens", "grad_norm", "lr"):
+        for k in ("loss", "lm_loss", "rec_loss", "target_tokens", "grad_norm", "lr"):  # lr: the step's own
             assert a[k] == pytest.approx(b[k], rel=1e-6), (a["step"], k)
     assert batched[-1]["dev_mean"] == pytest.approx(every[-1]["dev_mean"])
