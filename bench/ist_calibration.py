@@ -36,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=96)
     ap.add_argument("--eval-every", type=int, default=16)
     ap.add_argument("--json", default=None, help="write the rows here")
+    ap.add_argument("--init", choices=["normal", "centroid"], default="normal",
+                    help="z's start (ist.z_init): N(0, ist.init_std) (reference) or the mean code Enc(P_i) of the "
+                         "MSF's training tasks plus that noise")
     args = ap.parse_args(argv)
 
     import torch
@@ -43,9 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     from ipt_dist.artifacts import find_prompt, load_msf_checkpoint, load_task_prompts
     from ipt_dist.config import load_config
     from ipt_dist.data.selection import load_tokenized
+    from ipt_dist.modeling.autoencoder import code_centroid
     from ipt_dist.modeling.backbone import build_backbone
     from ipt_dist.stages.common import pick_device, setup_logging
-    from ipt_dist.train.packed import Job, PackSettings, train_pack
+    from ipt_dist.train.packed import Job, PackSettings, train_pack, z_init_params
     from ipt_dist.train.steps import evaluate_reconstructed
 
     setup_logging()
@@ -74,8 +78,13 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [Job(job_id=f"cal-{t}-{lr}", task=t, kind="ist", lr=lr, seed=cfg.ist.seed, grad_clip=cfg.ist.grad_clip,
                 params={"d": args.d}) for t in args.tasks for lr in args.lrs]
     settings = PackSettings.from_config(cfg, "ist")
+    origin = None
+    if args.init == "centroid":  # as the sweep does with ist.z_init: centroid
+        origin = code_centroid(ae.encode, load_task_prompts(run / "prompts", meta["tasks"], meta["prompt_len"],
+                                                            meta["hidden"], backbone.name))
+    init = z_init_params(jobs, args.d, settings.init_std, origin)
     results = train_pack(backbone, jobs, {j.job_id: data[j.task] for j in jobs}, settings, decoder=ae.decoder,
-                         progress=True)
+                         init=init, progress=True)
     rows = []
     for r in results:
         k = args.tasks.index(r.job.task)

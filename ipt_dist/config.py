@@ -251,6 +251,9 @@ class MSFConfig(ScheduleConfig):
         return out
 
 
+Z_INITS = ("normal", "centroid")  # ist.z_init
+
+
 @dataclass
 class ISTConfig(ScheduleConfig):
     """Stage 2: intrinsic subspace tuning (only z in R^d trains)."""
@@ -258,12 +261,20 @@ class ISTConfig(ScheduleConfig):
     msf_checkpoint: str | None = None  # directory written by MSF; default <output_dir>/msf
     random_decoder: bool = False  # baseline: a randomly initialised decoder instead of MSF's
     init_std: float = 0.02
+    # Where z starts: "normal" = N(0, init_std) (reference); "centroid" = the mean code of the
+    # decoder's training prompts (MSF: mean Enc(P_i); PCA: 0, its mean prompt) plus that noise. The
+    # random decoder has no encoder and starts at N(0, init_std) either way.
+    z_init: str = "normal"
     # Schedule defaults that differ from ScheduleConfig's:
     lr: float = 1e-5  # reference
     batch_size: int = 4
 
     def problems(self) -> list[str]:
-        return self.schedule_problems("ist")
+        out = self.schedule_problems("ist")
+        if self.z_init not in Z_INITS:
+            out.append(f"ist.z_init: must be one of {', '.join(Z_INITS)}, got {self.z_init!r}. Fix: 'normal' (z ~ "
+                       "N(0, ist.init_std), the reference) or 'centroid' (the mean code of the MSF training prompts)")
+        return out
 
 
 @dataclass

@@ -37,8 +37,9 @@ _NOT_INPUTS = {"backbone.eval_batch_size", "backbone.cache_dir", "msf.prompts_di
 # that is not None; a None stays in (as `null`, as it always was): `describe_changes` reads a missing
 # key as None, so both forms compare equal. The one table job ids (sweep.jobs.job_context),
 # fingerprints (provenance) and stage inputs (below) read. `backbone.chat_template` is older than
-# this rule: always in fingerprints and inputs, in job ids only when on (sweep.jobs).
-LATE_FIELDS: dict[str, Any] = {"backbone.answer_prefix": "", "data.shots_per_class": None}
+# this rule: always in fingerprints and inputs, in job ids only when on (sweep.jobs). A field of a
+# stage section (`ist.*`) enters only that stage's job ids and inputs.
+LATE_FIELDS: dict[str, Any] = {"backbone.answer_prefix": "", "data.shots_per_class": None, "ist.z_init": "normal"}
 assert len({p.split(".")[1] for p in LATE_FIELDS}) == len(LATE_FIELDS)  # job ids key them by field name
 _TASK_LISTS = {"data.tasks", "data.unseen_tasks", "data.split_file"}  # which tasks, not how each is trained
 # `ipt ist` names each job by task, lr and init seed: other values are other jobs, not changed ones.

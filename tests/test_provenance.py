@@ -98,7 +98,7 @@ def test_adapter_prompts_are_digested_and_checked_like_prompt_files(tmp_path):
 
 
 # A value for every rerun.LATE_FIELDS entry: a field added there without one fails here.
-_SET = {"backbone.answer_prefix": "Answer", "data.shots_per_class": 4}
+_SET = {"backbone.answer_prefix": "Answer", "data.shots_per_class": 4, "ist.z_init": "centroid"}
 
 
 def test_late_fields_enter_ids_fingerprints_and_inputs_only_when_set():
@@ -111,9 +111,16 @@ def test_late_fields_enter_ids_fingerprints_and_inputs_only_when_set():
     tasks = _tasks("a b", "c d")
     for path in LATE_FIELDS:
         section, name = path.split(".")
-        assert name not in job_context(plain, "pt") and stage_inputs(plain, "pt").get(path) is None
+        stage = "ist" if section == "ist" else "pt"  # a stage section's field counts for that stage only
+        assert name not in job_context(plain, stage) and stage_inputs(plain, stage).get(path) is None
         assert path not in backbone_fingerprint(plain) and path not in data_fingerprint(plain, tasks, 1)
         cfg = load_config(None, ["data.data_seed=1", f"{path}={_SET[path]}"])
+        assert job_context(cfg, stage)[name] == _SET[path]
+        assert stage_inputs(cfg, stage)[path] == _SET[path]
+        if section == "ist":  # not in PT's or MSF's ids and inputs, nor in any fingerprint
+            assert name not in job_context(cfg, "pt") and name not in job_context(cfg, "msf_eval")
+            assert path not in stage_inputs(cfg, "pt") and path not in stage_inputs(cfg, "msf")
+            assert path not in backbone_fingerprint(cfg) and path not in data_fingerprint(cfg, tasks, 1)
+            continue
         fingerprint = backbone_fingerprint(cfg) if section == "backbone" else data_fingerprint(cfg, tasks, 1)
-        assert job_context(cfg, "pt")[name] == _SET[path]
-        assert stage_inputs(cfg, "pt")[path] == _SET[path] and fingerprint[path] == _SET[path]
+        assert fingerprint[path] == _SET[path]

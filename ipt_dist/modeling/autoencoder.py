@@ -46,6 +46,13 @@ class PromptAutoencoder(nn.Module):
         return {"d": self.d, "prompt_len": self.prompt_len, "hidden": self.hidden, "mid_dim": self.mid_dim}
 
 
+@torch.no_grad()
+def code_centroid(encode, prompts: torch.Tensor) -> torch.Tensor:
+    """The mean code of `prompts` (T, L, H) under `encode` ((N, L, H) -> (N, d)), fp32 on the CPU:
+    where IST's z starts with `ist.z_init: centroid` (MSF: mean Enc(P_i) of its training prompts)."""
+    return encode(prompts.float()).mean(0).float().cpu()
+
+
 def random_decoder(d: int, prompt_len: int, hidden: int, mid_dim: int = 768, seed: int = 0) -> PromptDecoder:
     """The no-MSF baseline: a decoder with PyTorch's default random initialisation."""
     with torch.random.fork_rng():

@@ -9,17 +9,25 @@ import logging
 
 from safetensors.torch import save_file
 
-from ipt_dist.artifacts import append_jsonl, ensure_writable_dir, load_decoder, read_jsonl, read_msf_meta
+from ipt_dist.artifacts import (
+    append_jsonl,
+    ensure_writable_dir,
+    load_decoder,
+    load_msf_checkpoint,
+    load_task_prompts,
+    read_jsonl,
+    read_msf_meta,
+)
 from ipt_dist.config import ConfigError, IPTConfig
 from ipt_dist.data.selection import load_raw, resolve_tasks, tokenize_raw
-from ipt_dist.modeling.autoencoder import random_decoder
+from ipt_dist.modeling.autoencoder import code_centroid, random_decoder
 from ipt_dist.modeling.backbone import build_backbone, resolve_auto_dtype
-from ipt_dist.paths import msf_checkpoint_dir, stage_dir
+from ipt_dist.paths import msf_checkpoint_dir, msf_prompts_dir, stage_dir
 from ipt_dist.provenance import check_decoder_provenance, file_digest, mismatch_message
 from ipt_dist.rerun import claim_stage_dir, recorded_inputs, stage_inputs
 from ipt_dist.stages.common import pick_device
 from ipt_dist.tracking import log_raw_draws
-from ipt_dist.train.packed import Job, PackSettings, train_pack
+from ipt_dist.train.packed import Job, PackSettings, train_pack, z_init_params
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +85,14 @@ def run_ist(cfg: IPTConfig, tracker=None) -> list[dict]:
     backbone = build_backbone(cfg.backbone, pick_device())
     decoder, meta = load_decoder(msf_checkpoint_dir(cfg), backbone=backbone.name, hidden=backbone.hidden_size,
                                  prompt_len=cfg.pt.prompt_len)
-    if cfg.ist.random_decoder:
+    origin = None
+    if cfg.ist.random_decoder:  # no encoder: z starts at N(0, init_std) whatever ist.z_init says
         decoder = random_decoder(meta["d"], meta["prompt_len"], meta["hidden"], meta["mid_dim"], seed=cfg.ist.seed)
+    elif cfg.ist.z_init == "centroid":  # the mean code Enc(P_i) of the prompts this MSF was trained on
+        ae, _ = load_msf_checkpoint(msf_checkpoint_dir(cfg), prompt_len=cfg.pt.prompt_len)
+        prompts = load_task_prompts(msf_prompts_dir(cfg), list(meta.get("tasks") or split.train), meta["prompt_len"],
+                                    meta["hidden"], backbone.name)
+        origin = code_centroid(ae.encode, prompts)
     tag = "random" if cfg.ist.random_decoder else "msf"
     done = {r["job_id"]: r for r in read_jsonl(results_file)}
     jobs = []
@@ -88,15 +102,17 @@ def run_ist(cfg: IPTConfig, tracker=None) -> list[dict]:
             jobs.append(Job(job_id=job_id, task=t, kind="ist", lr=cfg.ist.lr, seed=cfg.ist.seed,
                             grad_clip=cfg.ist.grad_clip,
                             params={"d": meta["d"], "decoder": tag, "data_seed": cfg.data.data_seed,
-                                    "seen": t in split.train}))
+                                    "seen": t in split.train,
+                                    **({"z_init": cfg.ist.z_init} if origin is not None else {})}))
     raw = load_raw(cfg, sorted({j.task for j in jobs})) if jobs else {}
     data = tokenize_raw(cfg, backbone, raw)
     log_raw_draws(tracker, cfg, raw)  # each task's draw as a dataset input of this run (MLflow 3)
     K = cfg.sweep.pack_size
     for s in range(0, len(jobs), K):
         pack = jobs[s : s + K]
+        init = None if origin is None else z_init_params(pack, meta["d"], cfg.ist.init_std, origin)
         results = train_pack(backbone, pack, {j.job_id: data[j.task] for j in pack}, ist_settings(cfg),
-                             decoder=decoder, progress=True)
+                             decoder=decoder, init=init, progress=True)
         for r in results:
             (out / "z").mkdir(parents=True, exist_ok=True)
             save_file({"z": r.best_param.contiguous()}, str(out / "z" / f"{r.job.job_id}.safetensors"))

@@ -35,7 +35,8 @@ def msf_eval_tasks(cfg: IPTConfig, train: list[str], unseen: list[str]) -> list[
 
 
 def pca_tasks(info: DecoderInfo, train: list[str]) -> list[str]:
-    """The tasks whose stage-0 prompts span the PCA decoder of d: the MSF checkpoint's training tasks."""
+    """The MSF checkpoint's training tasks: their stage-0 prompts span the PCA decoder of d and give
+    the centroid z starts at (`ist.z_init: centroid`)."""
     return list(info.meta.get("tasks") or train)
 
 

@@ -39,8 +39,9 @@ class PackInputs:
         return None if job.kind == "pt" else (job.kind, job.d, job.decoder)
 
     def shared_part(self, job: JobSpec) -> dict:
-        """The frozen model part of `job`'s pack: {"meta", "decoder"} state for IST (MSF, random or
-        PCA decoder), {"meta", "autoencoder", "prompts"} for settings 1-2."""
+        """The frozen model part of `job`'s pack: {"meta", "decoder", "z_origin"} for IST (MSF, random or
+        PCA decoder; `z_origin` (d,): where z starts with `ist.z_init: centroid`, else None),
+        {"meta", "autoencoder", "prompts"} for settings 1-2."""
         plan = self.plan
         meta = dict(plan.decoders[job.d].meta)
         ae = self.autoencoder(job.d)
@@ -51,18 +52,28 @@ class PackInputs:
                 if p.exists():
                     prompts[t] = load_prompt(p)[0]
             return {"meta": meta, "autoencoder": ae.state_dict(), "prompts": prompts}
-        if job.decoder == "random":
+        from ipt_dist.modeling.autoencoder import code_centroid
+
+        centroid = plan.cfg.ist.z_init == "centroid"
+        if job.decoder == "random":  # no encoder: z starts at N(0, init_std) whatever ist.z_init says
             from ipt_dist.modeling.autoencoder import random_decoder
 
             dec = random_decoder(meta["d"], meta["prompt_len"], meta["hidden"], meta["mid_dim"], seed=plan.cfg.ist.seed)
-            return {"meta": meta, "decoder": dec.state_dict()}
+            return {"meta": meta, "decoder": dec.state_dict(), "z_origin": None}
         if job.decoder == "pca":  # computed here, once per d, from the prompts the job ids digest
             from ipt_dist.modeling.pca_decoder import pca_decoder
 
             tasks = pca_tasks(plan.decoders[job.d], plan.train_tasks)
             prompts = load_task_prompts(prompts_dir(plan.cfg), tasks, meta["prompt_len"], meta["hidden"])
-            return {"meta": meta, "decoder": pca_decoder(prompts, job.d).state_dict()}
-        return {"meta": meta, "decoder": ae.decoder.state_dict()}
+            dec = pca_decoder(prompts, job.d)
+            return {"meta": meta, "decoder": dec.state_dict(),
+                    "z_origin": code_centroid(dec.encode, prompts) if centroid else None}  # ~0: the mean prompt
+        origin = None
+        if centroid:  # the mean code of the prompts this MSF was trained on
+            tasks = pca_tasks(plan.decoders[job.d], plan.train_tasks)
+            prompts = load_task_prompts(prompts_dir(plan.cfg), tasks, meta["prompt_len"], meta["hidden"])
+            origin = code_centroid(ae.encode, prompts)
+        return {"meta": meta, "decoder": ae.decoder.state_dict(), "z_origin": origin}
 
     def inits(self, pack: list[JobSpec]) -> dict[str, torch.Tensor] | None:
         """job_id -> Dec(z*) (L, H) of the pack's IPT-initialised PT jobs; None when it has none."""

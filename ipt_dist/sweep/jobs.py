@@ -89,7 +89,9 @@ def job_context(cfg: IPTConfig, kind: str) -> dict:
     if b.chat_template:  # changes every token id; only when on, so ids of earlier sweeps stay valid
         ctx["chat_template"] = True
     for path, value in late_fields(cfg).items():  # only when set, as above (rerun.LATE_FIELDS)
-        ctx[path.split(".", 1)[1]] = value
+        section, name = path.split(".", 1)
+        if section in ("backbone", "data") or section == kind:  # ist.z_init: IST jobs only
+            ctx[name] = value
     if kind in ("ist", "pt"):
         s = asdict(pack_settings(cfg, kind))
         for how in ("eval_batch_size", "max_rows", "length_buckets"):  # how the work is batched, not what

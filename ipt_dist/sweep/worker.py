@@ -95,9 +95,11 @@ def _run_pack(cfg_dict: dict, jobs: list[dict], shared: dict | None, inits: dict
         data.update({j.job_id: tok[j.task] for j in js})
     extra = {"backbone": backbone.name}
     kind = specs[0].kind
+    if kind == "ist" and cfg.ist.z_init != "normal":  # recorded only when set (rerun.LATE_FIELDS)
+        extra["z_init"] = cfg.ist.z_init if specs[0].decoder != "random" else "normal"
     if kind == "msf_eval":
         return _run_msf_eval(cfg, backbone, specs, data, shared, extra)
-    from ipt_dist.train.packed import Job, settings_init_params, train_pack
+    from ipt_dist.train.packed import Job, settings_init_params, train_pack, z_init_params
 
     train_jobs = [Job(job_id=j.job_id, task=j.task, kind=kind, lr=j.lr, seed=j.data_seed, grad_clip=j.grad_clip,
                       params={**j.params(), **extra}) for j in specs]
@@ -115,7 +117,10 @@ def _run_pack(cfg_dict: dict, jobs: list[dict], shared: dict | None, inits: dict
         else:
             decoder = PromptDecoder(m["d"], m["prompt_len"], m["hidden"], m["mid_dim"])
             decoder.load_state_dict(shared["decoder"])
-        results = train_pack(backbone, train_jobs, data, pack_settings(cfg, "ist"), decoder=decoder,
+        settings = pack_settings(cfg, "ist")
+        origin = shared.get("z_origin")  # ist.z_init centroid; None: N(0, init_std) as in the reference
+        init = None if origin is None else z_init_params(train_jobs, m["d"], settings.init_std, origin)
+        results = train_pack(backbone, train_jobs, data, settings, decoder=decoder, init=init,
                              on_progress=_forwarder(progress))
         name = "z"
     else:

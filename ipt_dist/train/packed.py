@@ -132,6 +132,13 @@ def init_params(jobs: list[Job], shape: tuple[int, ...], std: float, *, embeddin
     return torch.stack(rows)  # (K, *shape)
 
 
+def z_init_params(jobs: list[Job], d: int, std: float, origin: torch.Tensor | None = None) -> torch.Tensor:
+    """IST's starting z per job: N(0, std) from the job's seed, shifted to `origin` (d,) when given
+    (`ist.z_init: centroid`). (K, d)."""
+    z = init_params(jobs, (d,), std)
+    return z if origin is None else z + origin.float().view(1, d)
+
+
 def settings_init_params(backbone: Backbone, jobs: list[Job], shape: tuple[int, ...],
                          settings: PackSettings, kind: str) -> torch.Tensor:
     """`init_params` as `settings` ask for it: vocabulary init applies to PT prompts only."""
