@@ -40,7 +40,7 @@ JOB_TAG, KEY_TAG, ROLE_TAG, DONE_TAG = "ipt.job_id", "ipt.sweep_key", "ipt.role"
 SUMMARY_FILES = ("summary.md", "summary.csv", "summary_settings.csv", "summary.json", "config.yaml")
 # Record fields logged as child-run params (None values are left out).
 PARAM_FIELDS = ("task", "seed", "data_seed", "lr", "d", "msf_run_id", "setting", "decoder", "role", "kind",
-                "seen", "metric", "z_source", "backbone", "job_id")
+                "seen", "metric", "z_source", "z_init", "backbone", "job_id")
 
 
 def sweep_key(stage: str, sweep_dir: str | Path) -> str:
