@@ -352,3 +352,40 @@ def test_metric_keys_and_param_batches_follow_mlflows_limits(tmp_path):
     send_params(client, run, params)
     got = client.get_run(run).data.params
     assert len(got) == 251 and got["k249"] == "249" and got["long"] == "x" * 6000
+
+
+def test_a_sweep_directory_started_again_at_the_same_path_gets_its_own_parent_run(tmp_path):
+    """A sweep directory moved away (its results refused as another configuration's) and started
+    again at the same path must not resume the old MLflow parent, whose children its summary no
+    longer holds; a directory with results and no sweep_id (an older one) keeps its parent."""
+    import hashlib
+    import shutil
+
+    from ipt_dist.config import load_config
+    from ipt_dist.distributed.sweep_tracking import SWEEP_ID_FILE, make_sweep_tracker, sweep_key
+
+    out = tmp_path / "run"
+    sdir = out / "ist_sweep"
+    sdir.mkdir(parents=True)
+    cfg = load_config(None, [f"output_dir={out}", "tracking.enabled=true", "tracking.background=false",
+                             f"tracking.tracking_uri=sqlite:///{tmp_path}/mlflow.db", "tracking.experiment=ids"])
+    first = make_sweep_tracker(cfg, "ist", sdir)
+    first.start(cfg)
+    assert (sdir / SWEEP_ID_FILE).is_file()
+    (sdir / "results.jsonl").write_text('{"job_id": "ist-1"}\n')
+    again = make_sweep_tracker(cfg, "ist", sdir)  # the same directory resumes its parent
+    again.start(cfg)
+    assert again.parent_run_id == first.parent_run_id
+
+    shutil.move(str(sdir), str(out / "ist_sweep.old"))  # moved away, started again at the same path
+    sdir.mkdir()
+    fresh = make_sweep_tracker(cfg, "ist", sdir)
+    fresh.start(cfg)
+    assert fresh.parent_run_id != first.parent_run_id
+
+    legacy = tmp_path / "legacy" / "ist_sweep"  # results written before sweep_id existed: the old key
+    legacy.mkdir(parents=True)
+    (legacy / "results.jsonl").write_text('{"job_id": "ist-1"}\n')
+    make_sweep_tracker(cfg, "ist", legacy)
+    assert not (legacy / SWEEP_ID_FILE).exists()
+    assert sweep_key("ist", legacy) == hashlib.sha1(f"ist|{legacy.resolve()}".encode()).hexdigest()[:16]

@@ -25,6 +25,7 @@ import logging
 import math
 import threading
 import time
+import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,8 @@ from ipt_dist.tracking import get_or_create_experiment, metric_key, send_params
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BackgroundSweepTracker", "NullSweepTracker", "SweepTracker", "make_sweep_tracker", "metric_key", "sweep_key"]
+__all__ = ["BackgroundSweepTracker", "NullSweepTracker", "SweepTracker", "claim_sweep_id", "make_sweep_tracker", "metric_key",
+           "sweep_key"]
 
 JOB_TAG, KEY_TAG, ROLE_TAG, DONE_TAG = "ipt.job_id", "ipt.sweep_key", "ipt.role", "ipt.logged"
 SUMMARY_FILES = ("summary.md", "summary.csv", "summary_settings.csv", "summary.json", "config.yaml")
@@ -43,9 +45,26 @@ PARAM_FIELDS = ("task", "seed", "data_seed", "lr", "d", "msf_run_id", "setting",
                 "seen", "metric", "z_source", "z_init", "backbone", "job_id")
 
 
+SWEEP_ID_FILE = "sweep_id"  # in a sweep directory: which MLflow parent run is this directory's
+
+
 def sweep_key(stage: str, sweep_dir: str | Path) -> str:
-    """Identity of a sweep: its stage and absolute results directory."""
-    return hashlib.sha1(f"{stage}|{Path(sweep_dir).resolve()}".encode()).hexdigest()[:16]
+    """Identity of a sweep: its stage, absolute results directory and the directory's `sweep_id`
+    (`claim_sweep_id`), so a directory moved away and started again at the same path gets a parent
+    run of its own instead of the old parent with children its summary no longer holds. A
+    directory without the file (written before it existed) keeps the key of stage and path."""
+    base = f"{stage}|{Path(sweep_dir).resolve()}"
+    id_file = Path(sweep_dir) / SWEEP_ID_FILE
+    if id_file.is_file():
+        base += "|" + id_file.read_text().strip()
+    return hashlib.sha1(base.encode()).hexdigest()[:16]
+
+
+def claim_sweep_id(sweep_dir: Path, has_results: bool) -> None:
+    """Give a new sweep directory (no results yet) its own id; leave any other directory as it is."""
+    id_file = Path(sweep_dir) / SWEEP_ID_FILE
+    if not id_file.is_file() and not has_results:
+        id_file.write_text(uuid.uuid4().hex + "\n")
 
 
 def _finite(v: Any) -> float | None:
@@ -498,6 +517,8 @@ def make_sweep_tracker(cfg: IPTConfig, stage: str, sweep_dir: Path):
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         log.warning("tracking URI %s is relative to the current directory; under `ray job submit` that is a "
                     "temporary copy. Use sqlite:////abs/path/mlflow.db or a server URL", uri)
+    results = Path(sweep_dir) / "results.jsonl"
+    claim_sweep_id(sweep_dir, has_results=results.is_file() and results.stat().st_size > 0)
     tracker = SweepTracker(uri, cfg.tracking.experiment, sweep_key(stage, sweep_dir),
                            cfg.tracking.run_name or f"{stage}-sweep", stage, sweep_dir)
     return BackgroundSweepTracker(tracker) if cfg.tracking.background else tracker
