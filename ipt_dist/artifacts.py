@@ -230,6 +230,12 @@ def load_msf_checkpoint(ckpt_dir: str | Path, *, backbone: str | None = None, hi
     return ae, meta
 
 
+def msf_training_tasks(meta: dict, default: list[str]) -> list[str]:
+    """The tasks an MSF checkpoint was trained on (its msf.json `tasks`; `default` for a checkpoint
+    that does not record them): their prompts span the PCA baseline and give IST's centroid start."""
+    return list(meta.get("tasks") or default)
+
+
 def load_decoder(ckpt_dir: str | Path, **expect) -> tuple[PromptDecoder, dict]:
     ae, meta = load_msf_checkpoint(ckpt_dir, **expect)
     return ae.decoder, meta

@@ -12,9 +12,9 @@ from safetensors.torch import save_file
 from ipt_dist.artifacts import (
     append_jsonl,
     ensure_writable_dir,
-    load_decoder,
     load_msf_checkpoint,
     load_task_prompts,
+    msf_training_tasks,
     read_jsonl,
     read_msf_meta,
 )
@@ -79,18 +79,17 @@ def run_ist(cfg: IPTConfig, tracker=None) -> list[dict]:
         raise ConfigError(f"{out} holds IST results written without a record of their inputs (an older ipt_dist): "
                           "they cannot be checked against this config. Fix: run with another --out")
     decoder_file = msf_checkpoint_dir(cfg) / "autoencoder.safetensors"
-    if decoder_file.is_file():  # else load_decoder below says what to run
+    if decoder_file.is_file():  # else load_msf_checkpoint below says what to run
         claim_stage_dir(out, "ist", stage_inputs(cfg, "ist", {"decoder": file_digest(decoder_file)}), cfg,
                         has_results=bool(read_jsonl(results_file)))
     backbone = build_backbone(cfg.backbone, pick_device())
-    decoder, meta = load_decoder(msf_checkpoint_dir(cfg), backbone=backbone.name, hidden=backbone.hidden_size,
-                                 prompt_len=cfg.pt.prompt_len)
-    origin = None
+    ae, meta = load_msf_checkpoint(msf_checkpoint_dir(cfg), backbone=backbone.name, hidden=backbone.hidden_size,
+                                   prompt_len=cfg.pt.prompt_len)
+    decoder, origin = ae.decoder, None
     if cfg.ist.random_decoder:  # no encoder: z starts at N(0, init_std) whatever ist.z_init says
         decoder = random_decoder(meta["d"], meta["prompt_len"], meta["hidden"], meta["mid_dim"], seed=cfg.ist.seed)
     elif cfg.ist.z_init == "centroid":  # the mean code Enc(P_i) of the prompts this MSF was trained on
-        ae, _ = load_msf_checkpoint(msf_checkpoint_dir(cfg), prompt_len=cfg.pt.prompt_len)
-        prompts = load_task_prompts(msf_prompts_dir(cfg), list(meta.get("tasks") or split.train), meta["prompt_len"],
+        prompts = load_task_prompts(msf_prompts_dir(cfg), msf_training_tasks(meta, split.train), meta["prompt_len"],
                                     meta["hidden"], backbone.name)
         origin = code_centroid(ae.encode, prompts)
     tag = "random" if cfg.ist.random_decoder else "msf"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from ipt_dist.artifacts import msf_training_tasks
 from ipt_dist.config import IPTConfig
 from ipt_dist.provenance import prompt_digest
 from ipt_dist.summary import select_best_lr
@@ -37,7 +38,7 @@ def msf_eval_tasks(cfg: IPTConfig, train: list[str], unseen: list[str]) -> list[
 def pca_tasks(info: DecoderInfo, train: list[str]) -> list[str]:
     """The MSF checkpoint's training tasks: their stage-0 prompts span the PCA decoder of d and give
     the centroid z starts at (`ist.z_init: centroid`)."""
-    return list(info.meta.get("tasks") or train)
+    return msf_training_tasks(info.meta, train)
 
 
 def expand_pt(cfg: IPTConfig, train: list[str], unseen: list[str]) -> list[JobSpec]:

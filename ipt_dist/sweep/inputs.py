@@ -60,20 +60,18 @@ class PackInputs:
 
             dec = random_decoder(meta["d"], meta["prompt_len"], meta["hidden"], meta["mid_dim"], seed=plan.cfg.ist.seed)
             return {"meta": meta, "decoder": dec.state_dict(), "z_origin": None}
-        if job.decoder == "pca":  # computed here, once per d, from the prompts the job ids digest
-            from ipt_dist.modeling.pca_decoder import pca_decoder
-
+        prompts = None  # the MSF training tasks' stage-0 prompts (the ones the job ids digest), when needed
+        if job.decoder == "pca" or centroid:
             tasks = pca_tasks(plan.decoders[job.d], plan.train_tasks)
             prompts = load_task_prompts(prompts_dir(plan.cfg), tasks, meta["prompt_len"], meta["hidden"])
+        if job.decoder == "pca":  # computed here, once per d
+            from ipt_dist.modeling.pca_decoder import pca_decoder
+
             dec = pca_decoder(prompts, job.d)
             return {"meta": meta, "decoder": dec.state_dict(),
                     "z_origin": code_centroid(dec.encode, prompts) if centroid else None}  # ~0: the mean prompt
-        origin = None
-        if centroid:  # the mean code of the prompts this MSF was trained on
-            tasks = pca_tasks(plan.decoders[job.d], plan.train_tasks)
-            prompts = load_task_prompts(prompts_dir(plan.cfg), tasks, meta["prompt_len"], meta["hidden"])
-            origin = code_centroid(ae.encode, prompts)
-        return {"meta": meta, "decoder": ae.decoder.state_dict(), "z_origin": origin}
+        return {"meta": meta, "decoder": ae.decoder.state_dict(),  # MSF: centroid = mean Enc(P_i)
+                "z_origin": code_centroid(ae.encode, prompts) if centroid else None}
 
     def inits(self, pack: list[JobSpec]) -> dict[str, torch.Tensor] | None:
         """job_id -> Dec(z*) (L, H) of the pack's IPT-initialised PT jobs; None when it has none."""

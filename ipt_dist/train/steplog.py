@@ -74,15 +74,15 @@ class StepLog:
     def _table(self) -> torch.Tensor:
         device = next((v.device for row in self._values for v in row if torch.is_tensor(v)), torch.device("cpu"))
         cols = []
+        def host(v: float | None) -> float:
+            return math.nan if v is None else float(v)
+
         for j in range(len(self._names)):
             col = [row[j] for row in self._values]
-            if all(torch.is_tensor(v) for v in col):
-                cols.append(torch.stack([v.reshape(()).to(torch.float64) for v in col]).to(device))
-            elif not any(torch.is_tensor(v) for v in col):  # host numbers: one copy to the device
-                cols.append(torch.tensor([math.nan if v is None else float(v) for v in col],
-                                         dtype=torch.float64).to(device))
-            else:
+            if not any(torch.is_tensor(v) for v in col):  # host numbers: one copy to the device
+                cols.append(torch.tensor([host(v) for v in col], dtype=torch.float64).to(device))
+            else:  # device tensors (a host number among them, e.g. a float grad norm, goes over alone)
                 cols.append(torch.stack([v.reshape(()).to(device, torch.float64) if torch.is_tensor(v)
-                                         else torch.tensor(math.nan if v is None else float(v),
-                                                           dtype=torch.float64, device=device) for v in col]))
+                                         else torch.tensor(host(v), dtype=torch.float64, device=device)
+                                         for v in col]))
         return torch.stack(cols, dim=1).contiguous()
