@@ -23,10 +23,14 @@ def group_packs(jobs: list[JobSpec], pack_size: int, slots: int = 1,
       pack_size 32: 20 + 20, not 32 + 8, whose short pack would leave a slot idle at the end).
     - Slots filled: while there are fewer packs than `slots` (task slots the cluster runs at once),
       the largest pack is halved, so no slot idles while one pack holds many jobs.
-    - Longest first: ordered by `cost` (default: pack size), largest first, so the short packs
-      fill the gaps at the end (LPT scheduling).
+    - Slices first, in ascending d: every pack of the smallest intrinsic dimension goes before any
+      of the next (PT jobs have no d: one slice), so a sweep stopped or read part way holds whole
+      low-d slices (all decoders, settings and tasks of a d) rather than a scatter of every d.
+    - Longest first within a slice: ordered by `cost` (default: pack size), largest first, so the
+      short packs fill the gaps at the end of the slice (LPT scheduling; the next slice's packs
+      follow them, so only the last slice's tail can idle a slot).
     - Tapered: with more big packs (at least half the largest cost) than slots, the last `slots` of
-      them are halved, so the final wave is finer and a slot that finishes early takes more of it:
+      them (those of the last slice) are halved, so the final wave is finer and a slot that finishes early takes more of it:
       equal-sized packs do not take equal time (evaluation decodes to different lengths), and the
       slots idle at the end was most of the measured sweep overhead (BENCHMARKS.md).
     Deterministic for equal inputs.
@@ -49,13 +53,23 @@ def group_packs(jobs: list[JobSpec], pack_size: int, slots: int = 1,
             break
         packs[big:big + 1] = _split_even(packs[big], 2)
     cost = cost or len
-    packs.sort(key=lambda p: -cost(p))  # stable: equal costs keep the grouping order
-    big = [i for i, p in enumerate(packs) if 2 * cost(p) >= cost(packs[0]) and len(p) > 1]
+
+    def order(p: list[JobSpec]) -> tuple:
+        return (_slice(p[0]), -cost(p))
+
+    packs.sort(key=order)  # stable: equal keys keep the grouping order
+    top = max(map(cost, packs), default=0)
+    big = [i for i, p in enumerate(packs) if 2 * cost(p) >= top and len(p) > 1]
     if slots > 1 and len(big) > slots:  # taper: the last wave of big packs in halves
         last = set(big[-slots:])
         halves = [h for i in sorted(last) for h in _split_even(packs[i], 2)]
-        packs = sorted([p for i, p in enumerate(packs) if i not in last] + halves, key=lambda p: -cost(p))
+        packs = sorted([p for i, p in enumerate(packs) if i not in last] + halves, key=order)
     return packs
+
+
+def _slice(job: JobSpec) -> float:
+    """A pack's slice: its intrinsic dimension d (PT jobs, without one, all in one slice first)."""
+    return -1 if job.d is None else job.d
 
 
 def _split_even(group: list[JobSpec], n: int) -> list[list[JobSpec]]:

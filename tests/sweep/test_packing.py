@@ -29,3 +29,25 @@ def test_packs_are_balanced_fill_the_slots_and_go_longest_first():
     # more big packs than slots: the last wave of big packs comes in halves, after the full ones
     assert [len(p) for p in group_packs(jobs(256), 32, slots=2)] == [32] * 6 + [16] * 4
     assert [len(p) for p in group_packs(jobs(64), 32, slots=2)] == [32, 32]  # one wave: nothing to taper
+
+
+def test_packs_go_in_slices_of_ascending_d_longest_first_within_each():
+    """A sweep read or stopped part way holds whole low-d slices: every pack of d = 5 (IST of every
+    decoder and the evaluation-only settings 1-2) before any of d = 50, then d = 250; PT (no d) first."""
+    from ipt_dist.sweep.jobs import JobSpec
+    from ipt_dist.sweep.packing import group_packs
+
+    def jobs(n, kind, d, decoder="msf"):
+        return [JobSpec(job_id=f"{kind}{d}{decoder}-{i}", stage="ist", role=kind, kind=kind, task=f"t{i:03d}",
+                        seen=True, data_seed=42, lr=0.1, d=d, decoder=decoder) for i in range(n)]
+
+    mixed = [j for d in (250, 5, 50) for j in jobs(4, "msf_eval", d) + jobs(8, "ist", d) + jobs(8, "ist", d, "random")]
+    steps = {"ist": 32, "msf_eval": 0}
+    packs = group_packs(mixed, 4, slots=2, cost=lambda p: len(p) * (steps[p[0].kind] + 1))
+    ds = [p[0].d for p in packs]
+    assert ds == sorted(ds) and set(ds) == {5, 50, 250}  # str order would put 250 before 5
+    for d in (5, 50):  # within a slice: training packs first, the evaluation-only pack last
+        assert [p[0].kind for p in packs if p[0].d == d] == ["ist"] * 4 + ["msf_eval"]
+    assert sum(len(p) for p in packs) == len(mixed)
+    # the taper halves the last slice's last big packs only
+    assert [len(p) for p in packs if p[0].d == 250] == [4, 4, 2, 2, 2, 2, 4]
