@@ -167,6 +167,14 @@ def _machine() -> dict:
             "python": platform.python_version(), "platform": platform.platform()}
 
 
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=False).stdout.strip()
+    except OSError:
+        return ""
+
+
 class WallLedger:
     """<out>/wall_time.json: the wall time of a run that is resumed over several invocations.
 
@@ -308,6 +316,7 @@ def untuned_baselines(cfg: IPTConfig, tasks: list[str], cache: Path) -> dict[str
             out[t]["no_prompt_examples"] = p[:3]
         log.info("untuned baselines of %d tasks in %.0f s", len(todo), time.time() - t0)
         got["tasks"].update(out)
+        got["seconds"] = got.get("seconds", 0.0) + time.time() - t0
         cache.write_text(json.dumps(got, indent=1))
     return {t: got["tasks"][t] for t in tasks}
 
@@ -633,15 +642,35 @@ def limits(summary: dict, rows: list[dict], dims: list[int], seen: float | None,
 def write_quality(out: Path, cfg: IPTConfig, baselines: dict, command: str, timings: dict, machine: dict) -> Path:
     summary = json.loads((out / "ist_sweep" / "summary.json").read_text())
     dims = sorted(int(d) for d in cfg.sweep.dims)
-    metrics = {r["task"]: r.get("metric") for r in summary.get("rows", [])}
+    when = [f"- date: {timings['date']}; {_wall(timings['wall'])} (this invocation: pipeline "
+            f"{timings['pipeline_s'] / 60:.1f} min, untuned baselines {timings['baselines_s'] / 60:.1f} min"
+            f"{_baselines_elsewhere(out, timings['baselines_s'])})"]
+    text, numbers = _quality_text(out, cfg, summary, baselines, dims, command, when, timings, machine)
+    (out / "quality.md").write_text(text)
+    (out / "quality.json").write_text(json.dumps({"command": command, "timings": timings, "machine": machine,
+                                                  "baselines": baselines, **numbers}, indent=1, default=str))
+    return out / "quality.md"
+
+
+def _baselines_elsewhere(out: Path, seconds_here: float) -> str:
+    """The untuned baselines' compute time when an earlier invocation (e.g. `--partial`, outside the wall
+    time) computed them: their cache records it."""
+    path = out / "baselines.json"
+    recorded = json.loads(path.read_text()).get("seconds", 0.0) if path.is_file() else 0.0
+    rest = recorded - seconds_here
+    return f"; {rest / 60:.1f} min more computed them earlier, by --partial, outside the wall time" if rest > 30 else ""
+
+
+def _quality_text(out: Path, cfg: IPTConfig, summary: dict, baselines: dict, dims: list[int], command: str,
+                  when: list[str], timings: dict, machine: dict) -> tuple[str, dict]:
     from ipt_dist.stages.common import resolve_tasks
 
+    metrics = {r["task"]: r.get("metric") for r in summary.get("rows", [])}
     body, numbers = build_tables(summary, baselines, dims, metrics, draw_overlap(cfg, resolve_tasks(cfg).train))
     b, p, i, dt = cfg.backbone, cfg.pt, cfg.ist, cfg.data
     head = [f"# IPT quality benchmark: {out}", "",
             f"- command: `{command}`",
-            f"- date: {timings['date']}; {_wall(timings['wall'])} (this invocation: pipeline "
-            f"{timings['pipeline_s'] / 60:.1f} min, untuned baselines {timings['baselines_s'] / 60:.1f} min)",
+            *when,
             f"- machine: {'; '.join(timings['wall']['machines'])}; commit {machine.get('commit') or '?'}",
             f"- backbone {b.name_or_path} (chat template {b.chat_template}, answer prefix {b.answer_prefix!r}), "
             f"L={p.prompt_len}, "
@@ -654,11 +683,74 @@ def write_quality(out: Path, cfg: IPTConfig, baselines: dict, command: str, timi
             f"PT lrs {cfg.sweep.lrs}, IST lrs {cfg.sweep.ist_lrs or cfg.sweep.lrs}; PT init {p.init}; d in {dims}",
             "- paper (random split of 120 CrossFit tasks, BART-base): d=5 recovers 87% (seen tasks, new data) / "
             "65% (unseen); d=250: 97% / 83%", ""]
-    text = "\n".join(head) + "\n" + body + "\nFull tables: `ist_sweep/summary.md`; plots: `report/report.md`.\n"
-    (out / "quality.md").write_text(text)
-    (out / "quality.json").write_text(json.dumps({"command": command, "timings": timings, "machine": machine,
-                                                  "baselines": baselines, **numbers}, indent=1, default=str))
-    return out / "quality.md"
+    return "\n".join(head) + "\n" + body + "\nFull tables: `ist_sweep/summary.md`; plots: `report/report.md`.\n", numbers
+
+
+def coverage(jobs: list[dict], done: set[str]) -> tuple[list[str], list[int], dict]:
+    """Per d and decoder: finished / planned IST jobs, and settings 1-2 (evaluation only) per d.
+    Returns (markdown lines, the d's whose every job is finished, the counts)."""
+    planned: dict[tuple, list[int]] = {}
+    for j in jobs:
+        key = (j.get("d"), j.get("decoder") if j.get("kind") == "ist" else "settings 1-2")
+        n = planned.setdefault(key, [0, 0])
+        n[0] += j["job_id"] in done
+        n[1] += 1
+    dims = sorted({d for d, _ in planned if d is not None})
+    complete = [d for d in dims if all(a == b for (dd, _), (a, b) in planned.items() if dd == d)]
+    lines = ["| d | IST msf | IST random | IST pca | settings 1-2 | complete |", "|---|---|---|---|---|---|"]
+    for d in dims:
+        cells = [f"{planned[(d, k)][0]}/{planned[(d, k)][1]}" if (d, k) in planned else "-"
+                 for k in ("msf", "random", "pca", "settings 1-2")]
+        lines.append(f"| {d} | " + " | ".join(cells) + f" | {'yes' if d in complete else 'no'} |")
+    return lines, complete, {f"d{d}:{k}": v for (d, k), v in planned.items()}
+
+
+def write_partial(out: Path, cfg: IPTConfig, command: str, machine: dict) -> Path:
+    """`--partial`: <out>/quality.partial.md (+ .json) from the IST jobs finished so far, while the run goes
+    on or after it stopped; trains nothing and leaves every file of the run as it is. Slices (d) whose
+    jobs are all finished read as in the full report (the sweep runs d in ascending order); a d still
+    in progress averages over the tasks and draws done, and the table of finished / planned jobs says
+    which. The untuned baselines are computed once and cached (<out>/baselines.json) for the full run."""
+    from ipt_dist.artifacts import read_jsonl
+    from ipt_dist.errors import UserError
+    from ipt_dist.stages.common import resolve_tasks
+    from ipt_dist.summary import summarize_ist
+    from ipt_dist.sweep.results import pt_baseline_records
+
+    sdir = out / "ist_sweep"
+    jobs = read_jsonl(sdir / "jobs.jsonl")
+    if not jobs:
+        raise UserError(f"{sdir / 'jobs.jsonl'} does not exist yet: the IST sweep of {out} has not started "
+                         f"(PT and MSF come first); run --partial once its log shows 'ist sweep: ... jobs to run'")
+    planned = {j["job_id"] for j in jobs}
+    records = [r for r in read_jsonl(sdir / "results.jsonl") if r.get("job_id") in planned]
+    split = resolve_tasks(cfg)
+    summary = summarize_ist(records, pt_baseline_records(cfg), split.train, split.unseen).to_dict()
+    cov_lines, complete, counts = coverage(jobs, {r["job_id"] for r in records})
+    dims = sorted({j["d"] for j in jobs if j.get("d") is not None and any(r.get("d") == j["d"] for r in records)})
+    if not dims:
+        raise UserError(f"no IST job of {sdir} has finished yet: run --partial again later")
+    baselines = untuned_baselines(cfg, split.all, out / "baselines.json")
+    wall_path = out / "wall_time.json"  # read only: the running invocation owns it
+    wall = json.loads(wall_path.read_text()) if wall_path.is_file() else {"segments": [], "total_s": 0.0}
+    segs = wall.get("segments", [])
+    wall_summary = {"total_s": wall.get("total_s", 0.0), "segments": len(segs),
+                    "machines": sorted({f"{s['nproc']} cores {s['cpu']}" + (", AVX512-bf16" if s.get("avx512_bf16") else "")
+                                        for s in segs})}
+    now = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    when = [f"- **PARTIAL** report read at {now}: {len(records)} of {len(jobs)} IST sweep jobs finished; complete d: "
+            f"{', '.join(map(str, complete)) or 'none yet'}. Columns of an unfinished d average over the tasks and draws "
+            f"done (n= gives how many). The full report is quality.md, written when the run ends.",
+            f"- wall time so far: {_wall(wall_summary)}",
+            "", *cov_lines, ""]
+    timings = {"date": now, "wall": wall_summary}
+    text, numbers = _quality_text(out, cfg, summary, baselines, dims, command, when, timings, machine)
+    (out / "quality.partial.md").write_text(text)
+    (out / "quality.partial.json").write_text(json.dumps({"partial": True, "command": command, "timings": timings,
+                                                          "machine": machine, "coverage": counts,
+                                                          "complete_d": complete, "baselines": baselines, **numbers},
+                                                         indent=1, default=str))
+    return out / "quality.partial.md"
 
 
 # ----------------------------------------------------------------------------- main
@@ -673,6 +765,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pt-only", action="store_true",
                     help="calibrate PT first: only the PT sweep and the untuned baselines -> <out>/pt_calibration.md "
                          "(per task and lr: PT against majority and no prompt); the full run reuses its PT jobs")
+    ap.add_argument("--partial", action="store_true",
+                    help="report the IST jobs finished so far (<out>/quality.partial.md) without training anything; "
+                         "safe while the run goes on (computes and caches the untuned baselines once)")
     ap.add_argument("--distributed-msf", action="store_true", help="MSF with Ray Train + DeepSpeed workers")
     ap.add_argument("--make-split", nargs="?", const="cpu", choices=["cpu", "gpu"],
                     help=f"re-derive the task split: cpu writes {SPLIT_FILE.name}, gpu prints the lists of "
@@ -714,6 +809,17 @@ def main(argv: list[str] | None = None) -> int:
     command = "PYTHONPATH=. HF_HUB_OFFLINE=1 python bench/quality.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     log.info("quality benchmark: config %s, output %s", args.config, out)
 
+    if args.partial:
+        from ipt_dist.errors import UserError
+
+        try:
+            path = write_partial(out, cfg, command, _machine() | {"commit": _commit()})
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(path.read_text())
+        print(f"\nwritten: {path}")
+        return 0
     ledger = WallLedger(out)
     try:
         return _run(args, cfg, out, command, ledger)
@@ -743,12 +849,7 @@ def _run(args, cfg: IPTConfig, out: Path, command: str, ledger: WallLedger) -> i
     t_end = time.time()
     timings = {"date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
                "pipeline_s": t_pipe - t_start, "baselines_s": t_end - t_pipe, "wall": ledger.summary()}
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                                check=False).stdout.strip()
-    except OSError:
-        commit = ""
-    machine = _machine() | {"commit": commit}
+    machine = _machine() | {"commit": _commit()}
     path = write_quality(out, cfg, baselines, command, timings, machine)
     ledger.close("report written")
     print(path.read_text())

@@ -128,3 +128,31 @@ def test_wall_ledger_write_failure_is_logged_not_raised(quality, tmp_path, caplo
     ledger.phase("pipeline")
     assert "wall time not recorded" in caplog.text
     ledger.close("report written")
+
+
+def test_coverage_counts_finished_jobs_per_d_and_names_the_complete_slices(quality):
+    """--partial's table: finished / planned per d and decoder; a d is complete only when every job
+    of it (IST of each decoder and the evaluation-only settings 1-2) is finished."""
+    jobs = ([{"job_id": f"a{i}", "kind": "ist", "d": 5, "decoder": dec} for i, dec in enumerate(["msf", "random", "pca"])]
+            + [{"job_id": "e5", "kind": "msf_eval", "d": 5, "decoder": "msf"}]
+            + [{"job_id": f"b{i}", "kind": "ist", "d": 50, "decoder": "msf"} for i in range(2)]
+            + [{"job_id": "e50", "kind": "msf_eval", "d": 50, "decoder": "msf"}])
+    lines, complete, counts = quality.coverage(jobs, {"a0", "a1", "a2", "e5", "b0"})
+    assert complete == [5]
+    assert counts["d50:msf"] == [1, 2] and counts["d50:settings 1-2"] == [0, 1] and counts["d5:pca"] == [1, 1]
+    assert lines[2] == "| 5 | 1/1 | 1/1 | 1/1 | 1/1 | yes |" and lines[3] == "| 50 | 1/2 | - | - | 0/1 | no |"
+    assert quality.coverage(jobs, set())[1] == []
+
+
+def test_partial_before_the_ist_sweep_starts_is_one_error_line(tmp_path, capsys):
+    """`--partial` on a run whose IST sweep has not started: `error: ...`, exit 2, nothing written."""
+    import pathlib
+
+    quality = bench_module("quality")
+    data = pathlib.Path(quality.DEFAULT_DATA)
+    if not (data / "tasks.json").is_file():
+        pytest.skip("needs the shared CrossFit data (../shared/data/tasks)")
+    assert quality.main(["--out", str(tmp_path), "--partial"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "jobs.jsonl" in err and "\n" not in err
+    assert not (tmp_path / "quality.partial.md").exists() and not (tmp_path / "wall_time.json").exists()
