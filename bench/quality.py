@@ -8,6 +8,7 @@ real CrossFit few-shot tasks of ../shared/data/tasks and SmolLM2-135M-Instruct.
     python bench/quality.py                                       # the CPU configuration (see its header for the cost)
     python bench/quality.py --config configs/quality_gpu.yaml --out /abs/runs/quality_gpu --distributed-msf
     python bench/quality.py --set pt.steps=80 --set "sweep.lrs=[0.01]"   # any KEY=VALUE of the config
+    python bench/quality.py --partial                             # the IST jobs finished so far -> <out>/quality.partial.md
     python bench/quality.py --make-split                          # re-derive bench/quality_split.json
     python bench/quality.py --make-split gpu                      # print the GPU configuration's split
 
@@ -658,7 +659,8 @@ def _baselines_elsewhere(out: Path, seconds_here: float) -> str:
     path = out / "baselines.json"
     recorded = json.loads(path.read_text()).get("seconds", 0.0) if path.is_file() else 0.0
     rest = recorded - seconds_here
-    return f"; {rest / 60:.1f} min more computed them earlier, by --partial, outside the wall time" if rest > 30 else ""
+    return (f"; computed earlier by --partial, outside the wall time: {rest / 60:.1f} min of wall, beside the running run"
+            if rest > 30 else "")
 
 
 def _quality_text(out: Path, cfg: IPTConfig, summary: dict, baselines: dict, dims: list[int], command: str,
