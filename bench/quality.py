@@ -176,6 +176,12 @@ def _commit() -> str:
         return ""
 
 
+def machines(segments: list[dict]) -> list[str]:
+    """The distinct machines of wall-time segments, e.g. '2 cores AMD EPYC, AVX512-bf16'."""
+    return sorted({f"{s['nproc']} cores {s['cpu']}" + (f", GPU {s['gpu']}" if s.get("gpu") else "")
+                   + (", AVX512-bf16" if s.get("avx512_bf16") else "") for s in segments})
+
+
 class WallLedger:
     """<out>/wall_time.json: the wall time of a run that is resumed over several invocations.
 
@@ -235,9 +241,7 @@ class WallLedger:
     def summary(self) -> dict:
         """Sum of the segments, their count and the distinct machines they ran on."""
         self._write()
-        machines = sorted({f"{s['nproc']} cores {s['cpu']}" + (f", GPU {s['gpu']}" if s.get("gpu") else "")
-                           + (", AVX512-bf16" if s.get("avx512_bf16") else "") for s in self.segments})
-        return {"total_s": self.total_s(), "segments": len(self.segments), "machines": machines,
+        return {"total_s": self.total_s(), "segments": len(self.segments), "machines": machines(self.segments),
                 "this_invocation_s": self.segments[-1]["last"] - self.segments[-1]["start"]}
 
     def close(self, phase: str) -> None:
@@ -277,22 +281,31 @@ def draw_overlap(cfg: IPTConfig, tasks: list[str]) -> dict[str, float]:
     return out
 
 
-def untuned_baselines(cfg: IPTConfig, tasks: list[str], cache: Path) -> dict[str, dict]:
+def baselines_key(cfg: IPTConfig) -> str:
+    """What the untuned baselines depend on: their cache is valid while this is unchanged."""
+    from ipt_dist.rerun import late_fields
+
+    return json.dumps([cfg.backbone.name_or_path, cfg.backbone.chat_template, cfg.backbone.max_input_len,
+                       cfg.backbone.max_new_tokens, cfg.backbone.num_beams, cfg.data.train_size,
+                       cfg.data.max_examples, cfg.sweep.data_seeds]
+                      + [[cfg.backbone.answer_prefix, cfg.data.task_prefix, cfg.backbone.max_target_len,
+                          cfg.data.shots_per_class]] * bool(late_fields(cfg)))  # keys of earlier caches stay valid
+
+
+def untuned_baselines(cfg: IPTConfig, tasks: list[str], cache: Path, *, outside_ledger: bool = False) -> dict[str, dict]:
     """Per task: majority-class score (mean over the sweep's data seeds) and the score of the
-    frozen backbone with no soft prompt; cached in `cache` (JSON)."""
+    frozen backbone with no soft prompt; cached in `cache` (JSON). `outside_ledger` (--partial: no
+    wall-time segment of its own) adds the wall seconds spent to the cache's `partial_seconds`, so
+    the full report can say that this part of the work is not in its wall time."""
     import torch
 
+    from ipt_dist.artifacts import atomic_write_bytes
     from ipt_dist.modeling.backbone import build_backbone
-    from ipt_dist.rerun import late_fields
     from ipt_dist.stages.common import load_raw, load_tokenized, pick_device
     from ipt_dist.train.steps import evaluate_groups
 
     got = json.loads(cache.read_text()) if cache.is_file() else {}
-    key = json.dumps([cfg.backbone.name_or_path, cfg.backbone.chat_template, cfg.backbone.max_input_len,
-                      cfg.backbone.max_new_tokens, cfg.backbone.num_beams, cfg.data.train_size,
-                      cfg.data.max_examples, cfg.sweep.data_seeds]
-                     + [[cfg.backbone.answer_prefix, cfg.data.task_prefix, cfg.backbone.max_target_len,
-                         cfg.data.shots_per_class]] * bool(late_fields(cfg)))  # keys of earlier caches stay valid
+    key = baselines_key(cfg)
     if got.get("key") != key:
         got = {"key": key, "tasks": {}}
     todo = [t for t in tasks if t not in got["tasks"]]
@@ -317,8 +330,9 @@ def untuned_baselines(cfg: IPTConfig, tasks: list[str], cache: Path) -> dict[str
             out[t]["no_prompt_examples"] = p[:3]
         log.info("untuned baselines of %d tasks in %.0f s", len(todo), time.time() - t0)
         got["tasks"].update(out)
-        got["seconds"] = got.get("seconds", 0.0) + time.time() - t0
-        cache.write_text(json.dumps(got, indent=1))
+        if outside_ledger:
+            got["partial_seconds"] = got.get("partial_seconds", 0.0) + time.time() - t0
+        atomic_write_bytes(cache, json.dumps(got, indent=1).encode())
     return {t: got["tasks"][t] for t in tasks}
 
 
@@ -645,7 +659,7 @@ def write_quality(out: Path, cfg: IPTConfig, baselines: dict, command: str, timi
     dims = sorted(int(d) for d in cfg.sweep.dims)
     when = [f"- date: {timings['date']}; {_wall(timings['wall'])} (this invocation: pipeline "
             f"{timings['pipeline_s'] / 60:.1f} min, untuned baselines {timings['baselines_s'] / 60:.1f} min"
-            f"{_baselines_elsewhere(out, timings['baselines_s'])})"]
+            f"{_baselines_elsewhere(out)})"]
     text, numbers = _quality_text(out, cfg, summary, baselines, dims, command, when, timings, machine)
     (out / "quality.md").write_text(text)
     (out / "quality.json").write_text(json.dumps({"command": command, "timings": timings, "machine": machine,
@@ -653,14 +667,13 @@ def write_quality(out: Path, cfg: IPTConfig, baselines: dict, command: str, timi
     return out / "quality.md"
 
 
-def _baselines_elsewhere(out: Path, seconds_here: float) -> str:
-    """The untuned baselines' compute time when an earlier invocation (e.g. `--partial`, outside the wall
-    time) computed them: their cache records it."""
+def _baselines_elsewhere(out: Path) -> str:
+    """The untuned baselines' wall time when `--partial` (outside the wall-time ledger) computed them:
+    their cache records it."""
     path = out / "baselines.json"
-    recorded = json.loads(path.read_text()).get("seconds", 0.0) if path.is_file() else 0.0
-    rest = recorded - seconds_here
-    return (f"; computed earlier by --partial, outside the wall time: {rest / 60:.1f} min of wall, beside the running run"
-            if rest > 30 else "")
+    spent = json.loads(path.read_text()).get("partial_seconds", 0.0) if path.is_file() else 0.0
+    return (f"; computed earlier by --partial, outside the wall time: {spent / 60:.1f} min of wall, beside the running run"
+            if spent else "")
 
 
 def _quality_text(out: Path, cfg: IPTConfig, summary: dict, baselines: dict, dims: list[int], command: str,
@@ -693,16 +706,18 @@ def coverage(jobs: list[dict], done: set[str]) -> tuple[list[str], list[int], di
     Returns (markdown lines, the d's whose every job is finished, the counts)."""
     planned: dict[tuple, list[int]] = {}
     for j in jobs:
-        key = (j.get("d"), j.get("decoder") if j.get("kind") == "ist" else "settings 1-2")
+        kind = j.get("kind")
+        key = (j.get("d"), j.get("decoder") if kind == "ist" else "settings 1-2" if kind == "msf_eval" else "IPT-init PT")
         n = planned.setdefault(key, [0, 0])
         n[0] += j["job_id"] in done
         n[1] += 1
     dims = sorted({d for d, _ in planned if d is not None})
     complete = [d for d in dims if all(a == b for (dd, _), (a, b) in planned.items() if dd == d)]
-    lines = ["| d | IST msf | IST random | IST pca | settings 1-2 | complete |", "|---|---|---|---|---|---|"]
+    kinds = ["msf", "random", "pca", "settings 1-2"] + ["IPT-init PT"] * any(k == "IPT-init PT" for _, k in planned)
+    heads = [k if k in ("settings 1-2", "IPT-init PT") else f"IST {k}" for k in kinds]
+    lines = ["| d | " + " | ".join(heads) + " | complete |", "|---" * (len(kinds) + 2) + "|"]
     for d in dims:
-        cells = [f"{planned[(d, k)][0]}/{planned[(d, k)][1]}" if (d, k) in planned else "-"
-                 for k in ("msf", "random", "pca", "settings 1-2")]
+        cells = [f"{planned[(d, k)][0]}/{planned[(d, k)][1]}" if (d, k) in planned else "-" for k in kinds]
         lines.append(f"| {d} | " + " | ".join(cells) + f" | {'yes' if d in complete else 'no'} |")
     return lines, complete, {f"d{d}:{k}": v for (d, k), v in planned.items()}
 
@@ -729,16 +744,14 @@ def write_partial(out: Path, cfg: IPTConfig, command: str, machine: dict) -> Pat
     split = resolve_tasks(cfg)
     summary = summarize_ist(records, pt_baseline_records(cfg), split.train, split.unseen).to_dict()
     cov_lines, complete, counts = coverage(jobs, {r["job_id"] for r in records})
-    dims = sorted({j["d"] for j in jobs if j.get("d") is not None and any(r.get("d") == j["d"] for r in records)})
+    dims = sorted({r["d"] for r in records if r.get("d") is not None})
     if not dims:
         raise UserError(f"no IST job of {sdir} has finished yet: run --partial again later")
-    baselines = untuned_baselines(cfg, split.all, out / "baselines.json")
+    baselines = untuned_baselines(cfg, split.all, out / "baselines.json", outside_ledger=True)
     wall_path = out / "wall_time.json"  # read only: the running invocation owns it
     wall = json.loads(wall_path.read_text()) if wall_path.is_file() else {"segments": [], "total_s": 0.0}
     segs = wall.get("segments", [])
-    wall_summary = {"total_s": wall.get("total_s", 0.0), "segments": len(segs),
-                    "machines": sorted({f"{s['nproc']} cores {s['cpu']}" + (", AVX512-bf16" if s.get("avx512_bf16") else "")
-                                        for s in segs})}
+    wall_summary = {"total_s": wall.get("total_s", 0.0), "segments": len(segs), "machines": machines(segs)}
     now = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
     when = [f"- **PARTIAL** report read at {now}: {len(records)} of {len(jobs)} IST sweep jobs finished; complete d: "
             f"{', '.join(map(str, complete)) or 'none yet'}. Columns of an unfinished d average over the tasks and draws "
@@ -807,7 +820,6 @@ def main(argv: list[str] | None = None) -> int:
     # As `ipt quickstart --data` does, minus its reset of data.unseen_tasks (the GPU config lists them).
     cfg = load_config(args.config, [f"output_dir={out}", f"tracking.tracking_uri=sqlite:///{out / 'mlflow.db'}",
                                     f"data.data_dir={data}"] + overrides + list(args.set))
-    out.mkdir(parents=True, exist_ok=True)
     command = "PYTHONPATH=. HF_HUB_OFFLINE=1 python bench/quality.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     log.info("quality benchmark: config %s, output %s", args.config, out)
 
@@ -822,6 +834,7 @@ def main(argv: list[str] | None = None) -> int:
         print(path.read_text())
         print(f"\nwritten: {path}")
         return 0
+    out.mkdir(parents=True, exist_ok=True)
     ledger = WallLedger(out)
     try:
         return _run(args, cfg, out, command, ledger)

@@ -30,7 +30,7 @@ def group_packs(jobs: list[JobSpec], pack_size: int, slots: int = 1,
       short packs fill the gaps at the end of the slice (LPT scheduling; the next slice's packs
       follow them, so only the last slice's tail can idle a slot).
     - Tapered: with more big packs (at least half the largest cost) than slots, the last `slots` of
-      them (those of the last slice) are halved, so the final wave is finer and a slot that finishes early takes more of it:
+      them (the last in the order) are halved, so the final wave is finer and a slot that finishes early takes more of it:
       equal-sized packs do not take equal time (evaluation decodes to different lengths), and the
       slots idle at the end was most of the measured sweep overhead (BENCHMARKS.md).
     Deterministic for equal inputs.
@@ -68,8 +68,10 @@ def group_packs(jobs: list[JobSpec], pack_size: int, slots: int = 1,
 
 
 def _slice(job: JobSpec) -> float:
-    """A pack's slice: its intrinsic dimension d (PT jobs, without one, all in one slice first)."""
-    return -1 if job.d is None else job.d
+    """A pack's slice: the d of its pack key (PT packs, whose key has none even when IPT-initialised
+    PT jobs carry a d, all in one slice first)."""
+    key = job.pack_key()
+    return -1 if len(key) < 2 or key[1] is None else key[1]
 
 
 def _split_even(group: list[JobSpec], n: int) -> list[list[JobSpec]]:

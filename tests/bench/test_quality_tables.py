@@ -137,11 +137,17 @@ def test_coverage_counts_finished_jobs_per_d_and_names_the_complete_slices(quali
             + [{"job_id": "e5", "kind": "msf_eval", "d": 5, "decoder": "msf"}]
             + [{"job_id": f"b{i}", "kind": "ist", "d": 50, "decoder": "msf"} for i in range(2)]
             + [{"job_id": "e50", "kind": "msf_eval", "d": 50, "decoder": "msf"}])
+    assert quality.coverage(jobs, set())[0][0] == "| d | IST msf | IST random | IST pca | settings 1-2 | complete |"
     lines, complete, counts = quality.coverage(jobs, {"a0", "a1", "a2", "e5", "b0"})
     assert complete == [5]
     assert counts["d50:msf"] == [1, 2] and counts["d50:settings 1-2"] == [0, 1] and counts["d5:pca"] == [1, 1]
     assert lines[2] == "| 5 | 1/1 | 1/1 | 1/1 | 1/1 | yes |" and lines[3] == "| 50 | 1/2 | - | - | 0/1 | no |"
     assert quality.coverage(jobs, set())[1] == []
+    # IPT-initialised PT jobs (kind pt, with a d) get their own column, not the settings 1-2 count
+    lines, complete, counts = quality.coverage(jobs + [{"job_id": "p5", "kind": "pt", "d": 5, "decoder": "msf"}],
+                                               {"a0", "a1", "a2", "e5"})
+    assert counts["d5:settings 1-2"] == [1, 1] and counts["d5:IPT-init PT"] == [0, 1] and complete == []
+    assert lines[0].endswith("| settings 1-2 | IPT-init PT | complete |")
 
 
 def test_partial_before_the_ist_sweep_starts_is_one_error_line(tmp_path, capsys):
@@ -156,3 +162,53 @@ def test_partial_before_the_ist_sweep_starts_is_one_error_line(tmp_path, capsys)
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "jobs.jsonl" in err and "\n" not in err
     assert not (tmp_path / "quality.partial.md").exists() and not (tmp_path / "wall_time.json").exists()
+
+
+def test_partial_reports_only_finished_jobs_of_the_plan_and_leaves_the_run_as_it_is(tmp_path, capsys):
+    """`--partial` on a run part way through its IST sweep: quality.partial.md counts finished /
+    planned jobs per d, reads only results of planned jobs (a stale result of another configuration
+    in results.jsonl stays out), and writes nothing of the run's own (wall time, quality.md)."""
+    import json
+    import pathlib
+
+    from ipt_dist.config import load_config
+
+    quality = bench_module("quality")
+    data = pathlib.Path(quality.DEFAULT_DATA)
+    if not (data / "tasks.json").is_file():
+        pytest.skip("needs the shared CrossFit data (../shared/data/tasks)")
+    split = json.loads(quality.SPLIT_FILE.read_text())
+    seen, unseen = split["train"][0], split["test"][0]
+    cfg = load_config(quality.DEFAULT_CONFIG, [f"output_dir={tmp_path}", f"data.data_dir={data}",
+                                               f"data.split_file={quality.SPLIT_FILE}"])
+    (tmp_path / "baselines.json").write_text(json.dumps(
+        {"key": quality.baselines_key(cfg),
+         "tasks": {t: {"majority": 0.5, "no_prompt": 0.0} for t in split["train"] + split["test"]}}))
+    (tmp_path / "pt_sweep").mkdir()
+    (tmp_path / "pt_sweep" / "results.jsonl").write_text("".join(json.dumps(
+        {"job_id": f"pt-{t}-{s}", "task": t, "kind": "pt", "role": "pt", "lr": 0.03, "data_seed": s, "metric": "ACC",
+         "best_dev": 0.8, "test": 0.8}) + "\n" for t in (seen, unseen) for s in (42, 13)))
+    sdir = tmp_path / "ist_sweep"
+    sdir.mkdir()
+    job = {"kind": "ist", "role": "ist", "stage": "ist", "lr": 0.1, "decoder": "msf"}
+    jobs = [{**job, "job_id": "ist-a", "task": seen, "setting": "ist_seen_new", "d": 5, "data_seed": 13, "seen": True},
+            {**job, "job_id": "ist-b", "task": unseen, "setting": "ist_unseen", "d": 50, "data_seed": 42, "seen": False}]
+    (sdir / "jobs.jsonl").write_text("".join(json.dumps(j) + "\n" for j in jobs))
+    done = {**jobs[0], "metric": "ACC", "best_dev": 0.6, "test": 0.6}
+    stale = {**jobs[0], "job_id": "ist-stale", "metric": "ACC", "best_dev": 0.99, "test": 0.99}
+    (sdir / "results.jsonl").write_text(json.dumps(stale) + "\n" + json.dumps(done) + "\n")
+    wall = json.dumps({"segments": [{"start": 0.0, "last": 3600.0, "nproc": 2, "cpu": "cpu", "gpu": None}],
+                       "total_s": 3600.0})
+    (tmp_path / "wall_time.json").write_text(wall)
+
+    assert quality.main(["--out", str(tmp_path), "--data", str(data), "--partial"]) == 0
+    text = (tmp_path / "quality.partial.md").read_text()
+    assert "**PARTIAL**" in text and "1 of 2 IST sweep jobs finished; complete d: 5." in text
+    assert "| 5 | 1/1 | - | - | - | yes |" in text and "| 50 | - | - | - | - | no |" not in text
+    assert "| 50 | 0/1 | - | - | - | no |" in text
+    row = next(line for line in text.splitlines() if line.startswith(f"| {seen.removeprefix('gym__')} |"))
+    assert "0.600" in row and "0.990" not in row  # the planned job's score, not the stale one
+    numbers = json.loads((tmp_path / "quality.partial.json").read_text())
+    assert numbers["partial"] is True and numbers["complete_d"] == [5]
+    assert numbers["headline"]["seen_new"]["5"] == pytest.approx(0.75)  # 0.6 / PT 0.8 on the same draw
+    assert (tmp_path / "wall_time.json").read_text() == wall and not (tmp_path / "quality.md").exists()

@@ -48,6 +48,10 @@ def test_packs_go_in_slices_of_ascending_d_longest_first_within_each():
     assert ds == sorted(ds) and set(ds) == {5, 50, 250}  # str order would put 250 before 5
     for d in (5, 50):  # within a slice: training packs first, the evaluation-only pack last
         assert [p[0].kind for p in packs if p[0].d == d] == ["ist"] * 4 + ["msf_eval"]
-    assert sum(len(p) for p in packs) == len(mixed)
+    assert sorted(j.job_id for p in packs for j in p) == sorted(j.job_id for j in mixed)
+    # IPT-initialised PT jobs carry a d but share the PT pack key: their pack is in the first slice
+    ipt_pt = [JobSpec(job_id=f"p{i}", stage="ist", role="ipt_pt", kind="pt", task=f"t{i:03d}", seen=True,
+                      data_seed=42, lr=0.1, d=250, decoder="msf") for i in range(2)]
+    assert next(p[0].kind for p in group_packs(mixed + ipt_pt, 4, slots=2, cost=len)) == "pt"
     # the taper halves the last slice's last big packs only
     assert [len(p) for p in packs if p[0].d == 250] == [4, 4, 2, 2, 2, 2, 4]
