@@ -463,6 +463,14 @@ def compare(summary: dict, setting: str, d: int, other: str) -> dict:
     out["difference"] = diff
     lo_a, hi_a = a.get("mean_relative_ci_low"), a.get("mean_relative_ci_high")
     lo_b, hi_b = b.get("mean_relative_ci_low"), b.get("mean_relative_ci_high")
+    if a.get("n_relative") != b.get("n_relative"):  # e.g. a --partial read: one decoder's jobs not all done
+        out["overlap"] = None
+        paired = ("" if diff["ci_low"] is None or diff["ci_low"] <= 0 <= diff["ci_high"] else
+                  f"; on the {diff['n']} tasks both have, MSF is {'ahead' if diff['ci_low'] > 0 else 'behind'} "
+                  f"(the paired difference's interval excludes 0)")
+        out["verdict"] = (f"cannot tell yet: the intervals are over different tasks (MSF n={a.get('n_relative')}, "
+                          f"{other} n={b.get('n_relative')})" + paired)
+        return out
     if None in (lo_a, hi_a, lo_b, hi_b):
         out["overlap"], out["verdict"] = None, "cannot tell (too few tasks for an interval)"
         return out

@@ -46,6 +46,18 @@ def test_overlapping_intervals_cannot_tell(quality):
     assert c["overlap"] is True and c["verdict"].startswith("cannot tell")
 
 
+def test_intervals_over_different_tasks_are_not_compared(quality):
+    """A decoder whose jobs are not all done (a --partial read) has an interval over fewer tasks: no
+    "beats" from intervals of different task sets, only the paired difference on the shared tasks."""
+    s = _summary({"ist_seen_new@d5": [0.9, 0.95, 0.85, 0.9, 0.92, 0.88],
+                  "ist_seen_new@d5:pca": [0.2, 0.3, 0.1, 0.25, 0.15, 0.2]})
+    pca = next(x for x in s["settings"] if x["column"] == "ist_seen_new@d5:pca")
+    pca["n_relative"] = 3
+    c = quality.compare(s, "ist_seen_new", 5, "pca")
+    assert c["overlap"] is None and c["verdict"].startswith("cannot tell yet: the intervals are over different tasks")
+    assert "MSF is ahead" in c["verdict"]
+
+
 def test_a_missing_baseline_is_not_run(quality):
     s = _summary({"ist_unseen@d5": [0.9, 0.8]})
     assert quality.compare(s, "ist_unseen", 5, "pca")["verdict"] == "not run"
