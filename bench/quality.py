@@ -463,13 +463,15 @@ def compare(summary: dict, setting: str, d: int, other: str) -> dict:
     out["difference"] = diff
     lo_a, hi_a = a.get("mean_relative_ci_low"), a.get("mean_relative_ci_high")
     lo_b, hi_b = b.get("mean_relative_ci_low"), b.get("mean_relative_ci_high")
+    # the side of 0 the paired difference's interval lies on, when it excludes 0
+    side = (None if diff["ci_low"] is None or diff["ci_low"] <= 0 <= diff["ci_high"]
+            else "ahead" if diff["ci_low"] > 0 else "behind")
     if a.get("n_relative") != b.get("n_relative"):  # e.g. a --partial read: one decoder's jobs not all done
         out["overlap"] = None
-        paired = ("" if diff["ci_low"] is None or diff["ci_low"] <= 0 <= diff["ci_high"] else
-                  f"; on the {diff['n']} tasks both have, MSF is {'ahead' if diff['ci_low'] > 0 else 'behind'} "
-                  f"(the paired difference's interval excludes 0)")
         out["verdict"] = (f"cannot tell yet: the intervals are over different tasks (MSF n={a.get('n_relative')}, "
-                          f"{other} n={b.get('n_relative')})" + paired)
+                          f"{other} n={b.get('n_relative')})"
+                          + (f"; on the {diff['n']} tasks both have, MSF is {side} (the paired difference's "
+                             f"interval excludes 0)" if side else ""))
         return out
     if None in (lo_a, hi_a, lo_b, hi_b):
         out["overlap"], out["verdict"] = None, "cannot tell (too few tasks for an interval)"
@@ -477,8 +479,8 @@ def compare(summary: dict, setting: str, d: int, other: str) -> dict:
     out["overlap"] = not (lo_a > hi_b or lo_b > hi_a)
     if not out["overlap"]:
         out["verdict"] = f"MSF {'beats' if lo_a > hi_b else 'loses to'} {other}: the intervals do not overlap"
-    elif diff["ci_low"] is not None and (diff["ci_low"] > 0 or diff["ci_high"] < 0):
-        out["verdict"] = (f"MSF {'ahead of' if diff['ci_low'] > 0 else 'behind'} {other} on the paired difference "
+    elif side:
+        out["verdict"] = (f"MSF {'ahead of' if side == 'ahead' else 'behind'} {other} on the paired difference "
                           f"(its 95% interval excludes 0), but the two intervals overlap")
     else:
         out["verdict"] = "cannot tell: the intervals overlap and the paired difference's interval contains 0"
@@ -831,17 +833,10 @@ def main(argv: list[str] | None = None) -> int:
     command = "PYTHONPATH=. HF_HUB_OFFLINE=1 python bench/quality.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     log.info("quality benchmark: config %s, output %s", args.config, out)
 
-    if args.partial:
-        from ipt_dist.errors import UserError
+    if args.partial:  # user errors: one `error:` line, exit 2 (the project's entry-point rule)
+        from ipt_dist.errors import debug_requested, run_entry
 
-        try:
-            path = write_partial(out, cfg, command, _machine() | {"commit": _commit()})
-        except UserError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        print(path.read_text())
-        print(f"\nwritten: {path}")
-        return 0
+        return run_entry(lambda: _print_partial(out, cfg, command), debug=debug_requested())
     out.mkdir(parents=True, exist_ok=True)
     ledger = WallLedger(out)
     try:
@@ -849,6 +844,13 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException as e:  # Ctrl-C, a killed Ray, a failed stage: the segment still ends here
         ledger.close(f"stopped ({type(e).__name__})")
         raise
+
+
+def _print_partial(out: Path, cfg: IPTConfig, command: str) -> int:
+    path = write_partial(out, cfg, command, _machine() | {"commit": _commit()})
+    print(path.read_text())
+    print(f"\nwritten: {path}")
+    return 0
 
 
 def _run(args, cfg: IPTConfig, out: Path, command: str, ledger: WallLedger) -> int:
