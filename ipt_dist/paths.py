@@ -12,6 +12,10 @@ path never needs its own absolutising. Plain Python (`data_dir` writes the demo 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,7 +23,7 @@ from ipt_dist.config import IPTConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["absolute", "absolute_uri", "absolutize", "data_dir", "demo_data_dir", "msf_checkpoint_dir",
+__all__ = ["absolute", "absolute_uri", "absolutize", "build_once", "cache_root", "data_dir", "demo_data_dir", "msf_checkpoint_dir",
            "msf_dist_dir", "msf_prompts_dir", "pipeline_msf_dir", "pt_prompts_dir", "ray_storage_path",
            "stage_dir", "sweep_dir", "token_cache_dir"]
 
@@ -141,3 +145,33 @@ def sweep_dir(cfg: IPTConfig, stage: str) -> Path:
 def pipeline_msf_dir(cfg: IPTConfig, d: int) -> Path:
     """`<output_dir>/msf_d<d>`: the pipeline's MSF run for intrinsic dimension `d`."""
     return Path(cfg.output_dir) / f"msf_d{d}"
+
+
+# ----------------------------------------------------------------------------- the model cache
+
+
+def cache_root(cache_dir: str | None = None) -> Path:
+    """Where built backbones are cached: `cache_dir`, else $IPT_CACHE_DIR, else ~/.cache/ipt_dist."""
+    return Path(cache_dir or os.environ.get("IPT_CACHE_DIR") or Path.home() / ".cache" / "ipt_dist")
+
+
+def build_once(final: Path, build: Callable[[Path], object], marker: str = "config.json") -> Path:
+    """`final`, building it on first use: `build(tmp)` fills a private temporary directory beside it,
+    which is then renamed to `final` in one step. Concurrent builders (the first jobs of a sweep,
+    each in its own process) race harmlessly: the first rename wins, a loser finds `final/marker`
+    and discards its copy. A half-built directory never appears under the final name."""
+    if (final / marker).is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}-"))
+    try:
+        build(tmp)
+        try:
+            tmp.rename(final)
+        except OSError:
+            if not (final / marker).is_file():
+                raise  # not a lost race: something else is in the way
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from ipt_dist.config import load_config
 from ipt_dist.paths import (
     absolute,
     absolute_uri,
     absolutize,
+    build_once,
     data_dir,
     msf_checkpoint_dir,
     msf_prompts_dir,
@@ -97,3 +100,51 @@ def test_pipeline_msf_reads_the_prompts_where_stage_0_wrote_them(tmp_path):
     cfg = absolutize(load_config(None, [f"output_dir={tmp_path}"]))
     assert _msf_config(cfg, 4).msf.prompts_dir == str(tmp_path / "prompts")
     assert _msf_config(cfg, 4).output_dir == str(tmp_path / "msf_d4")
+
+
+def _write_model(tag: str):
+    def build(tmp: Path) -> None:
+        (tmp / "weights.bin").write_text(tag)
+        (tmp / "config.json").write_text("{}")
+    return build
+
+
+def test_build_once_builds_then_reuses_and_leaves_no_temporary_dirs(tmp_path):
+    final = tmp_path / "cache" / "model"
+    assert build_once(final, _write_model("first")) == final
+    assert build_once(final, _write_model("second")) == final
+    assert (final / "weights.bin").read_text() == "first"
+    assert sorted(p.name for p in final.parent.iterdir()) == ["model"]
+
+
+def test_build_once_loser_of_a_concurrent_build_uses_the_winners_copy(tmp_path):
+    # The first PT jobs of a sweep convert the backbone at the same time: the one whose rename comes
+    # second found a non-empty directory and failed its pack (OSError: Directory not empty).
+    final = tmp_path / "model"
+
+    def racing(tmp: Path) -> None:
+        _write_model("mine")(tmp)
+        _write_model("winner")(final.parent / "winner-tmp")  # another process finishes first ...
+        (final.parent / "winner-tmp").rename(final)  # ... and publishes
+
+    (tmp_path / "winner-tmp").mkdir()
+    assert build_once(final, racing) == final
+    assert (final / "weights.bin").read_text() == "winner"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_build_once_failure_leaves_nothing_under_the_final_name(tmp_path):
+    final = tmp_path / "model"
+
+    def broken(tmp: Path) -> None:
+        (tmp / "half").write_text("x")
+        raise RuntimeError("conversion failed")
+
+    with pytest.raises(RuntimeError, match="conversion failed"):
+        build_once(final, broken)
+    assert list(tmp_path.iterdir()) == []
+    (final).mkdir()
+    (final / "stray").write_text("not a model")  # something in the way that is not a finished build
+    with pytest.raises(OSError):
+        build_once(final, _write_model("x"))
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]

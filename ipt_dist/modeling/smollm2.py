@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
+
+from ipt_dist.paths import build_once, cache_root
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +35,6 @@ def gguf_dir() -> Path:
     if not (d / GGUF_FILE).is_file():
         raise FileNotFoundError(f"{d / GGUF_FILE} is missing; reinstall with: {_INSTALL}")
     return d
-
-
-def cache_root(cache_dir: str | None = None) -> Path:
-    return Path(cache_dir or os.environ.get("IPT_CACHE_DIR") or Path.home() / ".cache" / "ipt_dist")
 
 
 def convert_gguf(out_dir: str | Path) -> str:
@@ -69,15 +64,6 @@ def convert_gguf(out_dir: str | Path) -> str:
 def smollm2_checkpoint(cache_dir: str | None = None) -> str:
     """Path of the converted checkpoint, converting on first use (about 30 s on a CPU)."""
     final = cache_root(cache_dir) / "smollm2-135m-instruct-hf"
-    if (final / "config.json").is_file():
-        return str(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    log.info("converting SmolLM2-135M-Instruct from GGUF into %s (once)", final)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=".smollm2-"))
-    try:
-        convert_gguf(tmp)
-        tmp.rename(final)  # atomic; a concurrent converter that lost the race cleans up below
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return str(final)
+    if not (final / "config.json").is_file():
+        log.info("converting SmolLM2-135M-Instruct from GGUF into %s (once)", final)
+    return str(build_once(final, convert_gguf))

@@ -152,10 +152,9 @@ _DEMO_VERSION = "v1"
 
 
 def _demo_cache_dir(kind: str, cache_dir: str | None) -> Path:
-    import os
+    from ipt_dist.paths import cache_root
 
-    root = Path(cache_dir or os.environ.get("IPT_CACHE_DIR") or Path.home() / ".cache" / "ipt_dist")
-    return root / f"{kind}-{_DEMO_VERSION}"
+    return cache_root(cache_dir) / f"{kind}-{_DEMO_VERSION}"
 
 
 def pretrain_demo_backbone(kind: str, out_dir, steps: int = 500, hidden: int = 64, seed: int = 0) -> str:
@@ -207,18 +206,10 @@ def pretrain_demo_backbone(kind: str, out_dir, steps: int = 500, hidden: int = 6
 def demo_backbone_path(kind: str, cache_dir: str | None = None) -> str:
     """Path of the cached pre-trained demo backbone, training it on first use (~30-60 s on CPU)."""
     import logging
-    import shutil
-    import tempfile
+
+    from ipt_dist.paths import build_once
 
     final = _demo_cache_dir(kind, cache_dir)
-    if (final / "config.json").is_file():
-        return str(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    logging.getLogger(__name__).info("pre-training the %s demo backbone once into %s", kind, final)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{kind}-"))
-    pretrain_demo_backbone(kind, tmp)
-    try:
-        tmp.rename(final)  # atomic: concurrent builders race harmlessly, the first one wins
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return str(final)
+    if not (final / "config.json").is_file():
+        logging.getLogger(__name__).info("pre-training the %s demo backbone once into %s", kind, final)
+    return str(build_once(final, lambda tmp: pretrain_demo_backbone(kind, tmp)))
