@@ -292,11 +292,13 @@ def baselines_key(cfg: IPTConfig) -> str:
                           cfg.data.shots_per_class]] * bool(late_fields(cfg)))  # keys of earlier caches stay valid
 
 
-def untuned_baselines(cfg: IPTConfig, tasks: list[str], cache: Path, *, outside_ledger: bool = False) -> dict[str, dict]:
+def untuned_baselines(cfg: IPTConfig, tasks: list[str], cache: Path, *, outside_ledger: bool = False,
+                      tasks_per_pass: int = 4) -> dict[str, dict]:
     """Per task: majority-class score (mean over the sweep's data seeds) and the score of the
     frozen backbone with no soft prompt; cached in `cache` (JSON). `outside_ledger` (--partial: no
     wall-time segment of its own) adds the wall seconds spent to the cache's `partial_seconds`, so
-    the full report can say that this part of the work is not in its wall time."""
+    the full report can say that this part of the work is not in its wall time. The backbone
+    evaluates `tasks_per_pass` tasks at a time and logs progress after each pass."""
     import torch
 
     from ipt_dist.artifacts import atomic_write_bytes
@@ -322,12 +324,22 @@ def untuned_baselines(cfg: IPTConfig, tasks: list[str], cache: Path, *, outside_
         t0 = time.time()
         backbone = build_backbone(cfg.backbone, pick_device())
         data = load_tokenized(cfg, backbone, todo, seeds[0])  # the test split is the same for every seed
-        empty = torch.zeros(len(todo), 0, backbone.hidden_size)  # no soft prompt at all
-        scores, preds = evaluate_groups(backbone, empty, [data[t].test for t in todo],
-                                        [data[t].info.metric for t in todo], cfg.backbone.eval_batch_size)
-        for t, s, p in zip(todo, scores, preds):
-            out[t]["no_prompt"] = s
-            out[t]["no_prompt_examples"] = p[:3]
+        n_test = sum(len(data[t].test) for t in todo)
+        log.info("untuned baselines: the backbone with no prompt on the test sets of %d tasks (%d examples)",
+                 len(todo), n_test)
+        chunk, done = tasks_per_pass, 0
+        for i in range(0, len(todo), chunk):
+            part = todo[i:i + chunk]
+            empty = torch.zeros(len(part), 0, backbone.hidden_size)  # no soft prompt at all
+            scores, preds = evaluate_groups(backbone, empty, [data[t].test for t in part],
+                                            [data[t].info.metric for t in part], cfg.backbone.eval_batch_size)
+            for t, s, p in zip(part, scores, preds):
+                out[t]["no_prompt"] = s
+                out[t]["no_prompt_examples"] = p[:3]
+            done += sum(len(data[t].test) for t in part)
+            spent = time.time() - t0
+            log.info("untuned baselines: %d/%d tasks, %d/%d examples, %.0f s, ETA %.0f s",
+                     min(i + chunk, len(todo)), len(todo), done, n_test, spent, spent / done * (n_test - done))
         log.info("untuned baselines of %d tasks in %.0f s", len(todo), time.time() - t0)
         got["tasks"].update(out)
         if outside_ledger:

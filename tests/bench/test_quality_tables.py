@@ -224,3 +224,31 @@ def test_partial_reports_only_finished_jobs_of_the_plan_and_leaves_the_run_as_it
     assert numbers["partial"] is True and numbers["complete_d"] == [5]
     assert numbers["headline"]["seen_new"]["5"] == pytest.approx(0.75)  # 0.6 / PT 0.8 on the same draw
     assert (tmp_path / "wall_time.json").read_text() == wall and not (tmp_path / "quality.md").exists()
+
+
+def test_untuned_baselines_evaluate_in_passes_with_progress_and_are_cached(tiny_cfg, tmp_path, caplog):
+    """Majority answer and the backbone with no prompt, per task; a progress line per pass of
+    `tasks_per_pass` tasks; a second call (and a call for a subset) reads the cache, trains nothing."""
+    import json
+    import logging
+    from dataclasses import replace
+
+    quality = bench_module("quality")
+    cfg = replace(tiny_cfg, sweep=replace(tiny_cfg.sweep, data_seeds=[42, 13]))
+    tasks = ["demo_sentiment", "demo_topic", "demo_parity"]
+    cache = tmp_path / "baselines.json"
+    with caplog.at_level(logging.INFO, logger=quality.log.name):
+        got = quality.untuned_baselines(cfg, tasks, cache, tasks_per_pass=2)
+    progress = [r.getMessage() for r in caplog.records if "tasks," in r.getMessage()]
+    assert [m.split(",")[0] for m in progress] == ["untuned baselines: 2/3 tasks", "untuned baselines: 3/3 tasks"]
+    assert set(got) == set(tasks)
+    for t in tasks:
+        assert 0.0 <= got[t]["no_prompt"] <= 1.0 and 0.0 < got[t]["majority"] <= 1.0
+        assert set(got[t]["majority_by_seed"]) == {"42", "13"}
+        assert got[t]["majority"] == pytest.approx(sum(got[t]["majority_by_seed"].values()) / 2)
+    stored = json.loads(cache.read_text())
+    assert stored["key"] == quality.baselines_key(cfg) and "partial_seconds" not in stored
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger=quality.log.name):
+        again = quality.untuned_baselines(cfg, tasks[:2], cache)
+    assert again == {t: got[t] for t in tasks[:2]} and not caplog.records
