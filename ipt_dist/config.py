@@ -79,7 +79,8 @@ class BackboneConfig:
     # Decoder-only, no chat template: text after every input (never truncated), e.g. "\nAnswer:";
     # without it a small LM often continues the input instead of answering (BENCHMARKS.md).
     answer_prefix: str = ""
-    # Where converted checkpoints (e.g. SmolLM2 from GGUF) are cached; default ~/.cache/ipt_dist.
+    # Where converted checkpoints (SmolLM2 from GGUF, the demo backbones) are cached; default
+    # $IPT_CACHE_DIR, else ~/.cache/ipt_dist (ipt_dist.paths.cache_root).
     cache_dir: str | None = None
 
     def problems(self) -> list[str]:
