@@ -464,6 +464,10 @@ def paired_difference(summary: dict, col_a: str, col_b: str) -> dict:
     return {"n": len(diffs), "mean": sum(diffs) / len(diffs) if diffs else None, "ci_low": lo, "ci_high": hi}
 
 
+def _tasks_with_ratio(summary: dict, col: str) -> set[str]:
+    return {r["task"] for r in summary.get("rows", []) if r.get(f"{col}/ratio") is not None}
+
+
 def compare(summary: dict, setting: str, d: int, other: str) -> dict:
     """MSF vs a baseline decoder in one setting and d: both intervals, whether they overlap, the
     paired difference, and a verdict in words."""
@@ -478,10 +482,11 @@ def compare(summary: dict, setting: str, d: int, other: str) -> dict:
     # the side of 0 the paired difference's interval lies on, when it excludes 0
     side = (None if diff["ci_low"] is None or diff["ci_low"] <= 0 <= diff["ci_high"]
             else "ahead" if diff["ci_low"] > 0 else "behind")
-    if a.get("n_relative") != b.get("n_relative"):  # e.g. a --partial read: one decoder's jobs not all done
+    tasks_a, tasks_b = (_tasks_with_ratio(summary, f"{setting}@d{d}" + sfx) for sfx in ("", f":{other}"))
+    if tasks_a != tasks_b:  # e.g. a --partial read (one decoder's jobs not all done), or failed jobs
         out["overlap"] = None
-        out["verdict"] = (f"cannot tell yet: the intervals are over different tasks (MSF n={a.get('n_relative')}, "
-                          f"{other} n={b.get('n_relative')})"
+        out["verdict"] = (f"cannot tell yet: the intervals are over different tasks (MSF n={len(tasks_a)}, "
+                          f"{other} n={len(tasks_b)}, {len(tasks_a & tasks_b)} shared)"
                           + (f"; on the {diff['n']} tasks both have, MSF is {side} (the paired difference's "
                              f"interval excludes 0)" if side else ""))
         return out
