@@ -74,8 +74,8 @@ RELATIVE_RULE = (
     "ratios; <col>/pt = mean PT test over the same draws. mean_relative = mean over tasks of <col>/ratio, "
     f"with a 95% percentile bootstrap interval over tasks ({BOOTSTRAP_RESAMPLES} resamples of the tasks with "
     f"replacement, seed {BOOTSTRAP_SEED}; blank with fewer than 2 tasks); ratio_of_means = mean over tasks "
-    "of the score on the paired draws / mean over tasks of <col>/pt. A draw whose PT test is 0 or missing "
-    "has no ratio (the notes list such draws)")
+    "of the score on the paired draws / mean over tasks of <col>/pt. A draw whose PT test is <= 0 or "
+    "missing has no ratio (the notes list such draws)")
 
 
 def _num(v: Any) -> float | None:
@@ -182,7 +182,7 @@ def column_name(setting: str, d: int | None, decoder: str | None = "msf") -> str
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
-    if a is None or b is None or b == 0:
+    if a is None or b is None or b <= 0:
         return None
     return a / b
 
@@ -369,7 +369,7 @@ def summarize_ist(records: list[dict], pt_records: list[dict] | None = None, see
                 if score is None:
                     continue
                 den = p.test_by_draw.get(draw) if p else None
-                if den is None or den == 0:
+                if den is None or den <= 0:  # a ratio to a PT at or below 0 (Matthews) has no meaning
                     if p is not None:  # a task without any PT result has its own note
                         unpaired[c].append(f"{t}@{draw}")
                     continue
@@ -412,7 +412,7 @@ def summarize_ist(records: list[dict], pt_records: list[dict] | None = None, see
         if unpaired[c]:
             lost = [r["task"] for r in rows if r.get(c) is not None and r["task"] in pt_sel
                     and r.get(f"{c}/ratio") is None]
-            notes.append(f"{c}: no ratio on {', '.join(unpaired[c])} (PT test 0 or missing on that draw)"
+            notes.append(f"{c}: no ratio on {', '.join(unpaired[c])} (PT test <= 0 or missing on that draw)"
                          + (f"; left out of its averages: {', '.join(lost)}" if lost else ""))
     return Summary(stage="ist", columns=columns, rows=rows, setting_columns=setting_columns,
                    settings=settings, notes=notes)

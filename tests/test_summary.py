@@ -229,10 +229,23 @@ def test_a_draw_with_pt_zero_has_no_ratio_and_is_noted():
     col = "ist_unseen@d4"
     assert s.row("A")[f"{col}/ratio"] == pytest.approx(0.8) and s.row("A")[f"{col}/pt"] == pytest.approx(0.5)
     assert s.row("A")[col] == pytest.approx(0.35)  # the score still counts both draws
-    assert any(n == f"{col}: no ratio on A@1 (PT test 0 or missing on that draw)" for n in s.notes), s.notes
+    assert any(n == f"{col}: no ratio on A@1 (PT test <= 0 or missing on that draw)" for n in s.notes), s.notes
     [row] = s.settings
     assert row["n_relative"] == 2 and row["mean_relative"] == pytest.approx((0.8 + 0.5) / 2)
     assert row["ratio_of_means"] == pytest.approx(((0.4 + 0.25) / 2) / ((0.5 + 0.5) / 2))  # paired draws only
+
+
+def test_a_draw_with_negative_pt_has_no_ratio():
+    """Matthews correlation can be negative: -0.10 / -0.05 = 2.0 would read as 200% of PT."""
+    pt = [rec("A", "pt", test=-0.05, dev=0.1, seed=1), rec("B", "pt", test=0.5, dev=0.5, seed=1)]
+    ist = [rec("A", "ist", test=-0.10, dev=0.1, seed=1, setting="ist_unseen"),
+           rec("B", "ist", test=0.25, dev=0.5, seed=1, setting="ist_unseen")]
+    s = summarize_ist(ist, pt, unseen=["A", "B"])
+    col = "ist_unseen@d4"
+    assert s.row("A")[f"{col}/ratio"] is None
+    assert f"{col}: no ratio on A@1 (PT test <= 0 or missing on that draw); left out of its averages: A" in s.notes
+    [row] = s.settings
+    assert row["n_relative"] == 1 and row["mean_relative"] == pytest.approx(0.5)
 
 
 def ratio_records(ratios: list[float]) -> tuple[list[dict], list[dict]]:
@@ -284,3 +297,22 @@ def test_summary_module_needs_no_torch_ray_or_mlflow():
     root = Path(__file__).resolve().parents[1]
     r = subprocess.run([sys.executable, "-c", blocker], capture_output=True, text=True, cwd=root, check=False)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+def test_p_i_is_the_denominators_pt_job_so_a_perfect_reconstruction_scores_one():
+    """P_i (ipt_dist.sweep.results.stage0_choice) and PT's denominator on the first draw are the same
+    job. Before, P_i was the best dev on the first draw alone (lr 1e-5 here: dev 0.9) while the
+    denominator was the best mean dev over draws (lr 1e-4: 0.75 vs 0.65): setting 1 of an exact
+    Dec(Enc(P_i)) read 0.85 / 0.70 = 1.21."""
+    from ipt_dist.sweep.results import stage0_choice
+
+    pt = [rec("A", "pt", test=0.85, dev=0.9, lr=1e-5, seed=42), rec("A", "pt", test=0.5, dev=0.4, lr=1e-5, seed=13),
+          rec("A", "pt", test=0.70, dev=0.8, lr=1e-4, seed=42), rec("A", "pt", test=0.6, dev=0.7, lr=1e-4, seed=13)]
+    p_i = stage0_choice(pt, same_seed=42)["A"]
+    assert (p_i["lr"], p_i["data_seed"]) == (1e-4, 42)
+    exact = [rec("A", "msf_eval", test=p_i["test"], dev=p_i["best_dev"], setting="msf_seen", seed=42)]
+    s = summarize_ist(exact, pt, seen=["A"])
+    assert s.rows[0]["msf_seen@d4/ratio"] == pytest.approx(1.0)
+    # only lrs with a job on the first draw compete; a task with none gets no P_i
+    assert stage0_choice([r for r in pt if r["lr"] == 1e-5 or r["data_seed"] == 13], 42)["A"]["lr"] == 1e-5
+    assert stage0_choice([r for r in pt if r["data_seed"] == 13], 42) == {}

@@ -157,19 +157,35 @@ def write_summary(plan: SweepPlan, records: list[dict], pt_records: list[dict]) 
     return summary
 
 
+def stage0_choice(records: list[dict], same_seed: int) -> dict[str, dict]:
+    """Per task, the PT job whose prompt is P_i: the data seed MSF trains on, at the lr that
+    `select_best_lr` picks over all draws, i.e. the lr whose PT is the denominator of every ratio
+    (summary.summarize_ist). Choosing P_i by the first draw's dev alone could pair a setting-1 ratio
+    of a perfect reconstruction with another lr's PT (1.21 instead of 1.0). Only lrs with a job
+    at `same_seed` compete."""
+    by_task: dict[str, list[dict]] = defaultdict(list)
+    for r in records:
+        if r.get("role") == "pt":
+            by_task[r["task"]].append(r)
+    out = {}
+    for t, rs in by_task.items():
+        lrs = {r.get("lr") for r in rs if r.get("data_seed") == same_seed}
+        sel = select_best_lr([r for r in rs if r.get("lr") in lrs])
+        ids = set(sel.job_ids)
+        at_seed = [r for r in rs if r["job_id"] in ids and r.get("data_seed") == same_seed]
+        if at_seed:
+            out[t] = min(at_seed, key=lambda r: r["job_id"])
+    return out
+
+
 def write_stage0_prompts(plan: SweepPlan, records: list[dict]) -> None:
     """P_i of each task: the best-dev lr at the PT/MSF data seed, written as the prompt file MSF reads."""
     from ipt_dist.provenance import prompt_provenance
 
     pdir = prompts_dir(plan.cfg)
-    by_task: dict[str, list[dict]] = defaultdict(list)
+    by_task = stage0_choice(records, plan.same_seed)
     mine = {r["job_id"] for r in records}
-    for r in records:
-        if r.get("role") == "pt" and r.get("data_seed") == plan.same_seed:
-            by_task[r["task"]].append(r)
-    for t, rs in sorted(by_task.items()):
-        sel = select_best_lr(rs)
-        best = next(r for r in rs if r["job_id"] == sel.job_ids[0])
+    for t, best in sorted(by_task.items()):
         path = prompt_path(pdir, t)
         if path.is_file():
             try:
@@ -189,5 +205,5 @@ def write_stage0_prompts(plan: SweepPlan, records: list[dict]) -> None:
                     seed=best.get("data_seed"), data_seed=best.get("data_seed"), job_id=best["job_id"],
                     provenance=prompt_provenance(plan.cfg, task, plan.same_seed))
     if by_task:
-        log.info("stage 0: wrote %d prompt files (best lr by dev, data seed %d) to %s", len(by_task),
-                 plan.same_seed, pdir)
+        log.info("stage 0: wrote %d prompt files (data seed %d, the lr with the best mean dev over draws) to %s",
+                 len(by_task), plan.same_seed, pdir)
