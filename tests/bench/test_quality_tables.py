@@ -121,6 +121,18 @@ def test_limits_name_each_reason_with_its_measurement(quality):
     assert "is known to +-" in text
 
 
+def test_limits_give_the_median_and_name_ratios_over_a_weak_pt(quality):
+    """One task whose PT barely scores (a ratio of 375%) lifts the mean of four from ~80% to ~150%:
+    the median and the named task stand beside it."""
+    s = _summary({"ist_unseen@d5": [0.8, 0.7, 0.9, 3.75]})
+    s["rows"][3]["ist_unseen@d5/pt"] = 0.008
+    text, numbers = quality.build_tables(s, {}, [5], {})
+    lim = numbers["checks"]["limits"]
+    assert lim["median:setting 5"] == pytest.approx(0.85) and lim["above_150:setting 5"] == ["t3"]
+    assert "median 85% over 4 tasks" in text and "t3 375% (PT 0.008)" in text
+    assert lim.get("median:setting 4") is None
+
+
 def test_wall_ledger_sums_the_invocations_of_a_resumed_run(quality, tmp_path):
     """A run resumed over several invocations reports the sum of their running times, not only the last
     one's; a killed invocation (no close) still counts up to its last heartbeat."""
