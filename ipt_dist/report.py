@@ -290,7 +290,10 @@ def make_report(run_dir: str | Path) -> Path:
                    "| ratio of means |"),
                   "|---|---|---|---|---|---|---|---|---|"]
         for s in summary.get("settings", []):
-            lines.append(f"| {s.get('label')} | {_fmt(s.get('d'))} | {_fmt(s.get('decoder'))} | {_fmt(s.get('n_tasks'))}"
+            n = _fmt(s.get("n_tasks"))  # mean score is over these; mean PT and the ratios over those with a ratio
+            if s.get("n_relative") is not None and s.get("n_relative") != s.get("n_tasks"):
+                n += f" ({s['n_relative']} with a ratio)"
+            lines.append(f"| {s.get('label')} | {_fmt(s.get('d'))} | {_fmt(s.get('decoder'))} | {n}"
                          f" | {_fmt(s.get('mean_score'))} | {_fmt(s.get('mean_pt'))} | {_fmt(s.get('mean_relative'))}"
                          f" | {_fmt_ci(s)} | {_fmt(s.get('ratio_of_means'))} |")
         # The summary's notes state the rule it was computed with (paired per draw, the interval) and

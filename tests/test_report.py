@@ -72,3 +72,15 @@ def test_a_summary_written_before_pairing_is_labelled_unpaired(tmp_path):
     text = make_report(tmp_path).read_text()
     assert "IST / PT averaged over draws: this summary predates pairing" in text
     assert "IST / PT on the same draw" not in text
+
+
+def test_tasks_without_a_ratio_are_counted_apart_in_the_table(tmp_path):
+    """`mean score` covers every task, `mean PT` and the ratios only those with a PT denominator: the
+    tasks cell says how many of them have a ratio."""
+    pt = [rec("a", "pt", 0.8, 42, None), rec("b", "pt", 0.0, 42, None), rec("c", "pt", 0.5, 42, None)]
+    ist = [rec(t, "ist", 0.4, 42, "ist_unseen") for t in ("a", "b", "c")]
+    summary = summarize_ist(ist, pt, unseen=["a", "b", "c"])
+    (tmp_path / "ist_sweep").mkdir()
+    (tmp_path / "ist_sweep" / "summary.json").write_text(json.dumps(summary.to_dict()))
+    report = make_report(tmp_path).read_text()
+    assert "| msf | 3 (2 with a ratio) | 0.400 | 0.650 | 0.650 |" in report
