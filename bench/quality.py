@@ -513,9 +513,11 @@ def build_tables(summary: dict, baselines: dict, dims: list[int], metrics: dict[
              "Test scores, mean over data draws. Seen tasks: setting 4 (IST on a new few-shot draw); unseen "
              "tasks: setting 5. majority = always the most frequent train answer of the draw; no prompt = the "
              "frozen backbone with an empty soft prompt (same decoding). overlap (seen tasks) = share of the "
-             "setting-4 draws' train examples that are also in the first draw (PT's and MSF's).", ""]
+             "setting-4 draws' train examples that are also in the first draw (PT's and MSF's). PT = mean "
+             "over all draws; PT, IST draws = over the draws of the IST columns (seen tasks: the new draw; "
+             "unseen: all), the denominator of their ratios.", ""]
     overlap = overlap or {}
-    head = ["task", "split", "metric", "majority", "no prompt", "PT", "overlap"]
+    head = ["task", "split", "metric", "majority", "no prompt", "PT", "PT, IST draws", "overlap"]
     for d in dims:
         head += [f"{dec} d={d}" for dec in ("MSF", "rand", "PCA")]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -528,8 +530,10 @@ def build_tables(summary: dict, baselines: dict, dims: list[int], metrics: dict[
                "majority": b.get("majority"), "no_prompt": b.get("no_prompt"), "pt": r.get("pt"),
                "pt_std": r.get("pt_std"), "ist": {},
                "new_draw_overlap": overlap.get(t) if setting == "ist_seen_new" else None}
+        row["pt_ist_draws"] = next((r[f"{setting}@d{d}/pt"] for d in dims
+                                    if r.get(f"{setting}@d{d}/pt") is not None), None)
         cells = [t.removeprefix("gym__"), row["split"] or "", row["metric"] or "", _f(row["majority"]),
-                 _f(row["no_prompt"]), _f(row["pt"]), _f(row["new_draw_overlap"], True)]
+                 _f(row["no_prompt"]), _f(row["pt"]), _f(row["pt_ist_draws"]), _f(row["new_draw_overlap"], True)]
         for d in dims:
             for dec in DECODERS:
                 c = f"{setting}@d{d}" + ("" if dec == "msf" else f":{dec}")

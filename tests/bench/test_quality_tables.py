@@ -278,3 +278,13 @@ def test_untuned_baselines_evaluate_in_passes_with_progress_and_are_cached(tiny_
     with caplog.at_level(logging.INFO, logger=quality.log.name):
         again = quality.untuned_baselines(cfg, tasks[:2], cache)
     assert again == {t: got[t] for t in tasks[:2]} and not caplog.records
+
+
+def test_per_task_table_shows_the_pt_its_ratios_divide_by(quality):
+    """Setting 4 divides by PT on the new draw alone: the per-task table shows that PT beside PT over
+    all draws, so that score / PT there is the reported ratio."""
+    s = _summary({"ist_seen_new@d5": [0.5, 0.5]})
+    s["rows"][0]["ist_seen_new@d5/pt"] = 0.4  # PT over both draws 0.6, on the new draw 0.4
+    text, numbers = quality.build_tables(s, {}, [5], {})
+    assert "| t0 | seen | ACC | - | - | 0.600 | 0.400 |" in text
+    assert numbers["rows"][0]["pt_ist_draws"] == 0.4 and numbers["rows"][1]["pt_ist_draws"] is None
