@@ -339,7 +339,7 @@ def untuned_baselines(cfg: IPTConfig, tasks: list[str], cache: Path, *, outside_
             done += sum(len(data[t].test) for t in part)
             spent = time.time() - t0
             log.info("untuned baselines: %d/%d tasks, %d/%d examples, %.0f s, ETA %.0f s",
-                     min(i + chunk, len(todo)), len(todo), done, n_test, spent, spent / done * (n_test - done))
+                     min(i + chunk, len(todo)), len(todo), done, n_test, spent, spent / max(done, 1) * (n_test - done))
         log.info("untuned baselines of %d tasks in %.0f s", len(todo), time.time() - t0)
         got["tasks"].update(out)
         if outside_ledger:

@@ -162,6 +162,9 @@ def build_once(final: Path, build: Callable[[Path], object], marker: str = "conf
     and discards its copy. A half-built directory never appears under the final name."""
     if (final / marker).is_file():
         return final
+    if final.exists() and any(final.iterdir()):
+        raise FileExistsError(f"{final} exists but holds no {marker}: not a finished build (an interrupted copy "
+                              f"or another program's files). Fix: delete {final}; it is rebuilt on first use")
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}-"))
     try:

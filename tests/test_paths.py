@@ -145,6 +145,8 @@ def test_build_once_failure_leaves_nothing_under_the_final_name(tmp_path):
     assert list(tmp_path.iterdir()) == []
     (final).mkdir()
     (final / "stray").write_text("not a model")  # something in the way that is not a finished build
-    with pytest.raises(OSError):
-        build_once(final, _write_model("x"))
+    built = []
+    with pytest.raises(FileExistsError, match=f"{final} exists but holds no config.json.*Fix: delete"):
+        build_once(final, built.append)  # refused before the (expensive) build
+    assert built == []
     assert [p.name for p in tmp_path.iterdir()] == ["model"]

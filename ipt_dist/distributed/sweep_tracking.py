@@ -262,7 +262,7 @@ class SweepTracker:
                        "best_step": rec.get("best_step"), "seconds": rec.get("seconds")}
             if pt_score is not None:
                 scalars["pt_test"] = pt_score
-                if pt_score and _finite(rec.get("test")) is not None:
+                if pt_score > 0 and _finite(rec.get("test")) is not None:  # as the summary: PT <= 0 has no ratio
                     scalars["relative"] = float(rec["test"]) / pt_score
             metrics += [Metric(k, float(v), ts, 0) for k, v in scalars.items() if _finite(v) is not None]
             draw = self._draws.get((rec.get("task"), rec.get("data_seed")))

@@ -179,7 +179,8 @@ def stage0_choice(records: list[dict], same_seed: int) -> dict[str, dict]:
 
 
 def write_stage0_prompts(plan: SweepPlan, records: list[dict]) -> None:
-    """P_i of each task: the best-dev lr at the PT/MSF data seed, written as the prompt file MSF reads."""
+    """P_i of each task (`stage0_choice`: the PT/MSF data seed's job at the lr with the best mean dev
+    over draws), written as the prompt file MSF reads."""
     from ipt_dist.provenance import prompt_provenance
 
     pdir = prompts_dir(plan.cfg)

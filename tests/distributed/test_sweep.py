@@ -621,10 +621,11 @@ def test_child_relative_is_paired_with_pt_on_the_same_draw_and_the_parent_has_th
     tracker.start(cfg)
     recs = [{"job_id": f"ist-{t}-{s}", "task": t, "role": "ist", "setting": "ist_unseen", "d": 4,
              "decoder": "msf", "data_seed": s, "lr": 0.1, "best_dev": 0.5, "test": test}
-            for t, s, test in [("a", 42, 0.4), ("a", 13, 0.4), ("b", 42, 0.3), ("b", 13, 0.3)]]
+            for t, s, test in [("a", 42, 0.4), ("a", 13, 0.4), ("b", 42, 0.3), ("b", 13, 0.3), ("c", 42, -0.1)]]
     pt = [{"job_id": f"pt-{t}-{s}", "task": t, "role": "pt", "data_seed": s, "lr": 0.3, "best_dev": 0.5,
-           "test": test} for t, s, test in [("a", 42, 0.8), ("a", 13, 0.5), ("b", 42, 0.2), ("b", 13, 0.6)]]
-    assert tracker.catch_up(recs, tmp_path, pt_scores_by_draw(pt)) == 4
+           "test": test} for t, s, test in [("a", 42, 0.8), ("a", 13, 0.5), ("b", 42, 0.2), ("b", 13, 0.6),
+                                            ("c", 42, -0.05)]]  # c: a Matthews score below 0 has no ratio
+    assert tracker.catch_up(recs, tmp_path, pt_scores_by_draw(pt)) == 5
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("paired")
     children = {r.data.tags["ipt.job_id"]: r.data.metrics for r in client.search_runs([exp.experiment_id])
@@ -632,8 +633,9 @@ def test_child_relative_is_paired_with_pt_on_the_same_draw_and_the_parent_has_th
     assert children["ist-a-42"]["pt_test"] == 0.8 and children["ist-a-42"]["relative"] == pytest.approx(0.5)
     assert children["ist-a-13"]["pt_test"] == 0.5 and children["ist-a-13"]["relative"] == pytest.approx(0.8)
     assert children["ist-b-42"]["relative"] == pytest.approx(1.5)
-    summary = summarize_ist(recs, pt, unseen=["a", "b"])
-    tracker.finish("FINISHED", summary, tmp_path, {"jobs_done": 4})
+    assert children["ist-c-42"]["pt_test"] == -0.05 and "relative" not in children["ist-c-42"]
+    summary = summarize_ist(recs, pt, unseen=["a", "b", "c"])
+    tracker.finish("FINISHED", summary, tmp_path, {"jobs_done": 5})
     parent = client.get_run(tracker.parent_run_id).data.metrics
     [row] = summary.settings
     assert parent["ist_unseen_d4/mean_relative"] == pytest.approx((0.65 + 1.0) / 2)
