@@ -51,6 +51,7 @@ import os
 import platform
 import random
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -680,11 +681,10 @@ def limits(summary: dict, rows: list[dict], dims: list[int], seen: float | None,
         pairs = sorted(((x[f"{column}/ratio"], x) for x in summary.get("rows", [])
                         if x.get(f"{column}/ratio") is not None), key=lambda p: -p[0])
         if pairs:
-            xs = sorted(p[0] for p in pairs)
-            median = (xs[(len(xs) - 1) // 2] + xs[len(xs) // 2]) / 2
+            median = statistics.median(r for r, _ in pairs)
             high = [(x["task"].removeprefix("gym__"), r, x.get(f"{column}/pt")) for r, x in pairs if r > 1.5]
             out[f"median:{name}"], out[f"above_150:{name}"] = median, [h[0] for h in high]
-            lines.append(f"- Ratios, {name} at d={low}: median {100 * median:.0f}% over {len(xs)} tasks"
+            lines.append(f"- Ratios, {name} at d={low}: median {100 * median:.0f}% over {len(pairs)} tasks"
                          + ("; above 150% (PT weak there, the ratio measures PT as much as IST): "
                             + ", ".join(f"{t} {100 * r:.0f}% (PT {_f(pt)})" for t, r, pt in high) if high else ""))
         st = _setting(summary, column)

@@ -23,8 +23,8 @@ from ipt_dist.config import IPTConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["absolute", "absolute_uri", "absolutize", "build_once", "cache_root", "data_dir", "demo_data_dir", "msf_checkpoint_dir",
-           "msf_dist_dir", "msf_prompts_dir", "pipeline_msf_dir", "pt_prompts_dir", "ray_storage_path",
+__all__ = ["absolute", "absolute_uri", "absolutize", "build_once", "cache_root", "data_dir", "demo_data_dir",
+           "msf_checkpoint_dir", "msf_dist_dir", "msf_prompts_dir", "pipeline_msf_dir", "pt_prompts_dir", "ray_storage_path",
            "stage_dir", "sweep_dir", "token_cache_dir"]
 
 _SQLITE = "sqlite:///"
@@ -155,8 +155,8 @@ def cache_root(cache_dir: str | None = None) -> Path:
     return Path(cache_dir or os.environ.get("IPT_CACHE_DIR") or Path.home() / ".cache" / "ipt_dist")
 
 
-def build_once(final: Path, build: Callable[[Path], object], marker: str = "config.json") -> Path:
-    """`final`, building it on first use: `build(tmp)` fills a private temporary directory beside it,
+def build_once(final: Path, build: Callable[[Path], object], what: str, marker: str = "config.json") -> Path:
+    """`final`, building it on first use (logged as `what`): `build(tmp)` fills a private temporary directory beside it,
     which is then renamed to `final` in one step. Concurrent builders (the first jobs of a sweep,
     each in its own process) race harmlessly: the first rename wins, a loser finds `final/marker`
     and discards its copy. A half-built directory never appears under the final name."""
@@ -166,6 +166,7 @@ def build_once(final: Path, build: Callable[[Path], object], marker: str = "conf
         raise FileExistsError(f"{final} exists but holds no {marker}: not a finished build (an interrupted copy "
                               f"or another program's files). Fix: delete {final}; it is rebuilt on first use")
     final.parent.mkdir(parents=True, exist_ok=True)
+    log.info("%s into %s (once)", what, final)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}-"))
     try:
         build(tmp)

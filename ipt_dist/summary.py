@@ -181,10 +181,12 @@ def column_name(setting: str, d: int | None, decoder: str | None = "msf") -> str
     return name if decoder in (None, "msf") else f"{name}:{decoder}"
 
 
-def _ratio(a: float | None, b: float | None) -> float | None:
-    if a is None or b is None or b <= 0:
+def relative(score: float | None, pt: float | None) -> float | None:
+    """score / PT, or None where PT is missing or <= 0 (a ratio to a PT at or below 0, e.g. a negative
+    Matthews correlation, has no meaning): the one rule for the summary and MLflow's `relative`."""
+    if score is None or pt is None or pt <= 0:
         return None
-    return a / b
+    return score / pt
 
 
 @dataclass
@@ -369,7 +371,7 @@ def summarize_ist(records: list[dict], pt_records: list[dict] | None = None, see
                 if score is None:
                     continue
                 den = p.test_by_draw.get(draw) if p else None
-                if den is None or den <= 0:  # a ratio to a PT at or below 0 (Matthews) has no meaning
+                if relative(score, den) is None:
                     if p is not None:  # a task without any PT result has its own note
                         unpaired[c].append(f"{t}@{draw}")
                     continue
@@ -390,7 +392,7 @@ def summarize_ist(records: list[dict], pt_records: list[dict] | None = None, see
         mean_rel, _, n_rel = mean_std(ratios)
         ci_low, ci_high = bootstrap_mean_ci(ratios)
         mean_pt = mean_std(r[f"{c}/pt"] for r in paired)[0]
-        ratio_of_means = _ratio(mean_std(paired_score[(c, r["task"])] for r in paired)[0], mean_pt)
+        ratio_of_means = relative(mean_std(paired_score[(c, r["task"])] for r in paired)[0], mean_pt)
         spread, _, _ = mean_std(r.get(f"{c}/std") for r in have)
         label = SETTING_LABELS.get(m["setting"]) or _EXTRA_LABELS.get(m["setting"], m["setting"])
         settings.append({"column": c, "setting": m["setting"], "label": label,

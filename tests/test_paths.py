@@ -111,8 +111,8 @@ def _write_model(tag: str):
 
 def test_build_once_builds_then_reuses_and_leaves_no_temporary_dirs(tmp_path):
     final = tmp_path / "cache" / "model"
-    assert build_once(final, _write_model("first")) == final
-    assert build_once(final, _write_model("second")) == final
+    assert build_once(final, _write_model("first"), "building") == final
+    assert build_once(final, _write_model("second"), "building") == final
     assert (final / "weights.bin").read_text() == "first"
     assert sorted(p.name for p in final.parent.iterdir()) == ["model"]
 
@@ -128,7 +128,7 @@ def test_build_once_loser_of_a_concurrent_build_uses_the_winners_copy(tmp_path):
         (final.parent / "winner-tmp").rename(final)  # ... and publishes
 
     (tmp_path / "winner-tmp").mkdir()
-    assert build_once(final, racing) == final
+    assert build_once(final, racing, "building") == final
     assert (final / "weights.bin").read_text() == "winner"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 
@@ -141,12 +141,12 @@ def test_build_once_failure_leaves_nothing_under_the_final_name(tmp_path):
         raise RuntimeError("conversion failed")
 
     with pytest.raises(RuntimeError, match="conversion failed"):
-        build_once(final, broken)
+        build_once(final, broken, "building")
     assert list(tmp_path.iterdir()) == []
     (final).mkdir()
     (final / "stray").write_text("not a model")  # something in the way that is not a finished build
     built = []
     with pytest.raises(FileExistsError, match=f"{final} exists but holds no config.json.*Fix: delete"):
-        build_once(final, built.append)  # refused before the (expensive) build
+        build_once(final, built.append, "building")  # refused before the (expensive) build
     assert built == []
     assert [p.name for p in tmp_path.iterdir()] == ["model"]

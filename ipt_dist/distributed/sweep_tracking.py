@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ipt_dist.config import IPTConfig, flatten_config
+from ipt_dist.summary import relative
 from ipt_dist.tracking import get_or_create_experiment, metric_key, send_params
 
 log = logging.getLogger(__name__)
@@ -262,8 +263,7 @@ class SweepTracker:
                        "best_step": rec.get("best_step"), "seconds": rec.get("seconds")}
             if pt_score is not None:
                 scalars["pt_test"] = pt_score
-                if pt_score > 0 and _finite(rec.get("test")) is not None:  # as the summary: PT <= 0 has no ratio
-                    scalars["relative"] = float(rec["test"]) / pt_score
+                scalars["relative"] = relative(_finite(rec.get("test")), pt_score)
             metrics += [Metric(k, float(v), ts, 0) for k, v in scalars.items() if _finite(v) is not None]
             draw = self._draws.get((rec.get("task"), rec.get("data_seed")))
             if draw is not None:  # settings 1-2 evaluate on the draw, the other jobs train on it

@@ -63,7 +63,5 @@ def convert_gguf(out_dir: str | Path) -> str:
 
 def smollm2_checkpoint(cache_dir: str | None = None) -> str:
     """Path of the converted checkpoint, converting on first use (about 30 s on a CPU)."""
-    final = cache_root(cache_dir) / "smollm2-135m-instruct-hf"
-    if not (final / "config.json").is_file():
-        log.info("converting SmolLM2-135M-Instruct from GGUF into %s (once)", final)
-    return str(build_once(final, convert_gguf))
+    return str(build_once(cache_root(cache_dir) / "smollm2-135m-instruct-hf", convert_gguf,
+                          "converting SmolLM2-135M-Instruct from GGUF"))

@@ -205,11 +205,7 @@ def pretrain_demo_backbone(kind: str, out_dir, steps: int = 500, hidden: int = 6
 
 def demo_backbone_path(kind: str, cache_dir: str | None = None) -> str:
     """Path of the cached pre-trained demo backbone, training it on first use (~30-60 s on CPU)."""
-    import logging
-
     from ipt_dist.paths import build_once
 
-    final = _demo_cache_dir(kind, cache_dir)
-    if not (final / "config.json").is_file():
-        logging.getLogger(__name__).info("pre-training the %s demo backbone once into %s", kind, final)
-    return str(build_once(final, lambda tmp: pretrain_demo_backbone(kind, tmp)))
+    return str(build_once(_demo_cache_dir(kind, cache_dir), lambda tmp: pretrain_demo_backbone(kind, tmp),
+                          f"pre-training the {kind} demo backbone"))
