@@ -197,8 +197,12 @@ def run_pipeline(cfg: IPTConfig, *, distributed_msf: bool = True) -> dict:
             continue
         if distributed_msf:
             from ipt_dist.distributed.msf_driver import run_distributed_msf
+            from ipt_dist.distributed.msf_inputs import resumable_run
 
-            msf_runs.append(run_distributed_msf(cfg_d))
+            resume = resumable_run(cfg_d)  # a stopped run goes on from its checkpoint (same inputs only)
+            if resume:
+                log.info("pipeline: MSF d=%d continues the stopped run in %s", d, cfg_d.output_dir)
+            msf_runs.append(run_distributed_msf(cfg_d, resume=resume))
             _mark_msf(cfg_d)
         else:
             from ipt_dist.stages.msf import run_msf

@@ -53,3 +53,28 @@ def test_quickstart_with_data_holds_out_unseen_tasks(tmp_path, demo_dir):
     assert {"msf_unseen", "ist_unseen"} <= set(cfg.sweep.settings)
     given = quickstart_config(tmp_path / "o", data=str(demo_dir), overrides=[f"data.unseen_tasks=[{tasks[0]}]"])
     assert given.data.unseen_tasks == [tasks[0]]
+
+
+def test_a_stopped_distributed_msf_is_continued_only_from_a_committed_checkpoint(tmp_path):
+    """`resumable_run` on the layout Ray Train 2.60 writes (the distributed test reads a real one):
+    run.json without summary.json, and a snapshot whose latest committed checkpoint has a step."""
+    import json
+
+    from ipt_dist.distributed.msf_inputs import latest_committed_step, resumable_run
+
+    cfg = config(tmp_path)
+    dist, run = tmp_path / "msf_dist", tmp_path / "ray_results" / "msf-x"
+    assert not resumable_run(cfg)  # nothing ran
+    dist.mkdir()
+    (dist / "run.json").write_text(json.dumps({"ray_run": "msf-x", "storage_path": str(tmp_path / "ray_results")}))
+    assert not resumable_run(cfg)  # stopped before Ray Train wrote anything: a new run starts
+    run.mkdir(parents=True)
+    snapshot = {"checkpoint_results": [], "latest_checkpoint_result": None, "current_report_index": 1}
+    (run / "checkpoint_manager_snapshot.json").write_text(json.dumps(snapshot))
+    assert latest_committed_step(run) == 0 and not resumable_run(cfg)  # reported, nothing committed yet
+    snapshot["latest_checkpoint_result"] = {"version": 0, "checkpoint_dir_name": "checkpoint_step00001000",
+                                            "metrics": {"step": 1000}}
+    (run / "checkpoint_manager_snapshot.json").write_text(json.dumps(snapshot))
+    assert latest_committed_step(run) == 1000 and resumable_run(cfg)
+    (dist / "summary.json").write_text("{}")
+    assert not resumable_run(cfg)  # finished: check_msf_reuse decides, nothing is trained again

@@ -6,7 +6,8 @@
 
 Layout of `<output_dir>`:
     msf/                 best mean-dev autoencoder, the artifact IST consumes (save_msf_checkpoint)
-    msf_dist/run.json    Ray run name + MLflow run id (what `--resume` continues)
+    msf_dist/run.json    Ray run name, MLflow run id and the inputs it was started from (what `--resume`
+                         continues, and checks)
     msf_dist/history.jsonl   per-step metrics written by rank 0 (`resumed_from` marks restarts)
     msf_dist/summary.json
     ray_results/<run>/   Ray Train checkpoints (distributed.storage_path)
@@ -142,7 +143,8 @@ def run_distributed_msf(cfg: IPTConfig, *, resume: bool = False, crash_at_step: 
     Args:
         cfg: the run's config (relative paths are made absolute against the current directory).
         resume: continue the run recorded in `<output_dir>/msf_dist/run.json` from its latest
-            checkpoint (same Ray run, same MLflow run). Without it a new run starts.
+            checkpoint (same Ray run, same MLflow run); refused when it was started from other inputs
+            (`msf_inputs.check_inputs`). Without it a new run starts.
         crash_at_step: testing aid: the last worker exits hard before this step, once per run.
     Returns:
         A summary dict (best_dev, best_step, steps, seconds, checkpoint, ray_run, mlflow_run_id, ...).
@@ -185,7 +187,8 @@ def run_distributed_msf(cfg: IPTConfig, *, resume: bool = False, crash_at_step: 
 
     mlflow_run_id = _mlflow_run(cfg, record, tags, msf_datasets(cfg, checked["provenance"], checked["sizes"]))
     record = {"ray_run": name, "mlflow_run_id": mlflow_run_id, "storage_path": cfg.distributed.storage_path,
-              "tracking_uri": cfg.tracking.tracking_uri if cfg.tracking.enabled else None}
+              "tracking_uri": cfg.tracking.tracking_uri if cfg.tracking.enabled else None,
+              "inputs": (record or {}).get("inputs", checked["inputs"])}  # what a --resume is checked against
     atomic_write_bytes(run_dir / RUN_FILE, json.dumps(record, indent=2).encode())
     save_config(cfg, run_dir / "msf_config.yaml")
     (run_dir / "ds_config.json").write_text(json.dumps(ds_config, indent=2))

@@ -19,6 +19,7 @@ from ipt_dist.errors import UserError
 from ipt_dist.modeling.backbone import configured_hidden_size
 from ipt_dist.paths import msf_dist_dir
 from ipt_dist.provenance import backbone_name, check_msf_prompts, msf_provenance
+from ipt_dist.rerun import msf_inputs
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +76,14 @@ def check_inputs(cfg: IPTConfig, *, resume: bool = False) -> dict[str, Any]:
     their data loads, that every training task has a stage-0 prompt file of shape (L, H) for
     this backbone, that d fits the prompt, and (with `resume`) that there is a run to continue.
 
+    With `resume`, the run to continue must have been started from these same inputs (`rerun.msf_inputs`,
+    recorded in its run.json): a continued run with another d, lr, schedule or other prompts would
+    mix two trainings in one checkpoint.
+
     Returns:
         {"tasks": TaskSplit, "ds_config": resolved dict, "hidden": H or None,
-         "sizes": {task: number of training examples}, "provenance": see `msf_provenance`}.
+         "sizes": {task: number of training examples}, "provenance": see `msf_provenance`,
+         "inputs": `rerun.msf_inputs` (what run.json records)}.
     Raises:
         MSFInputError: listing every problem at once.
     """
@@ -85,7 +91,8 @@ def check_inputs(cfg: IPTConfig, *, resume: bool = False) -> dict[str, Any]:
     from ipt_dist.data.tasks import DataError
 
     problems: list[str] = list(cfg.problems())
-    out: dict[str, Any] = {"tasks": None, "ds_config": None, "hidden": None, "sizes": {}, "provenance": None}
+    out: dict[str, Any] = {"tasks": None, "ds_config": None, "hidden": None, "sizes": {}, "provenance": None,
+                           "inputs": None}
     try:
         out["ds_config"] = build_ds_config(cfg)
     except (FileNotFoundError, DeepSpeedConfigError) as exc:
@@ -132,13 +139,76 @@ def check_inputs(cfg: IPTConfig, *, resume: bool = False) -> dict[str, Any]:
                 out["provenance"] = msf_provenance(cfg, raw, cfg.data.data_seed, cfg.msf.prompts_dir)
             except (FileNotFoundError, ArtifactError) as exc:  # unchecked above when H is unknown here
                 problems.append(str(exc))
+    if split is not None:
+        out["inputs"] = msf_inputs(cfg, split.train, cfg.msf.prompts_dir)
     if resume:
         record = dist_dir(cfg) / RUN_FILE
         if not record.is_file():
             problems.append(f"--resume: {record} does not exist, so there is no run to continue in "
                             f"{cfg.output_dir}. Fix: drop --resume to start a new run, or give the "
                             "output_dir of the stopped run")
+        elif split is not None:
+            problem = _changed_since_start(record, out["inputs"])
+            if problem:
+                problems.append(problem)
     if problems:
         raise MSFInputError(f"distributed MSF cannot start: {len(problems)} problem(s):\n  - "
                             + "\n  - ".join(problems))
     return out
+
+
+def _changed_since_start(record: Path, inputs: dict[str, Any]) -> str | None:
+    """The problem with continuing the run recorded in `record` with `inputs`, or None."""
+    import json
+
+    from ipt_dist.config import describe_changes
+
+    before = json.loads(record.read_text()).get("inputs")
+    if before is None:  # recorded before run.json held the inputs: nothing to compare with
+        log.warning("%s records no inputs (started by an older ipt_dist): continuing it unchecked", record)
+        return None
+    diff = describe_changes(before, inputs)
+    if not diff:
+        return None
+    return (f"--resume: the run in {record.parent} was started from other inputs than this config's (changed: "
+            f"{diff}). Fix: continue it with the config it started with ({record.parent / 'msf_config.yaml'}), "
+            f"or train these inputs in another output_dir (--out), or move {record.parent} away first")
+
+
+def latest_committed_step(ray_run_dir: Path) -> int:
+    """The step of Ray Train's latest committed checkpoint in `<storage>/<ray run>` (0: none yet).
+
+    Read from `checkpoint_manager_snapshot.json`, which Ray Train (2.60, V2) writes once a reported
+    checkpoint is committed (`latest_checkpoint_result.checkpoint_dir_name`); the worker names
+    checkpoints `checkpoint_step<8 digits>`."""
+    import json
+    import re
+
+    try:
+        latest = json.loads((ray_run_dir / "checkpoint_manager_snapshot.json").read_text()).get("latest_checkpoint_result")
+    except (OSError, ValueError):
+        return 0
+    found = re.fullmatch(r"checkpoint_step(\d{8})", str((latest or {}).get("checkpoint_dir_name", "")))
+    return int(found.group(1)) if found else 0
+
+
+def resumable_run(cfg: IPTConfig) -> bool:
+    """True when `<output_dir>` holds a stopped distributed MSF run worth continuing: run.json, no
+    summary.json (unfinished) and a committed checkpoint on local storage (a remote storage URI is
+    taken as having one; Ray Train starts from step 1 when it has none).
+
+    The pipeline continues such a run instead of starting the stage again; `check_inputs(resume=True)`
+    then refuses it when this config's inputs differ from the ones it was started with."""
+    import json
+
+    run_dir = dist_dir(cfg)
+    if not (run_dir / RUN_FILE).is_file() or (run_dir / "summary.json").is_file():
+        return False
+    try:
+        record = json.loads((run_dir / RUN_FILE).read_text())
+    except ValueError:
+        return False
+    storage = str(record.get("storage_path") or paths.ray_storage_path(cfg))
+    if "://" in storage:
+        return True
+    return latest_committed_step(Path(storage) / record["ray_run"]) > 0

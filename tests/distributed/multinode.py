@@ -169,20 +169,6 @@ def sweep_case(cfg_path: str, report: dict, gpus: int = 0) -> None:
 # ----------------------------------------------------------------------------- MSF
 
 
-def _latest_committed_step(run_dir: Path) -> int:
-    """The step of Ray Train's latest committed checkpoint of the run (0: none yet)."""
-    snap = run_dir / "checkpoint_manager_snapshot.json"
-    try:
-        latest = json.loads(snap.read_text()).get("latest_checkpoint_result")
-    except (OSError, ValueError):
-        return 0
-    if not latest:
-        return 0
-    name = json.dumps(latest)
-    i = name.find("checkpoint_step")
-    return int(name[i + len("checkpoint_step"):i + len("checkpoint_step") + 8]) if i >= 0 else 0
-
-
 def msf_case(cfg_path: str, report: dict) -> None:
     """A 2-worker MSF on 2 worker nodes; one worker's node is removed after a committed checkpoint,
     a new node is added some seconds later: Ray Train restarts the group there (FailureConfig).
@@ -192,6 +178,7 @@ def msf_case(cfg_path: str, report: dict) -> None:
     """
     from ipt_dist.config import load_config
     from ipt_dist.distributed.msf import absolutize, run_distributed_msf
+    from ipt_dist.distributed.msf_inputs import latest_committed_step
 
     cfg = absolutize(load_config(cfg_path))
     storage = Path(cfg.distributed.storage_path)
@@ -221,7 +208,7 @@ def msf_case(cfg_path: str, report: dict) -> None:
             time.sleep(0.2)
         while trainer.is_alive() and time.time() < deadline:
             runs = [p for p in storage.glob("msf-*") if p.is_dir()] if storage.is_dir() else []
-            step = max((_latest_committed_step(r) for r in runs), default=0)
+            step = max((latest_committed_step(r) for r in runs), default=0)
             if step >= 2:  # a committed checkpoint to restart from: lose a worker's node now
                 report["committed_before_removal"] = step
                 report["removed_after_s"] = cluster.remove_node(doomed) - t0

@@ -226,13 +226,30 @@ def zero3_run(ray_local, tmp_path_factory, demo_dir, tiny_t5_dir):
     with pytest.raises(DistributedMSFError, match="--resume") as stopped:
         run_distributed_msf(cfg, crash_at_step=4)
     record = json.loads((out / "msf_dist" / "run.json").read_text())
+    stopped_state = resume_checks(cfg)
     summary = run_distributed_msf(cfg, resume=True)
     print(f"ZeRO-3 run stopped + resumed: {time.time() - t0:.1f} s")
-    return out, summary, record, str(stopped.value)
+    return out, summary, record, str(stopped.value), stopped_state, resume_checks(cfg)
+
+
+def resume_checks(cfg) -> dict:
+    """What the pipeline would do with the run in cfg's output_dir now, and what a --resume with a
+    changed lr says (refused before Ray is touched)."""
+    from dataclasses import replace
+
+    from ipt_dist.distributed.msf import MSFInputError, run_distributed_msf
+    from ipt_dist.distributed.msf_inputs import resumable_run
+
+    try:
+        run_distributed_msf(replace(cfg, msf=replace(cfg.msf, lr=cfg.msf.lr * 2)), resume=True)
+        changed = None
+    except MSFInputError as exc:
+        changed = str(exc)
+    return {"resumable": resumable_run(cfg), "changed_lr": changed}
 
 
 def test_zero3_two_workers_match_single_process(zero3_run, reference):
-    out, summary, _, _ = zero3_run
+    out, summary, *_ = zero3_run
     assert summary["zero_stage"] == 3
     # The frozen backbone was created sharded: rank 0 holds about half of it.
     info = json.loads((out / "msf_dist" / "backbone_rank0.json").read_text())
@@ -244,7 +261,13 @@ def test_zero3_two_workers_match_single_process(zero3_run, reference):
 def test_stopped_run_continues_with_resume(zero3_run):
     from mlflow import MlflowClient
 
-    out, summary, record, _error = zero3_run
+    out, summary, record, _error, stopped, finished = zero3_run
+    # the pipeline continues a stopped run with a committed checkpoint (step 2), not a finished one
+    assert stopped["resumable"] and not finished["resumable"]
+    assert record["inputs"]["msf.steps"] == STEPS
+    # a --resume with other inputs is refused, naming the field, before Ray Train runs anything
+    assert "started from other inputs" in stopped["changed_lr"] and "msf.lr:" in stopped["changed_lr"]
+    assert "Fix: continue it with the config it started with" in stopped["changed_lr"]
     rows = history(out)
     # Step 3 of the first attempt was still on the device when the worker died (read at step 4's
     # flush, which never came); it is replayed from the step-2 checkpoint, as every later step.
