@@ -225,7 +225,8 @@ class MSFConfig(ScheduleConfig):
     eval_max_examples: int | None = None  # cap dev examples per task during training evaluation
     # Task sampling temperature: 1 = proportional to task size (reference), large = uniform.
     temperature: float = 1.0
-    checkpoint_every: int = 1000  # distributed: ray.train.report a checkpoint every N steps
+    checkpoint_every: int = 1000  # training state saved every N steps (distributed: a Ray Train checkpoint;
+    # single process: msf.partial/resume.pt, also at every dev evaluation), what a stopped run goes on from
     # Every step's metrics stay on the device and are read (and written to history.jsonl / MLflow)
     # every N steps and at each eval and checkpoint step: one host read (and, distributed, one
     # all-reduce) per N steps instead of per step. Not a stage input: it changes no result.

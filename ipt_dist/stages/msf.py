@@ -33,6 +33,7 @@ from ipt_dist.paths import msf_prompts_dir, stage_dir
 from ipt_dist.provenance import check_msf_prompts, msf_provenance
 from ipt_dist.rerun import claim_stage_dir, msf_inputs, recorded_inputs
 from ipt_dist.stages.common import pick_device
+from ipt_dist.testing.faults import maybe_crash_msf
 from ipt_dist.tracking import NullTracker, log_msf_model, msf_datasets
 from ipt_dist.train.best import BestTracker, dev_mean
 from ipt_dist.train.optim import linear_warmup_decay, warmup_steps_for
@@ -67,10 +68,13 @@ def train_msf(cfg: IPTConfig, backbone: Backbone, prompts: torch.Tensor, data: l
                                   seed=m.seed)
     history = out / "history.jsonl"
     best = BestTracker()
+    start = _resume(out, ae, opt, sched, sampler, best, device)
+    if start:
+        tracker.set_tags({"resumed_from_step": start})
     from tqdm.auto import tqdm
 
     steplog = StepLog()  # every step's stats stay on the device until a log / eval step (msf.log_every)
-    for step in tqdm(range(m.steps), desc="msf", leave=False):
+    for step in tqdm(range(start, m.steps), desc="msf", leave=False, initial=start, total=m.steps):
         t0 = time.perf_counter()
         backbone.set_train_mode(True)
         lr = sched.get_last_lr()[0]  # the rate this step applies (msf_step advances the scheduler)
@@ -78,8 +82,10 @@ def train_msf(cfg: IPTConfig, backbone: Backbone, prompts: torch.Tensor, data: l
         stats = msf_step(model, opt, sched, batch, m.grad_clip)
         done = step + 1
         steplog.add(done, stats, {"lr": lr}, started=t0)
+        maybe_crash_msf(done)
         evaluate = done % m.eval_every == 0 or done == m.steps
-        if not (evaluate or done % m.log_every == 0):
+        checkpoint = (evaluate or done % m.checkpoint_every == 0) and done < m.steps
+        if not (evaluate or checkpoint or done % m.log_every == 0):
             continue
         # one host read; step_time: the mean over the flushed steps
         rows = [{"step": f.step, **f.values, **f.host, "step_time": f.step_time} for f in steplog.flush()]
@@ -98,7 +104,54 @@ def train_msf(cfg: IPTConfig, backbone: Backbone, prompts: torch.Tensor, data: l
         for r in rows:
             append_jsonl(history, r)
             tracker.log_metrics({k: v for k, v in r.items() if k != "step"}, step=r["step"])
+        if checkpoint:  # after history holds every step up to `done`
+            _save_resume_state(out, done, ae, opt, sched, sampler, best)
+    (out / RESUME_FILE).unlink(missing_ok=True)  # finished: msf/ holds the result, not a training state
     return best
+
+
+RESUME_FILE = "resume.pt"  # in msf.partial/: the training state at the last checkpoint step
+
+
+def _save_resume_state(out: Path, done: int, ae, opt, sched, sampler, best: BestTracker) -> None:
+    """Everything a stopped run needs to go on exactly as if it had not stopped (written atomically)."""
+    import io
+
+    state = {"step": done, "ae": ae.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+             "sampler": sampler.state_dict(), "best_dev": best.best, "best_step": best.step,
+             "cpu_rng": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(out / RESUME_FILE, buf.getvalue())
+
+
+def _resume(out: Path, ae, opt, sched, sampler, best: BestTracker, device) -> int:
+    """Load `out/resume.pt` (a stopped run of the same inputs, `run_msf` checked them) into the
+    training objects; history rows after its step are dropped (those steps run again, the same way).
+    Returns the step to continue after (0: nothing to resume)."""
+    from ipt_dist.artifacts import read_jsonl
+
+    f = out / RESUME_FILE
+    if not f.is_file():
+        return 0
+    state = torch.load(f, map_location=device, weights_only=False)  # our own file, written above
+    ae.load_state_dict(state["ae"])
+    opt.load_state_dict(state["opt"])
+    sched.load_state_dict(state["sched"])
+    sampler.load_state_dict(state["sampler"])
+    best.best, best.step = float(state["best_dev"]), int(state["best_step"])
+    torch.set_rng_state(state["cpu_rng"])
+    if "cuda_rng" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    step = int(state["step"])
+    history = out / "history.jsonl"
+    if history.is_file():
+        kept = [r for r in read_jsonl(history) if r["step"] <= step]
+        atomic_write_bytes(history, "".join(json.dumps(r) + "\n" for r in kept).encode())
+    log.info("MSF: resumed from step %d of %s (best mean dev %.4f at step %d)", step, out, best.best, best.step)
+    return step
 
 
 def run_msf(cfg: IPTConfig, tracker=None) -> dict:
@@ -128,11 +181,15 @@ def run_msf(cfg: IPTConfig, tracker=None) -> dict:
         log.warning("MSF: %d stage-0 prompt files record no provenance (%s): their draw and backbone are not "
                     "checked", len(unrecorded), ", ".join(unrecorded[:5]))
     # Train into msf.partial/ and rename it to msf/ when done: msf/ only ever holds a finished run.
+    # A stopped run of the same inputs goes on from its last checkpoint (`msf.checkpoint_every`
+    # steps and every dev evaluation); one of other inputs, or without a checkpoint, is kept aside.
     partial = stage_dir(cfg, "msf.partial")
-    if partial.exists():
+    why_not = _why_not_resumable(partial, inputs) if partial.exists() else None
+    if why_not:
         aside = partial.with_name(f"msf.interrupted-{time.strftime('%Y%m%d-%H%M%S')}")
         partial.rename(aside)
-        log.warning("MSF: %s held an interrupted run (kept, moved to %s); starting over", partial, aside)
+        log.warning("MSF: %s held an interrupted run with %s (kept, moved to %s); starting over", partial,
+                    why_not, aside)
     out = ensure_writable_dir(partial)
     claim_stage_dir(out, "msf", inputs, cfg)
     device = pick_device()
@@ -154,6 +211,18 @@ def run_msf(cfg: IPTConfig, tracker=None) -> dict:
     log_msf_model(tracker, final)
     log.info("MSF finished: %s", final)
     return summary
+
+
+def _why_not_resumable(partial: Path, inputs: dict) -> str | None:
+    """Why the stopped run in `partial` cannot be continued with `inputs` (None: it can, it has a
+    checkpoint and was started from these same inputs)."""
+    from ipt_dist.config import describe_changes
+
+    before = recorded_inputs(partial)
+    if not (partial / RESUME_FILE).is_file() or before is None:
+        return "no checkpoint"
+    diff = describe_changes(before, inputs)
+    return f"other inputs ({diff})" if diff else None
 
 
 def _finished_msf(final: Path, inputs: dict) -> dict | None:

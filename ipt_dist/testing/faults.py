@@ -11,6 +11,8 @@ committed) is passed in by the caller.
   (`sweep_crash_request`) and hands it to every pack; the worker calls `maybe_crash` before any work.
 - Distributed MSF: `crash_at_step` makes the last rank die before that step, once per run
   (`maybe_crash_msf_worker`).
+- Single-process MSF: `IPT_MSF_TEST_CRASH_AT_STEP=<n>` in the environment of `ipt msf` makes the
+  process die right after training step n (`maybe_crash_msf`); a re-run without it resumes.
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-__all__ = ["MSF_CRASH_MARKER", "SWEEP_CRASH_ENV", "maybe_crash", "maybe_crash_msf_worker", "sweep_crash_request"]
+__all__ = ["MSF_CRASH_ENV", "MSF_CRASH_MARKER", "SWEEP_CRASH_ENV", "maybe_crash", "maybe_crash_msf",
+           "maybe_crash_msf_worker", "sweep_crash_request"]
 
 log = logging.getLogger(__name__)
 
 SWEEP_CRASH_ENV = "IPT_SWEEP_TEST_CRASH_ONCE"
+MSF_CRASH_ENV = "IPT_MSF_TEST_CRASH_AT_STEP"
 MSF_CRASH_MARKER = "crash_injected"  # written to the run dir by the worker that died (tests look for it)
 
 
@@ -72,3 +76,11 @@ def maybe_crash_msf_worker(crash_at_step: int | None, next_step: int, rank: int,
     marker.write_text(str(crash_at_step))
     log.warning("rank %d: injected crash before step %d", rank, crash_at_step)
     os._exit(1)
+
+
+def maybe_crash_msf(done: int) -> None:
+    """Single-process MSF: exit this process hard (`os._exit(1)`) after training step `done` when
+    `IPT_MSF_TEST_CRASH_AT_STEP` names it (a test's killed `ipt msf`; never set otherwise)."""
+    if os.environ.get(MSF_CRASH_ENV) == str(done):
+        log.warning("injected crash after MSF step %d", done)
+        os._exit(1)

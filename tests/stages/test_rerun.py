@@ -99,3 +99,53 @@ def test_msf_and_ist_reruns_never_overwrite_finished_work(tiny_cfg, caplog):
     with pytest.raises(ConfigError, match=r"ist\.steps: 2 -> 3"):
         run_ist(replace(cfg, ist=replace(cfg.ist, steps=3)))
     assert (out / "ist" / "results.jsonl").read_text() == results
+
+
+@pytest.mark.slow
+def test_a_killed_msf_goes_on_from_its_last_checkpoint_as_if_never_stopped(tiny_cfg, tmp_path):
+    """`ipt msf` killed for real (os._exit after step 5, as on an OOM kill) and run again: it goes on
+    from the step-4 checkpoint in msf.partial/ (AE, optimiser, schedule, sampler, keep-best state) and
+    its losses and final autoencoder equal an uninterrupted run's. Nothing is moved aside or lost."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import torch
+    import yaml
+    from safetensors.torch import load_file
+
+    from ipt_dist.config import config_to_dict
+    from ipt_dist.stages.msf import RESUME_FILE, run_msf
+    from ipt_dist.testing.faults import MSF_CRASH_ENV
+
+    def config(out):
+        cfg = replace(tiny_cfg, output_dir=str(out), msf=replace(tiny_cfg.msf, steps=6, eval_every=3,
+                                                                 checkpoint_every=2, log_every=1))
+        for i, t in enumerate(cfg.data.tasks):  # stage-0 prompts (no provenance: MSF warns and goes on)
+            save_prompt(prompt_path(out / "prompts", t), torch.randn(4, 64, generator=torch.Generator().manual_seed(i)),
+                        backbone="tiny-t5")
+        return cfg
+
+    reference = run_msf(config(tmp_path / "ref"))
+    cfg = config(tmp_path / "killed")
+    path = tmp_path / "killed.yaml"
+    path.write_text(yaml.safe_dump(config_to_dict(cfg)))
+    killed = subprocess.run([sys.executable, "-m", "ipt_dist.cli", "msf", "--config", str(path)],
+                            env={**os.environ, MSF_CRASH_ENV: "5"}, capture_output=True, text=True, timeout=600,
+                            check=False)
+    assert killed.returncode == 1, killed.stderr[-2000:]
+    partial = cfg.out / "msf.partial"
+    assert torch.load(partial / RESUME_FILE, weights_only=False)["step"] == 4  # checkpoints at 2, 3 (eval), 4
+    assert [r["step"] for r in read_jsonl(partial / "history.jsonl")] == [1, 2, 3, 4]
+
+    resumed = run_msf(cfg)
+    assert resumed["best_dev"] == reference["best_dev"] and resumed["best_step"] == reference["best_step"]
+    got, ref = (read_jsonl(d / "msf" / "history.jsonl") for d in (cfg.out, tmp_path / "ref"))
+    assert [r["step"] for r in got] == list(range(1, 7))  # steps 5-6 once each, not twice
+    for a, b in zip(got, ref):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-6) and a["lr"] == b["lr"]
+    for k, v in load_file(str(tmp_path / "ref" / "msf" / "autoencoder.safetensors")).items():
+        torch.testing.assert_close(load_file(str(cfg.out / "msf" / "autoencoder.safetensors"))[k], v)
+    assert not (cfg.out / "msf" / RESUME_FILE).exists() and not list(cfg.out.glob("msf.interrupted-*"))
+    assert json.loads((cfg.out / "msf" / "summary.json").read_text())["steps"] == 6
