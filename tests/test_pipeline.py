@@ -66,7 +66,8 @@ def test_a_stopped_distributed_msf_is_continued_only_from_a_committed_checkpoint
     dist, run = tmp_path / "msf_dist", tmp_path / "ray_results" / "msf-x"
     assert not resumable_run(cfg)  # nothing ran
     dist.mkdir()
-    (dist / "run.json").write_text(json.dumps({"ray_run": "msf-x", "storage_path": str(tmp_path / "ray_results")}))
+    record = {"ray_run": "msf-x", "storage_path": str(tmp_path / "ray_results"), "inputs": {"msf.d": 4}}
+    (dist / "run.json").write_text(json.dumps(record))
     assert not resumable_run(cfg)  # stopped before Ray Train wrote anything: a new run starts
     run.mkdir(parents=True)
     snapshot = {"checkpoint_results": [], "latest_checkpoint_result": None, "current_report_index": 1}
@@ -76,5 +77,8 @@ def test_a_stopped_distributed_msf_is_continued_only_from_a_committed_checkpoint
                                             "metrics": {"step": 1000}}
     (run / "checkpoint_manager_snapshot.json").write_text(json.dumps(snapshot))
     assert latest_committed_step(run) == 1000 and resumable_run(cfg)
+    (dist / "run.json").write_text(json.dumps({**record, "inputs": None}))
+    assert not resumable_run(cfg)  # an older run.json: its inputs cannot be checked, so it is not continued
+    (dist / "run.json").write_text(json.dumps(record))
     (dist / "summary.json").write_text("{}")
     assert not resumable_run(cfg)  # finished: check_msf_reuse decides, nothing is trained again

@@ -188,7 +188,8 @@ def run_distributed_msf(cfg: IPTConfig, *, resume: bool = False, crash_at_step: 
     mlflow_run_id = _mlflow_run(cfg, record, tags, msf_datasets(cfg, checked["provenance"], checked["sizes"]))
     record = {"ray_run": name, "mlflow_run_id": mlflow_run_id, "storage_path": cfg.distributed.storage_path,
               "tracking_uri": cfg.tracking.tracking_uri if cfg.tracking.enabled else None,
-              "inputs": (record or {}).get("inputs", checked["inputs"])}  # what a --resume is checked against
+              # what a --resume is checked against: the start's (None for a run an older ipt_dist started)
+              "inputs": record.get("inputs") if record else checked["inputs"]}
     atomic_write_bytes(run_dir / RUN_FILE, json.dumps(record, indent=2).encode())
     save_config(cfg, run_dir / "msf_config.yaml")
     (run_dir / "ds_config.json").write_text(json.dumps(ds_config, indent=2))

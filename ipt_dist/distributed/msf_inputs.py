@@ -193,9 +193,9 @@ def latest_committed_step(ray_run_dir: Path) -> int:
 
 
 def resumable_run(cfg: IPTConfig) -> bool:
-    """True when `<output_dir>` holds a stopped distributed MSF run worth continuing: run.json, no
-    summary.json (unfinished) and a committed checkpoint on local storage (a remote storage URI is
-    taken as having one; Ray Train starts from step 1 when it has none).
+    """True when `<output_dir>` holds a stopped distributed MSF run worth continuing: run.json that
+    records its inputs, no summary.json (unfinished) and a committed checkpoint on local storage (a
+    remote storage URI is taken as having one; Ray Train starts from step 1 when it has none).
 
     The pipeline continues such a run instead of starting the stage again; `check_inputs(resume=True)`
     then refuses it when this config's inputs differ from the ones it was started with."""
@@ -207,6 +207,10 @@ def resumable_run(cfg: IPTConfig) -> bool:
     try:
         record = json.loads((run_dir / RUN_FILE).read_text())
     except ValueError:
+        return False
+    if not record.get("inputs") or not record.get("ray_run"):
+        # started by an older ipt_dist: what it was trained from cannot be checked, so it is not continued
+        log.info("%s records no inputs (an older run): a new run starts", run_dir / RUN_FILE)
         return False
     storage = str(record.get("storage_path") or paths.ray_storage_path(cfg))
     if "://" in storage:

@@ -68,9 +68,11 @@ def train_msf(cfg: IPTConfig, backbone: Backbone, prompts: torch.Tensor, data: l
                                   seed=m.seed)
     history = out / "history.jsonl"
     best = BestTracker()
-    start = _resume(out, ae, opt, sched, sampler, best, device)
-    if start:
+    start, before = _resume(out, ae, opt, sched, sampler, best, cfg)
+    if start:  # this (new) tracking run gets the kept steps too, so that it shows the whole training
         tracker.set_tags({"resumed_from_step": start})
+        for r in before:
+            tracker.log_metrics({k: v for k, v in r.items() if k != "step"}, step=r["step"])
     from tqdm.auto import tqdm
 
     steplog = StepLog()  # every step's stats stay on the device until a log / eval step (msf.log_every)
@@ -104,22 +106,28 @@ def train_msf(cfg: IPTConfig, backbone: Backbone, prompts: torch.Tensor, data: l
         for r in rows:
             append_jsonl(history, r)
             tracker.log_metrics({k: v for k, v in r.items() if k != "step"}, step=r["step"])
-        if checkpoint:  # after history holds every step up to `done`
-            _save_resume_state(out, done, ae, opt, sched, sampler, best)
-    (out / RESUME_FILE).unlink(missing_ok=True)  # finished: msf/ holds the result, not a training state
+        if checkpoint:  # after history (and the best AE's files) hold every step up to `done`
+            _save_resume_state(out, done, ae, opt, sched, sampler, best, m.eval_max_examples)
     return best
 
 
 RESUME_FILE = "resume.pt"  # in msf.partial/: the training state at the last checkpoint step
 
 
-def _save_resume_state(out: Path, done: int, ae, opt, sched, sampler, best: BestTracker) -> None:
-    """Everything a stopped run needs to go on exactly as if it had not stopped (written atomically)."""
+BEST_FILES = ("autoencoder.safetensors", "msf.json")  # the best AE so far (save_msf_checkpoint)
+
+
+def _save_resume_state(out: Path, done: int, ae, opt, sched, sampler, best: BestTracker,
+                       eval_max_examples: int | None) -> None:
+    """Everything a stopped run needs to go on exactly as if it had not stopped (written atomically),
+    the best AE's files included: a stop between saving a new best and this state must not leave
+    files of a best the restored keep-best state does not know."""
     import io
 
     state = {"step": done, "ae": ae.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
              "sampler": sampler.state_dict(), "best_dev": best.best, "best_step": best.step,
-             "cpu_rng": torch.get_rng_state()}
+             "best_files": {f: (out / f).read_bytes() for f in BEST_FILES if (out / f).is_file()},
+             "eval_max_examples": eval_max_examples, "cpu_rng": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda_rng"] = torch.cuda.get_rng_state_all()
     buf = io.BytesIO()
@@ -127,16 +135,33 @@ def _save_resume_state(out: Path, done: int, ae, opt, sched, sampler, best: Best
     atomic_write_bytes(out / RESUME_FILE, buf.getvalue())
 
 
-def _resume(out: Path, ae, opt, sched, sampler, best: BestTracker, device) -> int:
+def _load_resume_state(out: Path) -> dict:
+    # On the CPU: RNG states must be CPU tensors; load_state_dict moves the rest to the parameters' device.
+    return torch.load(out / RESUME_FILE, map_location="cpu", weights_only=False)  # our own file
+
+
+def _check_resume_settings(out: Path, state: dict, cfg: IPTConfig) -> None:
+    """Raises ConfigError when the stopped run in `out` evaluated dev on another `msf.eval_max_examples`
+    (not a stage input, but keep-best would compare scores over other dev subsets)."""
+    was, now = state.get("eval_max_examples"), cfg.msf.eval_max_examples
+    if was != now:
+        raise ConfigError(f"{out} holds a stopped MSF run whose dev scores used msf.eval_max_examples={was}; "
+                          f"continuing with {now} would pick the best checkpoint over other dev subsets. Fix: "
+                          f"--set msf.eval_max_examples={was}, or move {out} away to start over")
+
+
+def _resume(out: Path, ae, opt, sched, sampler, best: BestTracker, cfg: IPTConfig) -> tuple[int, list[dict]]:
     """Load `out/resume.pt` (a stopped run of the same inputs, `run_msf` checked them) into the
-    training objects; history rows after its step are dropped (those steps run again, the same way).
-    Returns the step to continue after (0: nothing to resume)."""
+    training objects. History rows and best-AE files written after its step are put back as they were
+    at that step (those steps run again). Returns (the step to continue after, 0: nothing to resume;
+    the history rows kept)."""
     from ipt_dist.artifacts import read_jsonl
 
     f = out / RESUME_FILE
     if not f.is_file():
-        return 0
-    state = torch.load(f, map_location=device, weights_only=False)  # our own file, written above
+        return 0, []
+    state = _load_resume_state(out)
+    _check_resume_settings(out, state, cfg)
     ae.load_state_dict(state["ae"])
     opt.load_state_dict(state["opt"])
     sched.load_state_dict(state["sched"])
@@ -147,11 +172,15 @@ def _resume(out: Path, ae, opt, sched, sampler, best: BestTracker, device) -> in
         torch.cuda.set_rng_state_all(state["cuda_rng"])
     step = int(state["step"])
     history = out / "history.jsonl"
-    if history.is_file():
-        kept = [r for r in read_jsonl(history) if r["step"] <= step]
-        atomic_write_bytes(history, "".join(json.dumps(r) + "\n" for r in kept).encode())
+    kept = [r for r in read_jsonl(history) if r["step"] <= step] if history.is_file() else []
+    atomic_write_bytes(history, "".join(json.dumps(r) + "\n" for r in kept).encode())
+    for name in BEST_FILES:  # as they were at `step`; a best found after it is found again by the replay
+        if name in state["best_files"]:
+            atomic_write_bytes(out / name, state["best_files"][name])
+        else:
+            (out / name).unlink(missing_ok=True)
     log.info("MSF: resumed from step %d of %s (best mean dev %.4f at step %d)", step, out, best.best, best.step)
-    return step
+    return step, kept
 
 
 def run_msf(cfg: IPTConfig, tracker=None) -> dict:
@@ -190,6 +219,8 @@ def run_msf(cfg: IPTConfig, tracker=None) -> dict:
         partial.rename(aside)
         log.warning("MSF: %s held an interrupted run with %s (kept, moved to %s); starting over", partial,
                     why_not, aside)
+    elif partial.exists():  # a run to continue: its settings that are not inputs are checked before any work
+        _check_resume_settings(partial, _load_resume_state(partial), cfg)
     out = ensure_writable_dir(partial)
     claim_stage_dir(out, "msf", inputs, cfg)
     device = pick_device()
@@ -205,6 +236,7 @@ def run_msf(cfg: IPTConfig, tracker=None) -> dict:
     summary = {"best_dev": best.best, "best_step": best.step, "steps": cfg.msf.steps, "seconds": time.time() - t0,
                "checkpoint": str(final), "d": cfg.msf.d, "tasks": split.train}
     atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2).encode())
+    (out / RESUME_FILE).unlink(missing_ok=True)  # finished: msf/ holds the result, not a training state
     if final.is_dir() and not any(final.iterdir()):
         final.rmdir()  # an empty directory (e.g. made by hand) is not a finished run
     out.rename(final)

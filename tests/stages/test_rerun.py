@@ -139,6 +139,9 @@ def test_a_killed_msf_goes_on_from_its_last_checkpoint_as_if_never_stopped(tiny_
     assert torch.load(partial / RESUME_FILE, weights_only=False)["step"] == 4  # checkpoints at 2, 3 (eval), 4
     assert [r["step"] for r in read_jsonl(partial / "history.jsonl")] == [1, 2, 3, 4]
 
+    other = replace(cfg, msf=replace(cfg.msf, eval_max_examples=3))  # not an input, but keep-best compares dev
+    with pytest.raises(ConfigError, match=r"msf.eval_max_examples=None; continuing with 3 .*Fix: --set"):
+        run_msf(other)
     resumed = run_msf(cfg)
     assert resumed["best_dev"] == reference["best_dev"] and resumed["best_step"] == reference["best_step"]
     got, ref = (read_jsonl(d / "msf" / "history.jsonl") for d in (cfg.out, tmp_path / "ref"))
