@@ -130,6 +130,7 @@ class NullTracker:
     def log_inputs(self, datasets: list[dict]) -> None: ...
     def log_model(self, name: str, files: list[str | Path], *, params: dict | None = None,
                   tags: dict | None = None, metrics: dict | None = None, step: int = 0) -> None: ...
+    def supersede(self, run_id: str) -> None: ...
     def flush(self) -> None: ...
     def end(self, status: str = "FINISHED") -> None: ...
 
@@ -259,6 +260,18 @@ class MLflowTracker:
         run's outputs), with model params, tags and metrics. The files must stay until it is sent."""
         self._call("model", name, [str(f) for f in files], dict(params or {}), dict(tags or {}),
                    dict(metrics or {}), int(step), {})
+
+    def supersede(self, run_id: str) -> None:
+        """This run continues the work of `run_id`, whose process stopped (killed: it never ended its run):
+        that run is marked KILLED if still RUNNING, and the two runs name each other in tags."""
+        if run_id and run_id != self.run_id:
+            self._call("supersede", run_id)
+
+    def _do_supersede(self, run_id: str) -> None:
+        self.client.set_tag(run_id, "ipt.superseded_by", self.run_id)
+        self.client.set_tag(self.run_id, "ipt.continues_run", run_id)
+        if self.client.get_run(run_id).info.status == "RUNNING":
+            self.client.set_terminated(run_id, "KILLED")
 
     def end(self, status: str = "FINISHED") -> None:
         self._call("end", status)

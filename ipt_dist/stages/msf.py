@@ -112,6 +112,7 @@ def train_msf(cfg: IPTConfig, backbone: Backbone, prompts: torch.Tensor, data: l
 
 
 RESUME_FILE = "resume.pt"  # in msf.partial/: the training state at the last checkpoint step
+TRACKING_FILE = "tracking.json"  # the MLflow run training in this directory (a continued run supersedes it)
 
 
 BEST_FILES = ("autoencoder.safetensors", "msf.json")  # the best AE so far (save_msf_checkpoint)
@@ -223,6 +224,11 @@ def run_msf(cfg: IPTConfig, tracker=None) -> dict:
         _check_resume_settings(partial, _load_resume_state(partial), cfg)
     out = ensure_writable_dir(partial)
     claim_stage_dir(out, "msf", inputs, cfg)
+    run_file = out / TRACKING_FILE  # the tracking run of the stopped run this one continues, if any
+    if run_file.is_file():
+        tracker.supersede(json.loads(run_file.read_text()).get("mlflow_run_id"))
+    if tracker.run_id:
+        atomic_write_bytes(run_file, json.dumps({"mlflow_run_id": tracker.run_id}).encode())
     device = pick_device()
     backbone = build_backbone(cfg.backbone, device)
     H, L = backbone.hidden_size, cfg.pt.prompt_len

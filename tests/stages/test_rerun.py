@@ -105,7 +105,8 @@ def test_msf_and_ist_reruns_never_overwrite_finished_work(tiny_cfg, caplog):
 def test_a_killed_msf_goes_on_from_its_last_checkpoint_as_if_never_stopped(tiny_cfg, tmp_path):
     """`ipt msf` killed for real (os._exit after step 5, as on an OOM kill) and run again: it goes on
     from the step-4 checkpoint in msf.partial/ (AE, optimiser, schedule, sampler, keep-best state) and
-    its losses and final autoencoder equal an uninterrupted run's. Nothing is moved aside or lost."""
+    its losses and final autoencoder equal an uninterrupted run's. Nothing is moved aside or lost; in
+    MLflow the continuing run holds every step and supersedes the killed run (left RUNNING -> KILLED)."""
     import json
     import os
     import subprocess
@@ -129,6 +130,8 @@ def test_a_killed_msf_goes_on_from_its_last_checkpoint_as_if_never_stopped(tiny_
 
     reference = run_msf(config(tmp_path / "ref"))
     cfg = config(tmp_path / "killed")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = replace(cfg, tracking=replace(cfg.tracking, enabled=True, tracking_uri=uri, experiment="resume"))
     path = tmp_path / "killed.yaml"
     path.write_text(yaml.safe_dump(config_to_dict(cfg)))
     killed = subprocess.run([sys.executable, "-m", "ipt_dist.cli", "msf", "--config", str(path)],
@@ -142,8 +145,21 @@ def test_a_killed_msf_goes_on_from_its_last_checkpoint_as_if_never_stopped(tiny_
     other = replace(cfg, msf=replace(cfg.msf, eval_max_examples=3))  # not an input, but keep-best compares dev
     with pytest.raises(ConfigError, match=r"msf.eval_max_examples=None; continuing with 3 .*Fix: --set"):
         run_msf(other)
-    resumed = run_msf(cfg)
+    from mlflow import MlflowClient
+
+    from ipt_dist.cli import main
+
+    assert main(["msf", "--config", str(path)]) == 0  # as the user would: the same command again
+    resumed = json.loads((cfg.out / "msf" / "summary.json").read_text())
     assert resumed["best_dev"] == reference["best_dev"] and resumed["best_step"] == reference["best_step"]
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("resume").experiment_id], order_by=["start_time"])
+    killed_run, new_run = runs
+    assert killed_run.info.status == "KILLED" and new_run.info.status == "FINISHED"
+    assert killed_run.data.tags["ipt.superseded_by"] == new_run.info.run_id
+    assert new_run.data.tags["ipt.continues_run"] == killed_run.info.run_id
+    assert new_run.data.tags["resumed_from_step"] == "4"
+    assert [m.step for m in client.get_metric_history(new_run.info.run_id, "loss")] == list(range(1, 7))
     got, ref = (read_jsonl(d / "msf" / "history.jsonl") for d in (cfg.out, tmp_path / "ref"))
     assert [r["step"] for r in got] == list(range(1, 7))  # steps 5-6 once each, not twice
     for a, b in zip(got, ref):
