@@ -299,7 +299,8 @@ def untuned_baselines(cfg: IPTConfig, tasks: list[str], cache: Path, *, outside_
     frozen backbone with no soft prompt; cached in `cache` (JSON). `outside_ledger` (--partial: no
     wall-time segment of its own) adds the wall seconds spent to the cache's `partial_seconds`, so
     the full report can say that this part of the work is not in its wall time. The backbone
-    evaluates `tasks_per_pass` tasks at a time and logs progress after each pass."""
+    evaluates `tasks_per_pass` tasks at a time; after each pass the cache is written (a stopped run
+    loses at most one pass) and progress logged."""
     import torch
 
     from ipt_dist.artifacts import atomic_write_bytes
@@ -322,7 +323,7 @@ def untuned_baselines(cfg: IPTConfig, tasks: list[str], cache: Path, *, outside_
                 scores.append(majority_score(raw, raw.info.metric))
             out[t]["majority"] = sum(scores) / len(scores)
             out[t]["majority_by_seed"] = dict(zip(map(str, seeds), scores))
-        t0 = time.time()
+        t0 = t_pass = time.time()
         backbone = build_backbone(cfg.backbone, pick_device())
         data = load_tokenized(cfg, backbone, todo, seeds[0])  # the test split is the same for every seed
         n_test = sum(len(data[t].test) for t in todo)
@@ -337,15 +338,15 @@ def untuned_baselines(cfg: IPTConfig, tasks: list[str], cache: Path, *, outside_
             for t, s, p in zip(part, scores, preds):
                 out[t]["no_prompt"] = s
                 out[t]["no_prompt_examples"] = p[:3]
+            got["tasks"].update({t: out[t] for t in part})  # kept per pass: a stopped run loses one pass at most
+            if outside_ledger:
+                got["partial_seconds"] = got.get("partial_seconds", 0.0) + time.time() - t_pass
+            atomic_write_bytes(cache, json.dumps(got, indent=1).encode())
             done += sum(len(data[t].test) for t in part)
-            spent = time.time() - t0
+            spent, t_pass = time.time() - t0, time.time()
             log.info("untuned baselines: %d/%d tasks, %d/%d examples, %.0f s, ETA %.0f s",
                      min(i + chunk, len(todo)), len(todo), done, n_test, spent, spent / max(done, 1) * (n_test - done))
         log.info("untuned baselines of %d tasks in %.0f s", len(todo), time.time() - t0)
-        got["tasks"].update(out)
-        if outside_ledger:
-            got["partial_seconds"] = got.get("partial_seconds", 0.0) + time.time() - t0
-        atomic_write_bytes(cache, json.dumps(got, indent=1).encode())
     return {t: got["tasks"][t] for t in tasks}
 
 

@@ -263,10 +263,23 @@ def test_untuned_baselines_evaluate_in_passes_with_progress_and_are_cached(tiny_
     cfg = replace(tiny_cfg, sweep=replace(tiny_cfg.sweep, data_seeds=[42, 13]))
     tasks = ["demo_sentiment", "demo_topic", "demo_parity"]
     cache = tmp_path / "baselines.json"
-    with caplog.at_level(logging.INFO, logger=quality.log.name):
-        got = quality.untuned_baselines(cfg, tasks, cache, tasks_per_pass=2)
+    on_disk = []  # the cached tasks when each progress line is logged: a stopped run keeps finished passes
+
+    class Watch(logging.Handler):
+        def emit(self, record):
+            if "tasks," in record.getMessage():
+                on_disk.append(sorted(json.loads(cache.read_text())["tasks"]))
+
+    watch = Watch()
+    quality.log.addHandler(watch)
+    try:
+        with caplog.at_level(logging.INFO, logger=quality.log.name):
+            got = quality.untuned_baselines(cfg, tasks, cache, tasks_per_pass=2)
+    finally:
+        quality.log.removeHandler(watch)
     progress = [r.getMessage() for r in caplog.records if "tasks," in r.getMessage()]
     assert [m.split(",")[0] for m in progress] == ["untuned baselines: 2/3 tasks", "untuned baselines: 3/3 tasks"]
+    assert on_disk == [sorted(tasks[:2]), sorted(tasks)]
     assert set(got) == set(tasks)
     for t in tasks:
         assert 0.0 <= got[t]["no_prompt"] <= 1.0 and 0.0 < got[t]["majority"] <= 1.0
