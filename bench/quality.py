@@ -466,8 +466,11 @@ def paired_difference(summary: dict, col_a: str, col_b: str) -> dict:
     return {"n": len(diffs), "mean": sum(diffs) / len(diffs) if diffs else None, "ci_low": lo, "ci_high": hi}
 
 
-def _tasks_with_ratio(summary: dict, col: str) -> set[str]:
-    return {r["task"] for r in summary.get("rows", []) if r.get(f"{col}/ratio") is not None}
+def _tasks_with_ratio(summary: dict, col: str) -> set[tuple]:
+    """(task, its draws with a ratio) for every task with a ratio in `col`: two columns are compared
+    over the same tasks AND draws (a --partial read can have one draw of a task in one, two in the other)."""
+    return {(r["task"], tuple(r.get(f"{col}/draws") or ())) for r in summary.get("rows", [])
+            if r.get(f"{col}/ratio") is not None}
 
 
 def compare(summary: dict, setting: str, d: int, other: str) -> dict:
@@ -487,8 +490,8 @@ def compare(summary: dict, setting: str, d: int, other: str) -> dict:
     tasks_a, tasks_b = (_tasks_with_ratio(summary, f"{setting}@d{d}" + sfx) for sfx in ("", f":{other}"))
     if tasks_a != tasks_b:  # e.g. a --partial read (one decoder's jobs not all done), or failed jobs
         out["overlap"] = None
-        out["verdict"] = (f"cannot tell yet: the intervals are over different tasks (MSF n={len(tasks_a)}, "
-                          f"{other} n={len(tasks_b)}, {len(tasks_a & tasks_b)} shared)"
+        out["verdict"] = (f"cannot tell yet: the intervals are over different tasks or draws (MSF n={len(tasks_a)}, "
+                          f"{other} n={len(tasks_b)}, {len(tasks_a & tasks_b)} shared with the same draws)"
                           + (f"; on the {diff['n']} tasks both have, MSF is {side} (the paired difference's "
                              f"interval excludes 0)" if side else ""))
         return out

@@ -366,7 +366,7 @@ def summarize_ist(records: list[dict], pt_records: list[dict] | None = None, see
                 row[f"{c}/std"] = s.test_std
             else:
                 row[f"{c}/lr"] = s.lr
-            pairs = []  # (score on draw s, PT test on draw s)
+            pairs, draws = [], []  # (score on draw s, PT test on draw s); the draws paired
             for draw, score in s.test_by_draw.items():
                 if score is None:
                     continue
@@ -376,7 +376,9 @@ def summarize_ist(records: list[dict], pt_records: list[dict] | None = None, see
                         unpaired[c].append(f"{t}@{draw}")
                     continue
                 pairs.append((score, den))
+                draws.append(draw)
             row[f"{c}/ratio"] = mean_std(a / b for a, b in pairs)[0]
+            row[f"{c}/draws"] = sorted(draws, key=str)  # which draws the ratio averages (comparisons check them)
             row[f"{c}/pt"] = mean_std(b for _, b in pairs)[0]
             if pairs:
                 paired_score[(c, t)] = mean_std(a for a, _ in pairs)[0]

@@ -72,6 +72,20 @@ def test_intervals_over_as_many_but_other_tasks_are_not_compared(quality):
     assert c["difference"]["n"] == 5 and c["difference"]["mean"] == pytest.approx(-0.05)
 
 
+def test_intervals_over_the_same_tasks_but_other_draws_are_not_compared(quality):
+    """A --partial read where one decoder has both draws of a task and the other only one: the same
+    task set, yet not the same pairs: no verdict from the intervals."""
+    s = _summary({"ist_unseen@d5": [0.9, 0.95, 0.85, 0.9, 0.92, 0.88],
+                  "ist_unseen@d5:random": [0.2, 0.3, 0.1, 0.25, 0.15, 0.2]})
+    for r in s["rows"]:
+        r["ist_unseen@d5/draws"] = r["ist_unseen@d5:random/draws"] = [13, 42]
+    assert quality.compare(s, "ist_unseen", 5, "random")["verdict"].startswith("MSF beats random")
+    s["rows"][0]["ist_unseen@d5:random/draws"] = [42]  # its second draw not finished yet
+    c = quality.compare(s, "ist_unseen", 5, "random")
+    assert c["overlap"] is None and "beats" not in c["verdict"]
+    assert "MSF n=6, random n=6, 5 shared with the same draws" in c["verdict"]
+
+
 def test_a_missing_baseline_is_not_run(quality):
     s = _summary({"ist_unseen@d5": [0.9, 0.8]})
     assert quality.compare(s, "ist_unseen", 5, "pca")["verdict"] == "not run"
