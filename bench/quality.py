@@ -461,7 +461,8 @@ def paired_difference(summary: dict, col_a: str, col_b: str) -> dict:
     from ipt_dist.summary import bootstrap_mean_ci
 
     diffs = [r[f"{col_a}/ratio"] - r[f"{col_b}/ratio"] for r in summary.get("rows", [])
-             if r.get(f"{col_a}/ratio") is not None and r.get(f"{col_b}/ratio") is not None]
+             if r.get(f"{col_a}/ratio") is not None and r.get(f"{col_b}/ratio") is not None
+             and r.get(f"{col_a}/draws") == r.get(f"{col_b}/draws")]  # paired: the same draws of a task
     lo, hi = bootstrap_mean_ci(diffs)
     return {"n": len(diffs), "mean": sum(diffs) / len(diffs) if diffs else None, "ci_low": lo, "ci_high": hi}
 
@@ -492,7 +493,7 @@ def compare(summary: dict, setting: str, d: int, other: str) -> dict:
         out["overlap"] = None
         out["verdict"] = (f"cannot tell yet: the intervals are over different tasks or draws (MSF n={len(tasks_a)}, "
                           f"{other} n={len(tasks_b)}, {len(tasks_a & tasks_b)} shared with the same draws)"
-                          + (f"; on the {diff['n']} tasks both have, MSF is {side} (the paired difference's "
+                          + (f"; on the {diff['n']} tasks both have (same draws), MSF is {side} (the paired difference's "
                              f"interval excludes 0)" if side else ""))
         return out
     if None in (lo_a, hi_a, lo_b, hi_b):

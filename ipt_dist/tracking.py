@@ -188,7 +188,7 @@ class MLflowTracker:
 
         ts = int(time.time() * 1000)
         items = [Metric(metric_key(k), float(v), ts, step or 0) for k, v in metrics.items()
-                 if v == v]  # noqa: PLR0124 - v != v only for NaN: drop NaNs
+                 if v is not None and v == v]  # noqa: PLR0124 - v != v only for NaN: drop NaNs (None: a NaN read back from JSON)
         for i in range(0, len(items), MAX_METRICS_PER_BATCH):
             self.client.log_batch(self.run_id, metrics=items[i : i + MAX_METRICS_PER_BATCH])
 
@@ -268,10 +268,13 @@ class MLflowTracker:
             self._call("supersede", run_id)
 
     def _do_supersede(self, run_id: str) -> None:
-        self.client.set_tag(run_id, "ipt.superseded_by", self.run_id)
         self.client.set_tag(self.run_id, "ipt.continues_run", run_id)
-        if self.client.get_run(run_id).info.status == "RUNNING":
-            self.client.set_terminated(run_id, "KILLED")
+        try:  # the old run may be gone (deleted, another store): never block this run's own calls
+            self.client.set_tag(run_id, "ipt.superseded_by", self.run_id)
+            if self.client.get_run(run_id).info.status == "RUNNING":
+                self.client.set_terminated(run_id, "KILLED")
+        except Exception as exc:  # noqa: BLE001 - a courtesy to the old run only
+            log.warning("MLflow: could not mark run %s as superseded by %s (%s)", run_id, self.run_id, exc)
 
     def end(self, status: str = "FINISHED") -> None:
         self._call("end", status)

@@ -389,3 +389,26 @@ def test_a_sweep_directory_started_again_at_the_same_path_gets_its_own_parent_ru
     make_sweep_tracker(cfg, "ist", legacy)
     assert not (legacy / SWEEP_ID_FILE).exists()
     assert sweep_key("ist", legacy) == hashlib.sha1(f"ist|{legacy.resolve()}".encode()).hexdigest()[:16]
+
+
+def test_superseding_a_run_that_is_gone_does_not_block_the_new_runs_logging(tmp_path):
+    """`supersede` of a run this store does not hold (deleted, another store): a warning, and every
+    later call of the new run still lands (MLflowTracker's queue sends calls in order)."""
+    from mlflow import MlflowClient
+
+    from ipt_dist.tracking import MLflowTracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    old = MLflowTracker(uri, "sup", "msf")
+    old.log_metrics({"loss": 2.0}, step=1)  # then its process dies: never ended, RUNNING
+    new = MLflowTracker(uri, "sup", "msf")
+    new.supersede("0" * 32)  # no such run
+    new.supersede(old.run_id)
+    new.log_metrics({"loss": 1.0, "dev/x": None}, step=2)  # None: a NaN read back from history.jsonl
+    new.end("FINISHED")
+    client = MlflowClient(uri)
+    run = client.get_run(new.run_id)
+    assert run.info.status == "FINISHED" and run.data.metrics == {"loss": 1.0}
+    assert run.data.tags["ipt.continues_run"] == old.run_id
+    gone = client.get_run(old.run_id)
+    assert gone.info.status == "KILLED" and gone.data.tags["ipt.superseded_by"] == new.run_id

@@ -71,8 +71,8 @@ def train_msf(cfg: IPTConfig, backbone: Backbone, prompts: torch.Tensor, data: l
     start, before = _resume(out, ae, opt, sched, sampler, best, cfg)
     if start:  # this (new) tracking run gets the kept steps too, so that it shows the whole training
         tracker.set_tags({"resumed_from_step": start})
-        for r in before:
-            tracker.log_metrics({k: v for k, v in r.items() if k != "step"}, step=r["step"])
+        for r in before:  # a NaN / inf was written to history.jsonl as null
+            tracker.log_metrics({k: v for k, v in r.items() if k != "step" and v is not None}, step=r["step"])
     from tqdm.auto import tqdm
 
     steplog = StepLog()  # every step's stats stay on the device until a log / eval step (msf.log_every)
@@ -214,6 +214,8 @@ def run_msf(cfg: IPTConfig, tracker=None) -> dict:
     # A stopped run of the same inputs goes on from its last checkpoint (`msf.checkpoint_every`
     # steps and every dev evaluation); one of other inputs, or without a checkpoint, is kept aside.
     partial = stage_dir(cfg, "msf.partial")
+    if _finished_partial(partial, inputs):  # stopped between its summary and the rename: only the rename is left
+        return _publish(partial, final, tracker)
     why_not = _why_not_resumable(partial, inputs) if partial.exists() else None
     if why_not:
         aside = partial.with_name(f"msf.interrupted-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -226,9 +228,15 @@ def run_msf(cfg: IPTConfig, tracker=None) -> dict:
     claim_stage_dir(out, "msf", inputs, cfg)
     run_file = out / TRACKING_FILE  # the tracking run of the stopped run this one continues, if any
     if run_file.is_file():
-        tracker.supersede(json.loads(run_file.read_text()).get("mlflow_run_id"))
+        try:
+            tracker.supersede(json.loads(run_file.read_text()).get("mlflow_run_id"))
+        except (OSError, ValueError, AttributeError) as exc:  # tracking never stops the stage
+            log.warning("MSF: %s unreadable (%s): the stopped run's MLflow run is left as it is", run_file, exc)
     if tracker.run_id:
         atomic_write_bytes(run_file, json.dumps({"mlflow_run_id": tracker.run_id}).encode())
+    else:  # untracked now: the file must not name an earlier run as the one that trains this result
+        run_file.unlink(missing_ok=True)
+    resumed_from = int(_load_resume_state(out)["step"]) if (out / RESUME_FILE).is_file() else 0
     device = pick_device()
     backbone = build_backbone(cfg.backbone, device)
     H, L = backbone.hidden_size, cfg.pt.prompt_len
@@ -241,14 +249,30 @@ def run_msf(cfg: IPTConfig, tracker=None) -> dict:
     best = train_msf(cfg, backbone, prompts, data, split.train, out, provenance, tracker)
     summary = {"best_dev": best.best, "best_step": best.step, "steps": cfg.msf.steps, "seconds": time.time() - t0,
                "checkpoint": str(final), "d": cfg.msf.d, "tasks": split.train}
+    if resumed_from:  # "seconds" is then this invocation's, from that step on
+        summary["resumed_from_step"] = resumed_from
     atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2).encode())
     (out / RESUME_FILE).unlink(missing_ok=True)  # finished: msf/ holds the result, not a training state
+    return _publish(out, final, tracker)
+
+
+def _finished_partial(partial: Path, inputs: dict) -> bool:
+    """`partial` holds a finished run of these inputs (summary.json written, not yet renamed)."""
+    from ipt_dist.config import describe_changes
+
+    before = recorded_inputs(partial) if partial.is_dir() else None
+    return (before is not None and (partial / "summary.json").is_file() and not (partial / RESUME_FILE).is_file()
+            and not describe_changes(before, inputs))
+
+
+def _publish(out: Path, final: Path, tracker) -> dict:
+    """Rename the finished run in `out` to `final` (msf/ only ever holds a finished run); its summary."""
     if final.is_dir() and not any(final.iterdir()):
         final.rmdir()  # an empty directory (e.g. made by hand) is not a finished run
     out.rename(final)
     log_msf_model(tracker, final)
     log.info("MSF finished: %s", final)
-    return summary
+    return json.loads((final / "summary.json").read_text())
 
 
 def _why_not_resumable(partial: Path, inputs: dict) -> str | None:

@@ -84,6 +84,7 @@ def test_intervals_over_the_same_tasks_but_other_draws_are_not_compared(quality)
     c = quality.compare(s, "ist_unseen", 5, "random")
     assert c["overlap"] is None and "beats" not in c["verdict"]
     assert "MSF n=6, random n=6, 5 shared with the same draws" in c["verdict"]
+    assert c["difference"]["n"] == 5  # the paired difference, too, pairs the same draws only
 
 
 def test_a_missing_baseline_is_not_run(quality):

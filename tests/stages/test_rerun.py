@@ -167,4 +167,5 @@ def test_a_killed_msf_goes_on_from_its_last_checkpoint_as_if_never_stopped(tiny_
     for k, v in load_file(str(tmp_path / "ref" / "msf" / "autoencoder.safetensors")).items():
         torch.testing.assert_close(load_file(str(cfg.out / "msf" / "autoencoder.safetensors"))[k], v)
     assert not (cfg.out / "msf" / RESUME_FILE).exists() and not list(cfg.out.glob("msf.interrupted-*"))
-    assert json.loads((cfg.out / "msf" / "summary.json").read_text())["steps"] == 6
+    summary = json.loads((cfg.out / "msf" / "summary.json").read_text())
+    assert summary["steps"] == 6 and summary["resumed_from_step"] == 4  # its "seconds" are from step 4 on
