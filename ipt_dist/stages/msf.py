@@ -49,7 +49,8 @@ log = logging.getLogger(__name__)
 
 
 def train_msf(cfg: IPTConfig, backbone: Backbone, prompts: torch.Tensor, data: list[TokenizedTask],
-              tasks: list[str], out: Path, provenance: dict | None = None, tracker=None) -> BestTracker:
+              tasks: list[str], out: Path, provenance: dict | None = None, tracker=None,
+              resume: dict | None = None) -> BestTracker:
     """The single-process MSF loop: train the autoencoder over `data` (one entry per task, `prompts`
     (T, L, H) their stage-0 prompts), evaluate dev every `msf.eval_every` steps and save the best
     mean-dev checkpoint to `out` (`train.best`: a NaN task is left out of the mean). Appends every
@@ -68,7 +69,7 @@ def train_msf(cfg: IPTConfig, backbone: Backbone, prompts: torch.Tensor, data: l
                                   seed=m.seed)
     history = out / "history.jsonl"
     best = BestTracker()
-    start, before = _resume(out, ae, opt, sched, sampler, best, cfg)
+    start, before = _resume(out, resume, ae, opt, sched, sampler, best) if resume else (0, [])
     if start:  # this (new) tracking run gets the kept steps too, so that it shows the whole training
         tracker.set_tags({"resumed_from_step": start})
         for r in before:  # a NaN / inf was written to history.jsonl as null
@@ -113,8 +114,6 @@ def train_msf(cfg: IPTConfig, backbone: Backbone, prompts: torch.Tensor, data: l
 
 RESUME_FILE = "resume.pt"  # in msf.partial/: the training state at the last checkpoint step
 TRACKING_FILE = "tracking.json"  # the MLflow run training in this directory (a continued run supersedes it)
-
-
 BEST_FILES = ("autoencoder.safetensors", "msf.json")  # the best AE so far (save_msf_checkpoint)
 
 
@@ -151,18 +150,13 @@ def _check_resume_settings(out: Path, state: dict, cfg: IPTConfig) -> None:
                           f"--set msf.eval_max_examples={was}, or move {out} away to start over")
 
 
-def _resume(out: Path, ae, opt, sched, sampler, best: BestTracker, cfg: IPTConfig) -> tuple[int, list[dict]]:
-    """Load `out/resume.pt` (a stopped run of the same inputs, `run_msf` checked them) into the
-    training objects. History rows and best-AE files written after its step are put back as they were
-    at that step (those steps run again). Returns (the step to continue after, 0: nothing to resume;
-    the history rows kept)."""
+def _resume(out: Path, state: dict, ae, opt, sched, sampler, best: BestTracker) -> tuple[int, list[dict]]:
+    """Load `state` (out/resume.pt of a stopped run of the same inputs and settings: `run_msf` checked
+    them) into the training objects. History rows and best-AE files written after its step are put back
+    as they were at that step (those steps run again). Returns (the step to continue after; the history
+    rows kept)."""
     from ipt_dist.artifacts import read_jsonl
 
-    f = out / RESUME_FILE
-    if not f.is_file():
-        return 0, []
-    state = _load_resume_state(out)
-    _check_resume_settings(out, state, cfg)
     ae.load_state_dict(state["ae"])
     opt.load_state_dict(state["opt"])
     sched.load_state_dict(state["sched"])
@@ -222,8 +216,9 @@ def run_msf(cfg: IPTConfig, tracker=None) -> dict:
         partial.rename(aside)
         log.warning("MSF: %s held an interrupted run with %s (kept, moved to %s); starting over", partial,
                     why_not, aside)
-    elif partial.exists():  # a run to continue: its settings that are not inputs are checked before any work
-        _check_resume_settings(partial, _load_resume_state(partial), cfg)
+    resume = _load_resume_state(partial) if partial.exists() else None  # still there: a run to continue
+    if resume is not None:  # its settings that are not inputs, checked before any work
+        _check_resume_settings(partial, resume, cfg)
     out = ensure_writable_dir(partial)
     claim_stage_dir(out, "msf", inputs, cfg)
     run_file = out / TRACKING_FILE  # the tracking run of the stopped run this one continues, if any
@@ -236,7 +231,6 @@ def run_msf(cfg: IPTConfig, tracker=None) -> dict:
         atomic_write_bytes(run_file, json.dumps({"mlflow_run_id": tracker.run_id}).encode())
     else:  # untracked now: the file must not name an earlier run as the one that trains this result
         run_file.unlink(missing_ok=True)
-    resumed_from = int(_load_resume_state(out)["step"]) if (out / RESUME_FILE).is_file() else 0
     device = pick_device()
     backbone = build_backbone(cfg.backbone, device)
     H, L = backbone.hidden_size, cfg.pt.prompt_len
@@ -246,23 +240,28 @@ def run_msf(cfg: IPTConfig, tracker=None) -> dict:
     tok = tokenize_raw(cfg, backbone, raw)
     data = [tok[t] for t in split.train]
     t0 = time.time()
-    best = train_msf(cfg, backbone, prompts, data, split.train, out, provenance, tracker)
+    best = train_msf(cfg, backbone, prompts, data, split.train, out, provenance, tracker, resume)
     summary = {"best_dev": best.best, "best_step": best.step, "steps": cfg.msf.steps, "seconds": time.time() - t0,
                "checkpoint": str(final), "d": cfg.msf.d, "tasks": split.train}
-    if resumed_from:  # "seconds" is then this invocation's, from that step on
-        summary["resumed_from_step"] = resumed_from
+    if resume:  # "seconds" is then this invocation's, from that step on
+        summary["resumed_from_step"] = int(resume["step"])
     atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2).encode())
     (out / RESUME_FILE).unlink(missing_ok=True)  # finished: msf/ holds the result, not a training state
     return _publish(out, final, tracker)
 
 
-def _finished_partial(partial: Path, inputs: dict) -> bool:
-    """`partial` holds a finished run of these inputs (summary.json written, not yet renamed)."""
+def _changed_inputs(partial: Path, inputs: dict) -> str | None:
+    """The fields `inputs` change against what `partial` recorded ("" = none); None: no record."""
     from ipt_dist.config import describe_changes
 
     before = recorded_inputs(partial) if partial.is_dir() else None
-    return (before is not None and (partial / "summary.json").is_file() and not (partial / RESUME_FILE).is_file()
-            and not describe_changes(before, inputs))
+    return None if before is None else describe_changes(before, inputs)
+
+
+def _finished_partial(partial: Path, inputs: dict) -> bool:
+    """`partial` holds a finished run of these inputs (summary.json written, not yet renamed)."""
+    return ((partial / "summary.json").is_file() and not (partial / RESUME_FILE).is_file()
+            and _changed_inputs(partial, inputs) == "")
 
 
 def _publish(out: Path, final: Path, tracker) -> dict:
@@ -278,12 +277,9 @@ def _publish(out: Path, final: Path, tracker) -> dict:
 def _why_not_resumable(partial: Path, inputs: dict) -> str | None:
     """Why the stopped run in `partial` cannot be continued with `inputs` (None: it can, it has a
     checkpoint and was started from these same inputs)."""
-    from ipt_dist.config import describe_changes
-
-    before = recorded_inputs(partial)
-    if not (partial / RESUME_FILE).is_file() or before is None:
+    diff = _changed_inputs(partial, inputs)
+    if not (partial / RESUME_FILE).is_file() or diff is None:
         return "no checkpoint"
-    diff = describe_changes(before, inputs)
     return f"other inputs ({diff})" if diff else None
 
 
