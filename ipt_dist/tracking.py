@@ -118,6 +118,24 @@ def fail_fast_http(tracking_uri: str) -> None:
             os.environ.setdefault(k, v)
 
 
+# MLflow error codes that answer the request itself (invalid value, a param already set otherwise,
+# a run or model that does not exist or is not active): retrying the same call cannot succeed. Anything
+# else (connection refused, timeout, "database is locked" = TEMPORARILY_UNAVAILABLE, 5xx) may pass later.
+REJECTED_FOR_GOOD = frozenset({"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST",
+                               "INVALID_STATE", "BAD_REQUEST", "MALFORMED_REQUEST"})
+
+
+def rejected_for_good(exc: BaseException) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    return isinstance(exc, MlflowException) and exc.error_code in REJECTED_FOR_GOOD
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:limit]
+
+
 class NullTracker:
     """Does nothing; used on non-zero ranks and when tracking is disabled."""
 
@@ -158,6 +176,7 @@ class MLflowTracker:
                                                  tags={k: str(v) for k, v in all_tags.items()}).info.run_id
         self._pending: list[tuple[str, tuple, dict]] = []
         self.model_ids: list[str] = []  # LoggedModels written by this tracker
+        self.rejected: list[str] = []  # calls MLflow refused for good ("<call>: <why>"), see `flush`
 
     def _call(self, name: str, *args, **kwargs) -> None:
         self._pending.append((name, args, kwargs))
@@ -171,8 +190,14 @@ class MLflowTracker:
                 try:
                     getattr(self, "_do_" + name)(*args, **kwargs)
                 except Exception as exc:  # noqa: BLE001 - tracking must never kill training
-                    log.warning("MLflow %s failed (%s); will retry", name, exc)
-                    break
+                    if not rejected_for_good(exc):
+                        log.warning("MLflow %s failed (%s); will retry", name, exc)
+                        break
+                    # MLflow refused the call itself (e.g. a param logged again with another value):
+                    # a retry gets the same answer, and kept at the head it would block every later call.
+                    self.rejected.append(f"{name}: {first_line(exc)}")
+                    log.error("MLflow rejected %s for run %s (%s); not retried, the run's later calls go on",
+                              name, self.run_id, first_line(exc))
                 self._pending.pop(0)
             if not self._pending:
                 return True
@@ -232,6 +257,10 @@ class MLflowTracker:
         self.model_ids.append(model_id)
 
     def _do_end(self, status: str) -> None:
+        if self.rejected:  # the run's record is incomplete: say so where the run is looked at
+            self.client.set_tag(self.run_id, "ipt.tracking_rejected",
+                                f"{len(self.rejected)} logging calls rejected by MLflow; first: {self.rejected[0]}"
+                                [:MAX_VALUE_LEN])
         self.client.set_terminated(self.run_id, status)
         if self.tracking_uri.startswith(("http://", "https://")):  # MLflow's own "View run" line is off
             exp = self.client.get_run(self.run_id).info.experiment_id  # in quiet mode (console.py)

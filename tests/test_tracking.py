@@ -412,3 +412,22 @@ def test_superseding_a_run_that_is_gone_does_not_block_the_new_runs_logging(tmp_
     assert run.data.tags["ipt.continues_run"] == old.run_id
     gone = client.get_run(old.run_id)
     assert gone.info.status == "KILLED" and gone.data.tags["ipt.superseded_by"] == new.run_id
+
+
+def test_a_call_mlflow_rejects_for_good_does_not_block_the_runs_later_calls(tmp_path, caplog):
+    """MLflow refuses a param logged again with another value (params are immutable). Retrying it
+    cannot succeed: kept at the head of the queue it would hold back every later metric, tag and the
+    run's end. It is dropped with an error line, and the run says its record is incomplete."""
+    from ipt_dist.tracking import MLflowTracker
+
+    tracker = MLflowTracker(f"sqlite:///{tmp_path}/mlflow.db", "rejected", "run")
+    tracker.log_params({"lr": 0.1})
+    tracker.log_params({"lr": 0.2})  # rejected: INVALID_PARAMETER_VALUE
+    tracker.log_metrics({"loss": 1.5}, step=3)
+    tracker.end()
+    assert not tracker._pending and len(tracker.rejected) == 1 and tracker.rejected[0].startswith("params:")
+    run = tracker.client.get_run(tracker.run_id)
+    assert run.data.params == {"lr": "0.1"} and run.data.metrics == {"loss": 1.5}
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["ipt.tracking_rejected"].startswith("1 logging calls rejected by MLflow; first: params:")
+    assert "MLflow rejected params" in caplog.text
