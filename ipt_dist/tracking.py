@@ -2,7 +2,8 @@
 
 Only rank 0 of a Ray Train run, or the sweep driver, holds a real tracker. Logging errors
 never stop training: a failed call is queued and retried (the results files stay the
-source of truth).
+source of truth); only a call MLflow refuses for good is dropped, with an error line and the run's
+`ipt.tracking_rejected` tag (`MLflowTracker.flush`).
 
 MLflow 3 entities: each task's few-shot draw is a dataset input of the runs that use it
 (`draw_dataset`: name `<task>@<data seed>`, digest = the training split's content digest of
@@ -118,11 +119,14 @@ def fail_fast_http(tracking_uri: str) -> None:
             os.environ.setdefault(k, v)
 
 
-# MLflow error codes that answer the request itself (invalid value, a param already set otherwise,
-# a run or model that does not exist or is not active): retrying the same call cannot succeed. Anything
-# else (connection refused, timeout, "database is locked" = TEMPORARILY_UNAVAILABLE, 5xx) may pass later.
-REJECTED_FOR_GOOD = frozenset({"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST",
-                               "INVALID_STATE", "BAD_REQUEST", "MALFORMED_REQUEST"})
+# MLflow error codes that answer the request itself (an invalid value, a param already set to
+# another value, a deleted run: "must be in the 'active' state", a run or model that does not exist):
+# retrying the same call cannot succeed. Anything else may pass later: connection refused, timeouts,
+# 5xx and 429 (INTERNAL_ERROR after the client's retries), "database is locked"
+# (TEMPORARILY_UNAVAILABLE), and BAD_REQUEST, which the SQL store also gives for a pool timeout and a
+# proxy for any plain-text 400 page.
+REJECTED_TAG = "ipt.tracking_rejected"
+REJECTED_FOR_GOOD = frozenset({"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"})
 
 
 def rejected_for_good(exc: BaseException) -> bool:
@@ -154,7 +158,9 @@ class NullTracker:
 
 
 class MLflowTracker:
-    """One MLflow run. Calls that fail (server down, DB locked) are kept and retried later."""
+    """One MLflow run. Calls that fail (server down, DB locked) are kept and retried later; a call
+    MLflow refuses for good (`rejected_for_good`) is dropped and named in the run's tag
+    `ipt.tracking_rejected`."""
 
     def __init__(self, tracking_uri: str, experiment: str, run_name: str | None = None,
                  parent_run_id: str | None = None, run_id: str | None = None, tags: dict | None = None) -> None:
@@ -195,15 +201,29 @@ class MLflowTracker:
                         break
                     # MLflow refused the call itself (e.g. a param logged again with another value):
                     # a retry gets the same answer, and kept at the head it would block every later call.
+                    self._pending.pop(0)
+                    if name == "tags" and REJECTED_TAG in args[0]:  # our own note (the run is gone, say)
+                        log.warning("MLflow run %s: could not tag it %s (%s)", self.run_id, REJECTED_TAG,
+                                    first_line(exc))
+                        continue
                     self.rejected.append(f"{name}: {first_line(exc)}")
                     log.error("MLflow rejected %s for run %s (%s); not retried, the run's later calls go on",
                               name, self.run_id, first_line(exc))
+                    self._tag_rejected()
+                    continue
                 self._pending.pop(0)
             if not self._pending:
                 return True
             if wait:
                 time.sleep(wait)
         return not self._pending
+
+    def _tag_rejected(self) -> None:
+        """Queue the tag `ipt.tracking_rejected` (how many calls were dropped, the first reason): the
+        run's record is incomplete, said where the run is looked at. One queued at a time."""
+        self._pending = [c for c in self._pending if not (c[0] == "tags" and REJECTED_TAG in c[1][0])]
+        self._pending.append(("tags", ({REJECTED_TAG: f"{len(self.rejected)} logging calls rejected by MLflow; "
+                                                      f"first: {self.rejected[0]}"},), {}))
 
     def _do_params(self, params: dict) -> None:
         send_params(self.client, self.run_id, params)
@@ -257,10 +277,6 @@ class MLflowTracker:
         self.model_ids.append(model_id)
 
     def _do_end(self, status: str) -> None:
-        if self.rejected:  # the run's record is incomplete: say so where the run is looked at
-            self.client.set_tag(self.run_id, "ipt.tracking_rejected",
-                                f"{len(self.rejected)} logging calls rejected by MLflow; first: {self.rejected[0]}"
-                                [:MAX_VALUE_LEN])
         self.client.set_terminated(self.run_id, status)
         if self.tracking_uri.startswith(("http://", "https://")):  # MLflow's own "View run" line is off
             exp = self.client.get_run(self.run_id).info.experiment_id  # in quiet mode (console.py)
@@ -385,7 +401,8 @@ def log_msf_model(tracker, ckpt_dir: str | Path, name: str | None = None) -> Non
     n_tasks, tasks_digest, data_seed, prompt_len, hidden, mid_dim, provenance_digest (the
     provenance fingerprint of msf.json, which the model's own msf.json holds in full). Metric:
     best_dev at its step. Never raises: a checkpoint without a readable msf.json is skipped with a
-    warning, and MLflow failures are queued and retried like every tracker call.
+    warning, and MLflow failures are queued and retried like every tracker call (a refusal for good
+is dropped, `MLflowTracker.flush`).
     """
     if getattr(tracker, "run_id", None) is None:  # NullTracker: nothing to log, nothing to read
         return

@@ -431,3 +431,25 @@ def test_a_call_mlflow_rejects_for_good_does_not_block_the_runs_later_calls(tmp_
     assert run.info.status == "FINISHED"
     assert run.data.tags["ipt.tracking_rejected"].startswith("1 logging calls rejected by MLflow; first: params:")
     assert "MLflow rejected params" in caplog.text
+
+
+def test_only_mlflows_refusals_of_the_request_are_dropped_and_a_deleted_run_does_not_loop(tmp_path):
+    """Transient answers stay queued (a locked SQLite DB, a 5xx/connection error after the client's
+    retries, BAD_REQUEST: also a pool timeout or a proxy's 400 page); a run deleted in the UI refuses
+    every call, its own rejected-tag included, and the queue still empties."""
+    from mlflow.exceptions import MlflowException, RestException
+
+    from ipt_dist.tracking import MLflowTracker, rejected_for_good
+
+    assert rejected_for_good(RestException({"error_code": "INVALID_PARAMETER_VALUE", "message": "x"}))
+    assert rejected_for_good(RestException({"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "x"}))
+    for code in ("TEMPORARILY_UNAVAILABLE", "BAD_REQUEST", "INTERNAL_ERROR", "REQUEST_LIMIT_EXCEEDED"):
+        assert not rejected_for_good(RestException({"error_code": code, "message": "x"})), code
+    assert not rejected_for_good(MlflowException("API request to http://x failed with exception ..."))
+    assert not rejected_for_good(OSError("disk"))
+
+    tracker = MLflowTracker(f"sqlite:///{tmp_path}/mlflow.db", "deleted", "run")
+    tracker.client.delete_run(tracker.run_id)
+    tracker.log_metrics({"loss": 1.0})
+    tracker.end()
+    assert not tracker._pending and [r.split(":")[0] for r in tracker.rejected] == ["metrics", "end"]

@@ -79,7 +79,7 @@ def _mlflow_run(cfg: IPTConfig, record: dict | None, tags: dict, datasets: list[
     name = cfg.tracking.run_name or f"msf-d{cfg.msf.d}"
     tracker = MLflowTracker(uri, cfg.tracking.experiment, name, tags=tags)
     tracker.log_params(flatten_config(cfg))
-    if not tracker.flush(retries=3, wait=1.0):
+    if not tracker.flush(retries=3, wait=1.0) or tracker.rejected:
         raise DistributedMSFError(f"MLflow at {uri} did not accept the run's parameters; see the log above")
     tracker.log_inputs(list(datasets))
     if not tracker.flush(retries=3, wait=1.0):  # best effort: never stops training
