@@ -123,6 +123,9 @@ def test_limits_name_each_reason_with_its_measurement(quality):
     the same run: MSF's reconstruction (setting 1), IST against it (3 - 1), new data against the same (4 - 3)."""
     s = _summary({"msf_seen@d5": [0.9, 0.8, 0.85, 0.9], "ist_seen_same@d5": [0.7, 0.6, 0.65, 0.7],
                   "ist_seen_new@d5": [0.6, 0.5, 0.55, 0.6]})
+    for r in s["rows"]:  # the draws as the real summary names them: setting 4 is on the new draw only
+        r["msf_seen@d5/draws"] = r["ist_seen_same@d5/draws"] = [42]
+        r["ist_seen_new@d5/draws"] = [13]
     baselines = {"gym__t0": {"majority": 0.5, "no_prompt": 0.1}, "gym__t1": {"majority": 0.7, "no_prompt": 0.1},
                  "gym__t2": {"majority": 0.5, "no_prompt": 0.1}, "gym__t3": {"majority": 0.5, "no_prompt": 0.1}}
     text, numbers = quality.build_tables(s, baselines, [5], {})
