@@ -55,6 +55,12 @@ def one_line(message: str) -> str:
     return f"{head.rstrip(':')}: " + "; ".join(rest)
 
 
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first non-empty line of an exception's message (its type's name when it has none), cut at `limit`."""
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:limit]
+
+
 def run_entry(fn: Callable[[], int], *, debug: bool = False,
               interrupted: str = "interrupted: finished work is kept on disk; run the same command again to "
                                  "resume") -> int:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ipt_dist.config import ConfigError, IPTConfig, flatten_config
+from ipt_dist.errors import first_line
 from ipt_dist.paths import demo_data_dir
 from ipt_dist.provenance import draw_seed, record_digest
 
@@ -135,11 +136,6 @@ def rejected_for_good(exc: BaseException) -> bool:
     return isinstance(exc, MlflowException) and exc.error_code in REJECTED_FOR_GOOD
 
 
-def first_line(exc: BaseException, limit: int = 300) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:limit]
-
-
 class NullTracker:
     """Does nothing; used on non-zero ranks and when tracking is disabled."""
 
@@ -202,13 +198,13 @@ class MLflowTracker:
                     # MLflow refused the call itself (e.g. a param logged again with another value):
                     # a retry gets the same answer, and kept at the head it would block every later call.
                     self._pending.pop(0)
+                    why = first_line(exc)
                     if name == "tags" and REJECTED_TAG in args[0]:  # our own note (the run is gone, say)
-                        log.warning("MLflow run %s: could not tag it %s (%s)", self.run_id, REJECTED_TAG,
-                                    first_line(exc))
+                        log.warning("MLflow run %s: could not tag it %s (%s)", self.run_id, REJECTED_TAG, why)
                         continue
-                    self.rejected.append(f"{name}: {first_line(exc)}")
+                    self.rejected.append(f"{name}: {why}")
                     log.error("MLflow rejected %s for run %s (%s); not retried, the run's later calls go on",
-                              name, self.run_id, first_line(exc))
+                              name, self.run_id, why)
                     self._tag_rejected()
                     continue
                 self._pending.pop(0)
@@ -402,7 +398,7 @@ def log_msf_model(tracker, ckpt_dir: str | Path, name: str | None = None) -> Non
     provenance fingerprint of msf.json, which the model's own msf.json holds in full). Metric:
     best_dev at its step. Never raises: a checkpoint without a readable msf.json is skipped with a
     warning, and MLflow failures are queued and retried like every tracker call (a refusal for good
-is dropped, `MLflowTracker.flush`).
+    is dropped, `MLflowTracker.flush`).
     """
     if getattr(tracker, "run_id", None) is None:  # NullTracker: nothing to log, nothing to read
         return

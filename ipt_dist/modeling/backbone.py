@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ipt_dist.config import BackboneConfig
-from ipt_dist.errors import UserError
+from ipt_dist.errors import UserError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -416,9 +416,8 @@ def _checkpoint_config(cfg: BackboneConfig):
     try:
         return src, AutoConfig.from_pretrained(src)
     except (OSError, ValueError) as exc:  # unknown hub name, offline, gated, malformed config.json
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         offline = " (HF_HUB_OFFLINE is set: only local paths and cached models load)" if _offline() else ""
-        raise BackboneError(f"backbone.name_or_path: cannot load {name!r}{offline}: {first[:300].rstrip('.')}. "
+        raise BackboneError(f"backbone.name_or_path: cannot load {name!r}{offline}: {first_line(exc).rstrip('.')}. "
                             f"Fix: {_accepted_forms(alias)}") from exc
 
 
